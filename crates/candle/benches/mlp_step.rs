@@ -1,0 +1,102 @@
+//! One training step of the 784-512-10 MLP (batch 128, SGD momentum 0.9) through
+//! randbench-candle, against the same step written by hand with candle-core and candle-nn.
+//! The ratio of the medians is the cost of the IR.
+
+use candle_core::{DType, Device as CDevice, Tensor, Var};
+use criterion::{criterion_group, criterion_main, Criterion};
+use randbench_candle::CandleBackend;
+use randbench_core::models::{init_params, Activation, Model};
+use randbench_core::optim::Optimizer;
+use randbench_core::testing::mlp_batch;
+use randbench_core::train::{training_step, Feed};
+use randbench_core::{Backend, Device, GradMode, HostTensor};
+use std::time::Instant;
+
+const LR: f64 = 0.01;
+const MOMENTUM: f64 = 0.9;
+
+struct HandStep {
+    vars: Vec<Var>,
+    bufs: Vec<Tensor>,
+}
+
+impl HandStep {
+    fn new(params: &[HostTensor]) -> Self {
+        let vars: Vec<Var> = params
+            .iter()
+            .map(|p| Var::from_slice(p.as_f32().unwrap(), p.shape(), &CDevice::Cpu).unwrap())
+            .collect();
+        let bufs = vars.iter().map(|v| v.zeros_like().unwrap()).collect();
+        Self { vars, bufs }
+    }
+
+    fn step(&mut self, x: &Tensor, y: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let [w1, b1, w2, b2] = [&self.vars[0], &self.vars[1], &self.vars[2], &self.vars[3]];
+        let h = x.reshape((128, 784))?.matmul(w1.as_tensor())?.broadcast_add(b1.as_tensor())?.relu()?;
+        let logits = h.matmul(w2.as_tensor())?.broadcast_add(b2.as_tensor())?;
+        let loss = candle_nn::loss::cross_entropy(&logits, y)?;
+        let accuracy = logits.argmax(1)?.to_dtype(DType::I64)?.eq(y)?.to_dtype(DType::F32)?.mean_all()?;
+        let grads = loss.backward()?;
+        for (v, buf) in self.vars.iter().zip(self.bufs.iter_mut()) {
+            let g = grads.get(v.as_tensor()).expect("every parameter has a gradient");
+            *buf = (buf.affine(MOMENTUM, 0.0)? + g)?;
+            v.set(&(v.as_tensor() - buf.affine(LR, 0.0)?)?)?;
+        }
+        Ok((loss, accuracy))
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let model = Model::mlp([1, 28, 28], &[512], 10, Activation::Relu);
+    let specs = model.params().unwrap();
+    let optimizer = Optimizer::momentum(LR, MOMENTUM);
+    let step = training_step(&model, &optimizer, 128, Feed::Batch, false).unwrap();
+    let params = init_params(&specs, 0);
+    let (x, y) = mlp_batch(128, 0);
+    let mut group = c.benchmark_group("mlp_784_512_10_step_b128");
+
+    let mut hand = HandStep::new(&params);
+    let cx = Tensor::from_slice(x.as_f32().unwrap(), x.shape(), &CDevice::Cpu).unwrap();
+    let cy = Tensor::from_slice(y.as_i64().unwrap(), y.shape(), &CDevice::Cpu).unwrap();
+    group.bench_function("candle-by-hand", |b| {
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                hand.step(&cx, &cy).unwrap();
+            }
+            CDevice::Cpu.synchronize().unwrap();
+            t.elapsed()
+        })
+    });
+
+    for mode in [GradMode::Native, GradMode::Symbolic] {
+        let backend = CandleBackend::new(Device::Cpu, mode).unwrap();
+        let mut program = backend.compile(&step.graph).unwrap();
+        let mut initial = params.clone();
+        initial.extend(optimizer.initial_state(&specs.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()));
+        let mut state: Vec<Tensor> = initial.iter().map(|t| backend.upload(t).unwrap()).collect();
+        let data = [backend.upload(&x).unwrap(), backend.upload(&y).unwrap()];
+        let n = step.params + step.state;
+        group.bench_function(format!("randbench-candle-{mode:?}").to_lowercase(), |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let inputs: Vec<&Tensor> = state.iter().chain(data.iter()).collect();
+                    let mut out = backend.run(&mut program, &inputs).unwrap();
+                    out.truncate(n);
+                    state = out;
+                }
+                backend.sync().unwrap();
+                t.elapsed()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(60).measurement_time(std::time::Duration::from_secs(8));
+    targets = bench
+}
+criterion_main!(benches);

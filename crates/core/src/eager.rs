@@ -1,0 +1,323 @@
+//! An op-by-op interpreter of graphs for engines with their own autograd (candle, libtorch).
+//!
+//! A backend implements [`EagerOps`] (one method per kind of work: run an op, make a leaf
+//! that records history, detach, backward); [`EagerProgram`] plans and runs graphs on it.
+//!
+//! In [`GradMode::Native`], `Grad` nodes are grouped by the scalar they differentiate and
+//! planned one of three ways:
+//! - **leaf groups**: every `wrt` is a graph input. Those inputs become autograd leaves when
+//!   the program starts, and one backward call answers the group (a training step).
+//! - **recomputed groups**: some `wrt` is an intermediate value. The part of the graph between
+//!   the `wrt`s and `of` is evaluated again from detached copies, and differentiated there.
+//!   For `StopGradient(Grad(f(θ_t), θ_t))` in an unrolled optimizer this costs one extra
+//!   forward of f instead of a backward pass through every earlier step (O(T) not O(T²)).
+//! - **differentiated groups**: a `Grad` whose value flows, without `StopGradient`, into the
+//!   scalar of another `Grad` needs a higher-order derivative. The core expands those
+//!   symbolically before planning, so the engines only ever take first derivatives.
+
+use crate::autodiff::{expand_grads, expand_grads_where};
+use crate::backend::{check_inputs, BResult, GradMode};
+use crate::graph::{Graph, Node, NodeId, Op};
+use crate::tensor::{DType, HostTensor};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// The primitive work an autograd engine does for [`EagerProgram`].
+pub trait EagerOps {
+    type T: Clone;
+    fn constant(&self, t: &HostTensor) -> BResult<Self::T>;
+    /// Runs one ordinary op (never `Input`, `Const`, `StopGradient` or `Grad`).
+    fn apply(&self, node: &Node, args: &[&Self::T]) -> BResult<Self::T>;
+    /// A leaf of the same value that records the history of what is computed from it.
+    fn track(&self, t: &Self::T) -> BResult<Self::T>;
+    /// The same value without history.
+    fn detach(&self, t: &Self::T) -> BResult<Self::T>;
+    /// Gradients of the scalar `of` with respect to tracked leaves; `None` where no path.
+    fn grads(&self, of: &Self::T, wrt: &[&Self::T]) -> BResult<Vec<Option<Self::T>>>;
+    fn zeros(&self, shape: &[usize]) -> BResult<Self::T>;
+    fn shape_dtype(&self, t: &Self::T) -> (Vec<usize>, DType);
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Step {
+    Node(usize),
+    LeafGrad(usize),
+    RecomputedGrad(usize),
+}
+
+#[derive(Clone, Debug)]
+struct GradGroup {
+    of: NodeId,
+    /// The group's distinct wrt nodes.
+    wrt: Vec<NodeId>,
+    /// (Grad node, index into `wrt`, or None where the gradient is zero by construction).
+    answers: Vec<(NodeId, Option<usize>)>,
+    /// For recomputed groups: nodes between wrt and `of`, in order, and the values they read.
+    segment: Vec<NodeId>,
+    boundary: Vec<NodeId>,
+}
+
+/// A planned graph; `T` is the engine's tensor type.
+pub struct EagerProgram<T> {
+    graph: Graph,
+    steps: Vec<Step>,
+    groups: Vec<GradGroup>,
+    tracked_input: Vec<bool>,
+    consts: HashMap<usize, T>,
+    /// Values no later step reads, dropped after each step to bound memory.
+    drop_after: Vec<Vec<usize>>,
+}
+
+impl<T: Clone> EagerProgram<T> {
+    pub fn compile(g: &Graph, mode: GradMode) -> BResult<Self> {
+        let graph = match mode {
+            GradMode::Symbolic => expand_grads(g)?,
+            GradMode::Native => {
+                let differentiated = differentiated_grad_groups(g);
+                if differentiated.is_empty() {
+                    g.clone()
+                } else {
+                    expand_grads_where(g, |of| differentiated.contains(&of))?
+                }
+            }
+        };
+        let groups = plan_groups(&graph);
+        let mut tracked_input = vec![false; graph.inputs().len()];
+        let mut group_of_grad: HashMap<NodeId, usize> = HashMap::new();
+        for (gi, grp) in groups.iter().enumerate() {
+            for (gn, _) in &grp.answers {
+                group_of_grad.insert(*gn, gi);
+            }
+            if grp.segment.is_empty() {
+                for w in &grp.wrt {
+                    let pos = graph.inputs().iter().position(|i| i == w).expect("leaf group wrt is an input");
+                    tracked_input[pos] = true;
+                }
+            }
+        }
+        let mut steps = Vec::new();
+        let mut planned_groups = HashSet::new();
+        for (i, node) in graph.nodes().iter().enumerate() {
+            match node.op {
+                Op::Input { .. } | Op::Const(_) => {}
+                Op::Grad => {
+                    let gi = group_of_grad[&NodeId(i as u32)];
+                    if planned_groups.insert(gi) {
+                        steps.push(if groups[gi].segment.is_empty() { Step::LeafGrad(gi) } else { Step::RecomputedGrad(gi) });
+                    }
+                }
+                _ => steps.push(Step::Node(i)),
+            }
+        }
+        let drop_after = plan_drops(&graph, &steps, &groups);
+        Ok(Self { graph, steps, groups, tracked_input, consts: HashMap::new(), drop_after })
+    }
+
+    /// The graph this program runs (after any symbolic expansion).
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    pub fn run<E: EagerOps<T = T>>(&mut self, e: &E, inputs: &[&T]) -> BResult<Vec<T>> {
+        let shapes: Vec<(Vec<usize>, DType)> = inputs.iter().map(|t| e.shape_dtype(t)).collect();
+        check_inputs(&self.graph, shapes.iter().map(|(s, d)| (s.as_slice(), *d)))?;
+        let g = &self.graph;
+        let mut vals: Vec<Option<T>> = vec![None; g.len()];
+        for (pos, id) in g.inputs().iter().enumerate() {
+            let t = inputs[pos];
+            vals[id.index()] = Some(if self.tracked_input[pos] { e.track(t)? } else { t.clone() });
+        }
+        for (i, node) in g.nodes().iter().enumerate() {
+            if let Op::Const(c) = &node.op {
+                let t = match self.consts.get(&i) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t = e.constant(c)?;
+                        self.consts.insert(i, t.clone());
+                        t
+                    }
+                };
+                vals[i] = Some(t);
+            }
+        }
+        let get = |vals: &[Option<T>], id: NodeId| -> T { vals[id.index()].clone().expect("value planned before use") };
+        for (si, step) in self.steps.iter().enumerate() {
+            match step {
+                Step::Node(i) => {
+                    let node = &g.nodes()[*i];
+                    let out = {
+                        let args: Vec<&T> = node.args.iter().map(|a| vals[a.index()].as_ref().expect("planned")).collect();
+                        if node.op == Op::StopGradient { e.detach(args[0])? } else { e.apply(node, &args)? }
+                    };
+                    vals[*i] = Some(out);
+                }
+                Step::LeafGrad(gi) => {
+                    let grp = &self.groups[*gi];
+                    let of = get(&vals, grp.of);
+                    let wrt: Vec<T> = grp.wrt.iter().map(|w| get(&vals, *w)).collect();
+                    let grads = e.grads(&of, &wrt.iter().collect::<Vec<_>>())?;
+                    store_answers(e, g, grp, grads, &mut vals)?;
+                }
+                Step::RecomputedGrad(gi) => {
+                    let grp = &self.groups[*gi];
+                    let mut local: HashMap<NodeId, T> = HashMap::new();
+                    for &b in &grp.boundary {
+                        local.insert(b, e.detach(&get(&vals, b))?);
+                    }
+                    let mut leaves = Vec::with_capacity(grp.wrt.len());
+                    for &w in &grp.wrt {
+                        let leaf = e.track(&e.detach(&get(&vals, w))?)?;
+                        local.insert(w, leaf.clone());
+                        leaves.push(leaf);
+                    }
+                    for &s in &grp.segment {
+                        let node = g.node(s);
+                        let out = {
+                            let args: Vec<&T> = node.args.iter().map(|a| &local[a]).collect();
+                            e.apply(node, &args)?
+                        };
+                        local.insert(s, out);
+                    }
+                    let grads = match local.get(&grp.of) {
+                        Some(of) => e.grads(of, &leaves.iter().collect::<Vec<_>>())?,
+                        None => vec![None; leaves.len()],
+                    };
+                    store_answers(e, g, grp, grads, &mut vals)?;
+                }
+            }
+            for &d in &self.drop_after[si] {
+                vals[d] = None;
+            }
+        }
+        let tracked = !self.groups.is_empty();
+        g.outputs()
+            .iter()
+            .map(|(_, id)| {
+                let v = get(&vals, *id);
+                if tracked { e.detach(&v) } else { Ok(v) }
+            })
+            .collect()
+    }
+}
+
+fn store_answers<E: EagerOps>(e: &E, g: &Graph, grp: &GradGroup, grads: Vec<Option<E::T>>, vals: &mut [Option<E::T>]) -> BResult<()> {
+    for &(gn, wi) in &grp.answers {
+        let v = match wi.and_then(|w| grads[w].clone()) {
+            Some(t) => t,
+            None => e.zeros(g.shape(gn))?,
+        };
+        vals[gn.index()] = Some(v);
+    }
+    Ok(())
+}
+
+/// The `of` nodes of Grad groups whose value is differentiated by another Grad.
+fn differentiated_grad_groups(g: &Graph) -> HashSet<NodeId> {
+    let ofs: BTreeMap<NodeId, ()> = g.nodes().iter().filter(|n| n.op == Op::Grad).map(|n| (n.args[0], ())).collect();
+    let mut found = HashSet::new();
+    for &of in ofs.keys() {
+        let mut seen = vec![false; of.index() + 1];
+        let mut stack = vec![of];
+        while let Some(id) = stack.pop() {
+            if std::mem::replace(&mut seen[id.index()], true) {
+                continue;
+            }
+            let node = g.node(id);
+            match node.op {
+                Op::StopGradient => continue,
+                Op::Grad => {
+                    found.insert(node.args[0]);
+                }
+                _ => {}
+            }
+            stack.extend(node.args.iter().copied());
+        }
+    }
+    found
+}
+
+fn plan_groups(g: &Graph) -> Vec<GradGroup> {
+    let mut by_of: BTreeMap<NodeId, Vec<NodeId>> = BTreeMap::new();
+    for (i, n) in g.nodes().iter().enumerate() {
+        if n.op == Op::Grad {
+            by_of.entry(n.args[0]).or_default().push(NodeId(i as u32));
+        }
+    }
+    let is_input = |id: NodeId| matches!(g.node(id).op, Op::Input { .. });
+    by_of
+        .into_iter()
+        .map(|(of, grad_nodes)| {
+            let first = grad_nodes[0];
+            let mut wrt: Vec<NodeId> = grad_nodes.iter().map(|gn| g.node(*gn).args[1]).filter(|w| *w < first).collect();
+            wrt.sort_unstable();
+            wrt.dedup();
+            let answers = grad_nodes
+                .iter()
+                .map(|gn| (*gn, wrt.iter().position(|w| *w == g.node(*gn).args[1])))
+                .collect();
+            let (segment, boundary) = if wrt.iter().all(|w| is_input(*w)) { (vec![], vec![]) } else { segment_between(g, &wrt, of) };
+            GradGroup { of, wrt, answers, segment, boundary }
+        })
+        .collect()
+}
+
+/// Nodes through which a derivative flows from `wrt` to `of`, and the other values they read.
+fn segment_between(g: &Graph, wrt: &[NodeId], of: NodeId) -> (Vec<NodeId>, Vec<NodeId>) {
+    let n = of.index() + 1;
+    let mut depends = vec![false; n];
+    for w in wrt {
+        depends[w.index()] = true;
+    }
+    for i in 0..n {
+        let node = &g.nodes()[i];
+        if !depends[i] && node.op != Op::StopGradient {
+            depends[i] = node.args.iter().any(|a| depends[a.index()]);
+        }
+    }
+    let mut feeds = vec![false; n];
+    feeds[of.index()] = true;
+    for i in (0..n).rev() {
+        if feeds[i] && g.nodes()[i].op != Op::StopGradient {
+            for a in &g.nodes()[i].args {
+                feeds[a.index()] = true;
+            }
+        }
+    }
+    let segment: Vec<NodeId> = (0..n)
+        .filter(|&i| depends[i] && feeds[i] && !wrt.contains(&NodeId(i as u32)))
+        .map(|i| NodeId(i as u32))
+        .collect();
+    let inside: HashSet<NodeId> = segment.iter().chain(wrt).copied().collect();
+    let mut boundary: Vec<NodeId> = segment
+        .iter()
+        .flat_map(|s| g.node(*s).args.iter().copied())
+        .filter(|a| !inside.contains(a))
+        .collect();
+    boundary.sort_unstable();
+    boundary.dedup();
+    (segment, boundary)
+}
+
+/// For each step, the values no later step (nor the outputs) reads.
+fn plan_drops(g: &Graph, steps: &[Step], groups: &[GradGroup]) -> Vec<Vec<usize>> {
+    let mut last_use: HashMap<usize, usize> = HashMap::new();
+    for (si, step) in steps.iter().enumerate() {
+        let reads: Vec<NodeId> = match step {
+            Step::Node(i) => g.nodes()[*i].args.clone(),
+            Step::LeafGrad(gi) => std::iter::once(groups[*gi].of).chain(groups[*gi].wrt.iter().copied()).collect(),
+            Step::RecomputedGrad(gi) => groups[*gi].boundary.iter().chain(&groups[*gi].wrt).copied().collect(),
+        };
+        for r in reads {
+            last_use.insert(r.index(), si);
+        }
+    }
+    for (_, id) in g.outputs() {
+        last_use.remove(&id.index());
+    }
+    let mut drops = vec![Vec::new(); steps.len()];
+    for (node, si) in last_use {
+        if !matches!(g.nodes()[node].op, Op::Const(_)) {
+            drops[si].push(node);
+        }
+    }
+    drops
+}

@@ -1,0 +1,751 @@
+//! The graph IR: typed nodes in topological order, built through shape-checking methods.
+//!
+//! Every node has a static shape and dtype. Binary elementwise ops take operands of one
+//! shape; the builder methods insert explicit [`Op::BroadcastTo`] nodes (numpy rules) so that
+//! gradient rules stay one line each (the gradient of a broadcast is a [`Op::SumTo`]).
+//! Nodes are appended only after their arguments, so the node order is a topological order.
+
+use crate::tensor::{numel, DType, HostTensor};
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub(crate) u32);
+
+impl NodeId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Relu,
+    Sigmoid,
+    Tanh,
+    Exp,
+    Log,
+    Sqrt,
+    Abs,
+    Sign,
+    Square,
+    /// 1 where x > 0, else 0 (the derivative of relu).
+    Step,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// Comparisons give an f32 mask of 0 and 1; they have no gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    Eq,
+    Ge,
+    Gt,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A value fed at run time; inputs are numbered in creation order.
+    Input { name: String },
+    Const(HostTensor),
+    Unary(UnaryOp),
+    /// x * mul + add, with constants known when the graph is built.
+    Affine { mul: f64, add: f64 },
+    Clamp { min: f64, max: f64 },
+    Binary(BinaryOp),
+    Compare(CmpOp),
+    /// 2-D product op(a)·op(b), op transposing where `ta`/`tb` say so.
+    MatMul { ta: bool, tb: bool },
+    /// x[b,i]·w[i,o] + bias[o]: one fused kernel where the backend has one (addmm, Gemm).
+    Linear,
+    /// x[n,c,h,w] ⊛ w[o,c,kh,kw], no bias.
+    Conv2d { stride: usize, padding: usize },
+    /// The input gradient of a convolution: args (dy, w); the node's shape is the input's.
+    Conv2dBackwardInput { stride: usize, padding: usize },
+    /// The weight gradient of a convolution: args (x, dy); the node's shape is the weight's.
+    Conv2dBackwardWeight { stride: usize, padding: usize },
+    /// Max pooling with kernel = stride = k (non-overlapping windows, no padding).
+    MaxPool2d { k: usize },
+    /// Softmax over the last axis.
+    Softmax,
+    /// Per-example softmax cross-entropy: logits[b,c], labels i64[b] -> f32[b].
+    SoftmaxCrossEntropy,
+    /// labels i64[b] -> f32[b, classes].
+    OneHot { classes: usize },
+    /// 1 where argmax(logits[b,c]) == labels[b], else 0: f32[b].
+    CorrectPredictions,
+    Sum { axes: Vec<usize>, keep_dims: bool },
+    /// Numpy-style broadcast to the node's shape.
+    BroadcastTo,
+    /// Sums the broadcast axes away: the inverse of `BroadcastTo`, to the node's shape.
+    SumTo,
+    Reshape,
+    Permute { perm: Vec<usize> },
+    Slice { axis: usize, start: usize, end: usize },
+    /// Zero padding along one axis.
+    Pad { axis: usize, before: usize, after: usize },
+    Concat { axis: usize },
+    /// Rows of data[N, ...] picked by indices i64[b]: [b, ...].
+    Gather,
+    /// The value of its argument, through which no gradient flows.
+    StopGradient,
+    /// The gradient of the scalar `of` (arg 0) with respect to the node `wrt` (arg 1).
+    Grad,
+}
+
+impl Op {
+    /// A short name for error messages and dumps.
+    pub fn name(&self) -> String {
+        match self {
+            Op::Unary(u) => format!("{u:?}"),
+            Op::Binary(b) => format!("{b:?}"),
+            Op::Compare(c) => format!("Compare{c:?}"),
+            Op::Input { name } => format!("Input({name})"),
+            other => {
+                let s = format!("{other:?}");
+                s.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("?").to_string()
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub op: Op,
+    pub args: Vec<NodeId>,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum GraphError {
+    #[error("{op}: {detail}")]
+    Shape { op: String, detail: String },
+    #[error("{op}: expected {expected} operand, found {actual}")]
+    DType { op: String, expected: DType, actual: DType },
+    #[error("cannot differentiate {op} with respect to its argument {arg}: {why}")]
+    GradUnsupported { op: String, arg: usize, why: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn shape_err(op: &str, detail: impl Into<String>) -> GraphError {
+    GraphError::Shape { op: op.to_string(), detail: detail.into() }
+}
+
+pub type GResult<T> = Result<T, GraphError>;
+
+/// A computation graph with named inputs and outputs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Graph {
+    nodes: Vec<Node>,
+    inputs: Vec<NodeId>,
+    outputs: Vec<(String, NodeId)>,
+}
+
+/// Shape of broadcasting `a` and `b` together (numpy rules), if they are compatible.
+pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for i in 0..rank {
+        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
+        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return None,
+        };
+    }
+    Some(out)
+}
+
+/// Whether `from` broadcasts to exactly `to`.
+pub fn broadcasts_to(from: &[usize], to: &[usize]) -> bool {
+    from.len() <= to.len() && broadcast_shapes(from, to).as_deref() == Some(to)
+}
+
+impl Graph {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id.index()]
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn inputs(&self) -> &[NodeId] {
+        &self.inputs
+    }
+
+    pub fn outputs(&self) -> &[(String, NodeId)] {
+        &self.outputs
+    }
+
+    pub fn output_ids(&self) -> Vec<NodeId> {
+        self.outputs.iter().map(|(_, id)| *id).collect()
+    }
+
+    pub fn shape(&self, id: NodeId) -> &[usize] {
+        &self.nodes[id.index()].shape
+    }
+
+    pub fn dtype(&self, id: NodeId) -> DType {
+        self.nodes[id.index()].dtype
+    }
+
+    pub fn input_name(&self, id: NodeId) -> &str {
+        match &self.node(id).op {
+            Op::Input { name } => name,
+            _ => "?",
+        }
+    }
+
+    /// The position of the input with this name.
+    pub fn input_index(&self, name: &str) -> Option<usize> {
+        self.inputs.iter().position(|&id| self.input_name(id) == name)
+    }
+
+    pub fn has_grad_nodes(&self) -> bool {
+        self.nodes.iter().any(|n| n.op == Op::Grad)
+    }
+
+    /// Appends a node whose shape and dtype the caller has already checked.
+    pub(crate) fn push(&mut self, op: Op, args: Vec<NodeId>, shape: Vec<usize>, dtype: DType) -> NodeId {
+        debug_assert!(args.iter().all(|a| a.index() < self.nodes.len()));
+        let id = NodeId(self.nodes.len() as u32);
+        if matches!(op, Op::Input { .. }) {
+            self.inputs.push(id);
+        }
+        self.nodes.push(Node { op, args, shape, dtype });
+        id
+    }
+
+    /// Re-creates `node` (already checked in another graph) with new arguments.
+    pub(crate) fn push_node(&mut self, node: &Node, args: Vec<NodeId>) -> NodeId {
+        self.push(node.op.clone(), args, node.shape.clone(), node.dtype)
+    }
+
+    pub fn output(&mut self, name: impl Into<String>, id: NodeId) {
+        self.outputs.push((name.into(), id));
+    }
+
+    pub(crate) fn set_outputs(&mut self, outputs: Vec<(String, NodeId)>) {
+        self.outputs = outputs;
+    }
+
+    fn expect_f32(&self, op: &str, id: NodeId) -> GResult<()> {
+        let actual = self.dtype(id);
+        if actual != DType::F32 {
+            return Err(GraphError::DType { op: op.to_string(), expected: DType::F32, actual });
+        }
+        Ok(())
+    }
+
+    fn expect_rank(&self, op: &str, id: NodeId, rank: usize, what: &str) -> GResult<()> {
+        let s = self.shape(id);
+        if s.len() != rank {
+            return Err(shape_err(op, format!("{what} must have rank {rank}, found shape {s:?}")));
+        }
+        Ok(())
+    }
+
+    // ---- leaves ----
+
+    pub fn input(&mut self, name: impl Into<String>, shape: &[usize], dtype: DType) -> NodeId {
+        self.push(Op::Input { name: name.into() }, vec![], shape.to_vec(), dtype)
+    }
+
+    pub fn constant(&mut self, t: HostTensor) -> NodeId {
+        let (shape, dtype) = (t.shape().to_vec(), t.dtype());
+        self.push(Op::Const(t), vec![], shape, dtype)
+    }
+
+    pub fn scalar(&mut self, v: f32) -> NodeId {
+        self.constant(HostTensor::scalar(v))
+    }
+
+    /// A tensor of one value, as a broadcast scalar.
+    pub fn full(&mut self, v: f32, shape: &[usize]) -> GResult<NodeId> {
+        let s = self.scalar(v);
+        self.broadcast_to(s, shape)
+    }
+
+    // ---- elementwise ----
+
+    pub fn unary(&mut self, op: UnaryOp, x: NodeId) -> GResult<NodeId> {
+        self.expect_f32(&format!("{op:?}"), x)?;
+        let shape = self.shape(x).to_vec();
+        Ok(self.push(Op::Unary(op), vec![x], shape, DType::F32))
+    }
+
+    pub fn neg(&mut self, x: NodeId) -> GResult<NodeId> {
+        self.unary(UnaryOp::Neg, x)
+    }
+    pub fn relu(&mut self, x: NodeId) -> GResult<NodeId> {
+        self.unary(UnaryOp::Relu, x)
+    }
+    pub fn sigmoid(&mut self, x: NodeId) -> GResult<NodeId> {
+        self.unary(UnaryOp::Sigmoid, x)
+    }
+    pub fn tanh(&mut self, x: NodeId) -> GResult<NodeId> {
+        self.unary(UnaryOp::Tanh, x)
+    }
+    pub fn exp(&mut self, x: NodeId) -> GResult<NodeId> {
+        self.unary(UnaryOp::Exp, x)
+    }
+    pub fn log(&mut self, x: NodeId) -> GResult<NodeId> {
+        self.unary(UnaryOp::Log, x)
+    }
+    pub fn sqrt(&mut self, x: NodeId) -> GResult<NodeId> {
+        self.unary(UnaryOp::Sqrt, x)
+    }
+    pub fn abs(&mut self, x: NodeId) -> GResult<NodeId> {
+        self.unary(UnaryOp::Abs, x)
+    }
+    pub fn sign(&mut self, x: NodeId) -> GResult<NodeId> {
+        self.unary(UnaryOp::Sign, x)
+    }
+    pub fn square(&mut self, x: NodeId) -> GResult<NodeId> {
+        self.unary(UnaryOp::Square, x)
+    }
+    pub fn step(&mut self, x: NodeId) -> GResult<NodeId> {
+        self.unary(UnaryOp::Step, x)
+    }
+
+    /// x * mul + add. The identity is not recorded, and affine maps compose.
+    pub fn affine(&mut self, x: NodeId, mul: f64, add: f64) -> GResult<NodeId> {
+        self.expect_f32("Affine", x)?;
+        if mul == 1.0 && add == 0.0 {
+            return Ok(x);
+        }
+        if let Op::Affine { mul: m0, add: a0 } = self.node(x).op {
+            let inner = self.node(x).args[0];
+            return self.affine(inner, m0 * mul, a0 * mul + add);
+        }
+        let shape = self.shape(x).to_vec();
+        Ok(self.push(Op::Affine { mul, add }, vec![x], shape, DType::F32))
+    }
+
+    pub fn scale(&mut self, x: NodeId, c: f64) -> GResult<NodeId> {
+        self.affine(x, c, 0.0)
+    }
+
+    pub fn clamp(&mut self, x: NodeId, min: f64, max: f64) -> GResult<NodeId> {
+        self.expect_f32("Clamp", x)?;
+        if min > max {
+            return Err(shape_err("Clamp", format!("min {min} exceeds max {max}")));
+        }
+        let shape = self.shape(x).to_vec();
+        Ok(self.push(Op::Clamp { min, max }, vec![x], shape, DType::F32))
+    }
+
+    /// Broadcasts both operands to a common shape.
+    fn broadcast_pair(&mut self, op: &str, a: NodeId, b: NodeId) -> GResult<(NodeId, NodeId)> {
+        self.expect_f32(op, a)?;
+        self.expect_f32(op, b)?;
+        let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
+        let out = broadcast_shapes(&sa, &sb)
+            .ok_or_else(|| shape_err(op, format!("shapes {sa:?} and {sb:?} do not broadcast")))?;
+        Ok((self.broadcast_to(a, &out)?, self.broadcast_to(b, &out)?))
+    }
+
+    pub fn binary(&mut self, op: BinaryOp, a: NodeId, b: NodeId) -> GResult<NodeId> {
+        let (a, b) = self.broadcast_pair(&format!("{op:?}"), a, b)?;
+        let shape = self.shape(a).to_vec();
+        Ok(self.push(Op::Binary(op), vec![a, b], shape, DType::F32))
+    }
+
+    pub fn add(&mut self, a: NodeId, b: NodeId) -> GResult<NodeId> {
+        self.binary(BinaryOp::Add, a, b)
+    }
+    pub fn sub(&mut self, a: NodeId, b: NodeId) -> GResult<NodeId> {
+        self.binary(BinaryOp::Sub, a, b)
+    }
+    pub fn mul(&mut self, a: NodeId, b: NodeId) -> GResult<NodeId> {
+        self.binary(BinaryOp::Mul, a, b)
+    }
+    pub fn div(&mut self, a: NodeId, b: NodeId) -> GResult<NodeId> {
+        self.binary(BinaryOp::Div, a, b)
+    }
+
+    pub fn compare(&mut self, op: CmpOp, a: NodeId, b: NodeId) -> GResult<NodeId> {
+        let (a, b) = self.broadcast_pair(&format!("Compare{op:?}"), a, b)?;
+        let shape = self.shape(a).to_vec();
+        Ok(self.push(Op::Compare(op), vec![a, b], shape, DType::F32))
+    }
+
+    // ---- linear algebra ----
+
+    pub fn matmul_t(&mut self, a: NodeId, b: NodeId, ta: bool, tb: bool) -> GResult<NodeId> {
+        const OP: &str = "MatMul";
+        self.expect_f32(OP, a)?;
+        self.expect_f32(OP, b)?;
+        self.expect_rank(OP, a, 2, "the left operand")?;
+        self.expect_rank(OP, b, 2, "the right operand")?;
+        let (sa, sb) = (self.shape(a), self.shape(b));
+        let (m, k1) = if ta { (sa[1], sa[0]) } else { (sa[0], sa[1]) };
+        let (k2, n) = if tb { (sb[1], sb[0]) } else { (sb[0], sb[1]) };
+        if k1 != k2 {
+            return Err(shape_err(OP, format!("inner sizes differ: {sa:?}{} · {sb:?}{}",
+                if ta { "ᵀ" } else { "" }, if tb { "ᵀ" } else { "" })));
+        }
+        Ok(self.push(Op::MatMul { ta, tb }, vec![a, b], vec![m, n], DType::F32))
+    }
+
+    pub fn matmul(&mut self, a: NodeId, b: NodeId) -> GResult<NodeId> {
+        self.matmul_t(a, b, false, false)
+    }
+
+    pub fn linear(&mut self, x: NodeId, w: NodeId, bias: NodeId) -> GResult<NodeId> {
+        const OP: &str = "Linear";
+        for id in [x, w, bias] {
+            self.expect_f32(OP, id)?;
+        }
+        self.expect_rank(OP, x, 2, "the input")?;
+        self.expect_rank(OP, w, 2, "the weight")?;
+        self.expect_rank(OP, bias, 1, "the bias")?;
+        let (sx, sw, sb) = (self.shape(x), self.shape(w), self.shape(bias));
+        if sx[1] != sw[0] || sb[0] != sw[1] {
+            return Err(shape_err(OP, format!("input {sx:?}, weight {sw:?} and bias {sb:?} do not fit")));
+        }
+        let shape = vec![sx[0], sw[1]];
+        Ok(self.push(Op::Linear, vec![x, w, bias], shape, DType::F32))
+    }
+
+    pub fn conv2d(&mut self, x: NodeId, w: NodeId, stride: usize, padding: usize) -> GResult<NodeId> {
+        const OP: &str = "Conv2d";
+        self.expect_f32(OP, x)?;
+        self.expect_f32(OP, w)?;
+        self.expect_rank(OP, x, 4, "the input")?;
+        self.expect_rank(OP, w, 4, "the kernel")?;
+        if stride == 0 {
+            return Err(shape_err(OP, "stride must be at least 1"));
+        }
+        let (sx, sw) = (self.shape(x).to_vec(), self.shape(w).to_vec());
+        if sx[1] != sw[1] {
+            return Err(shape_err(OP, format!("input {sx:?} has {} channels, kernel {sw:?} expects {}", sx[1], sw[1])));
+        }
+        let out = |len: usize, k: usize| -> GResult<usize> {
+            let padded = len + 2 * padding;
+            if padded < k {
+                return Err(shape_err(OP, format!("kernel {sw:?} larger than padded input {sx:?}")));
+            }
+            Ok((padded - k) / stride + 1)
+        };
+        let shape = vec![sx[0], sw[0], out(sx[2], sw[2])?, out(sx[3], sw[3])?];
+        Ok(self.push(Op::Conv2d { stride, padding }, vec![x, w], shape, DType::F32))
+    }
+
+    /// The gradient of a convolution with respect to its input of shape `input_shape`.
+    pub fn conv2d_backward_input(&mut self, dy: NodeId, w: NodeId, input_shape: &[usize], stride: usize, padding: usize) -> GResult<NodeId> {
+        let fwd_out = self.conv_out_shape(input_shape, self.shape(w), stride, padding)?;
+        if self.shape(dy) != fwd_out.as_slice() {
+            return Err(shape_err("Conv2dBackwardInput", format!("gradient {:?} does not match the convolution's output {fwd_out:?}", self.shape(dy))));
+        }
+        Ok(self.push(Op::Conv2dBackwardInput { stride, padding }, vec![dy, w], input_shape.to_vec(), DType::F32))
+    }
+
+    /// The gradient of a convolution with respect to its kernel of shape `kernel_shape`.
+    pub fn conv2d_backward_weight(&mut self, x: NodeId, dy: NodeId, kernel_shape: &[usize], stride: usize, padding: usize) -> GResult<NodeId> {
+        let fwd_out = self.conv_out_shape(self.shape(x), kernel_shape, stride, padding)?;
+        if self.shape(dy) != fwd_out.as_slice() {
+            return Err(shape_err("Conv2dBackwardWeight", format!("gradient {:?} does not match the convolution's output {fwd_out:?}", self.shape(dy))));
+        }
+        Ok(self.push(Op::Conv2dBackwardWeight { stride, padding }, vec![x, dy], kernel_shape.to_vec(), DType::F32))
+    }
+
+    fn conv_out_shape(&self, x: &[usize], w: &[usize], stride: usize, padding: usize) -> GResult<Vec<usize>> {
+        if x.len() != 4 || w.len() != 4 || x[1] != w[1] || stride == 0 {
+            return Err(shape_err("Conv2d", format!("input {x:?} and kernel {w:?} do not fit")));
+        }
+        let o = |len: usize, k: usize| (len + 2 * padding).checked_sub(k).map(|d| d / stride + 1);
+        match (o(x[2], w[2]), o(x[3], w[3])) {
+            (Some(h), Some(wd)) => Ok(vec![x[0], w[0], h, wd]),
+            _ => Err(shape_err("Conv2d", format!("kernel {w:?} larger than padded input {x:?}"))),
+        }
+    }
+
+    pub fn max_pool2d(&mut self, x: NodeId, k: usize) -> GResult<NodeId> {
+        const OP: &str = "MaxPool2d";
+        self.expect_f32(OP, x)?;
+        self.expect_rank(OP, x, 4, "the input")?;
+        let s = self.shape(x).to_vec();
+        if k == 0 || s[2] % k != 0 || s[3] % k != 0 {
+            return Err(shape_err(OP, format!("window {k} must divide the spatial size of {s:?}")));
+        }
+        Ok(self.push(Op::MaxPool2d { k }, vec![x], vec![s[0], s[1], s[2] / k, s[3] / k], DType::F32))
+    }
+
+    // ---- classification heads ----
+
+    pub fn softmax(&mut self, x: NodeId) -> GResult<NodeId> {
+        self.expect_f32("Softmax", x)?;
+        if self.shape(x).is_empty() {
+            return Err(shape_err("Softmax", "needs at least one axis"));
+        }
+        let shape = self.shape(x).to_vec();
+        Ok(self.push(Op::Softmax, vec![x], shape, DType::F32))
+    }
+
+    fn check_logits_labels(&self, op: &str, logits: NodeId, labels: NodeId) -> GResult<usize> {
+        self.expect_f32(op, logits)?;
+        self.expect_rank(op, logits, 2, "the logits")?;
+        self.expect_rank(op, labels, 1, "the labels")?;
+        if self.dtype(labels) != DType::I64 {
+            return Err(GraphError::DType { op: op.to_string(), expected: DType::I64, actual: self.dtype(labels) });
+        }
+        let (sl, sy) = (self.shape(logits), self.shape(labels));
+        if sl[0] != sy[0] {
+            return Err(shape_err(op, format!("{} logits but {} labels", sl[0], sy[0])));
+        }
+        Ok(sl[0])
+    }
+
+    pub fn softmax_cross_entropy(&mut self, logits: NodeId, labels: NodeId) -> GResult<NodeId> {
+        let b = self.check_logits_labels("SoftmaxCrossEntropy", logits, labels)?;
+        Ok(self.push(Op::SoftmaxCrossEntropy, vec![logits, labels], vec![b], DType::F32))
+    }
+
+    pub fn correct_predictions(&mut self, logits: NodeId, labels: NodeId) -> GResult<NodeId> {
+        let b = self.check_logits_labels("CorrectPredictions", logits, labels)?;
+        Ok(self.push(Op::CorrectPredictions, vec![logits, labels], vec![b], DType::F32))
+    }
+
+    pub fn one_hot(&mut self, labels: NodeId, classes: usize) -> GResult<NodeId> {
+        self.expect_rank("OneHot", labels, 1, "the labels")?;
+        if self.dtype(labels) != DType::I64 {
+            return Err(GraphError::DType { op: "OneHot".into(), expected: DType::I64, actual: self.dtype(labels) });
+        }
+        let b = self.shape(labels)[0];
+        Ok(self.push(Op::OneHot { classes }, vec![labels], vec![b, classes], DType::F32))
+    }
+
+    // ---- reductions and shapes ----
+
+    pub fn sum(&mut self, x: NodeId, axes: &[usize], keep_dims: bool) -> GResult<NodeId> {
+        self.expect_f32("Sum", x)?;
+        let s = self.shape(x).to_vec();
+        let mut axes = axes.to_vec();
+        axes.sort_unstable();
+        axes.dedup();
+        if let Some(&a) = axes.iter().find(|&&a| a >= s.len()) {
+            return Err(shape_err("Sum", format!("axis {a} out of range for shape {s:?}")));
+        }
+        if axes.is_empty() {
+            return Ok(x);
+        }
+        let shape: Vec<usize> = if keep_dims {
+            s.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect()
+        } else {
+            s.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect()
+        };
+        Ok(self.push(Op::Sum { axes, keep_dims }, vec![x], shape, DType::F32))
+    }
+
+    pub fn sum_all(&mut self, x: NodeId) -> GResult<NodeId> {
+        let axes: Vec<usize> = (0..self.shape(x).len()).collect();
+        self.sum(x, &axes, false)
+    }
+
+    pub fn mean(&mut self, x: NodeId, axes: &[usize], keep_dims: bool) -> GResult<NodeId> {
+        let s = self.shape(x).to_vec();
+        let n: usize = axes.iter().filter_map(|&a| s.get(a)).product();
+        let total = self.sum(x, axes, keep_dims)?;
+        self.scale(total, 1.0 / n.max(1) as f64)
+    }
+
+    pub fn mean_all(&mut self, x: NodeId) -> GResult<NodeId> {
+        let axes: Vec<usize> = (0..self.shape(x).len()).collect();
+        self.mean(x, &axes, false)
+    }
+
+    pub fn broadcast_to(&mut self, x: NodeId, shape: &[usize]) -> GResult<NodeId> {
+        let s = self.shape(x);
+        if s == shape {
+            return Ok(x);
+        }
+        if !broadcasts_to(s, shape) {
+            return Err(shape_err("BroadcastTo", format!("{s:?} does not broadcast to {shape:?}")));
+        }
+        let dtype = self.dtype(x);
+        Ok(self.push(Op::BroadcastTo, vec![x], shape.to_vec(), dtype))
+    }
+
+    /// Sums `x` down to `shape`, which must broadcast to x's shape.
+    pub fn sum_to(&mut self, x: NodeId, shape: &[usize]) -> GResult<NodeId> {
+        self.expect_f32("SumTo", x)?;
+        let s = self.shape(x);
+        if s == shape {
+            return Ok(x);
+        }
+        if !broadcasts_to(shape, s) {
+            return Err(shape_err("SumTo", format!("{shape:?} does not broadcast to {s:?}")));
+        }
+        Ok(self.push(Op::SumTo, vec![x], shape.to_vec(), DType::F32))
+    }
+
+    pub fn reshape(&mut self, x: NodeId, shape: &[usize]) -> GResult<NodeId> {
+        let s = self.shape(x);
+        if s == shape {
+            return Ok(x);
+        }
+        if numel(s) != numel(shape) {
+            return Err(shape_err("Reshape", format!("{s:?} has {} elements, {shape:?} has {}", numel(s), numel(shape))));
+        }
+        if let Op::Reshape = self.node(x).op {
+            let inner = self.node(x).args[0];
+            return self.reshape(inner, shape);
+        }
+        let dtype = self.dtype(x);
+        Ok(self.push(Op::Reshape, vec![x], shape.to_vec(), dtype))
+    }
+
+    pub fn permute(&mut self, x: NodeId, perm: &[usize]) -> GResult<NodeId> {
+        let s = self.shape(x).to_vec();
+        let mut seen = perm.to_vec();
+        seen.sort_unstable();
+        if seen != (0..s.len()).collect::<Vec<_>>() {
+            return Err(shape_err("Permute", format!("{perm:?} is not a permutation of the axes of {s:?}")));
+        }
+        if perm.iter().enumerate().all(|(i, &p)| i == p) {
+            return Ok(x);
+        }
+        let shape = perm.iter().map(|&p| s[p]).collect();
+        let dtype = self.dtype(x);
+        Ok(self.push(Op::Permute { perm: perm.to_vec() }, vec![x], shape, dtype))
+    }
+
+    pub fn transpose(&mut self, x: NodeId) -> GResult<NodeId> {
+        self.expect_rank("Transpose", x, 2, "the operand")?;
+        self.permute(x, &[1, 0])
+    }
+
+    pub fn slice(&mut self, x: NodeId, axis: usize, start: usize, end: usize) -> GResult<NodeId> {
+        let s = self.shape(x).to_vec();
+        if axis >= s.len() || start > end || end > s[axis] {
+            return Err(shape_err("Slice", format!("[{start}..{end}] on axis {axis} is out of range for shape {s:?}")));
+        }
+        if start == 0 && end == s[axis] {
+            return Ok(x);
+        }
+        let mut shape = s;
+        shape[axis] = end - start;
+        let dtype = self.dtype(x);
+        Ok(self.push(Op::Slice { axis, start, end }, vec![x], shape, dtype))
+    }
+
+    pub fn pad(&mut self, x: NodeId, axis: usize, before: usize, after: usize) -> GResult<NodeId> {
+        self.expect_f32("Pad", x)?;
+        let s = self.shape(x).to_vec();
+        if axis >= s.len() {
+            return Err(shape_err("Pad", format!("axis {axis} out of range for shape {s:?}")));
+        }
+        if before == 0 && after == 0 {
+            return Ok(x);
+        }
+        let mut shape = s;
+        shape[axis] += before + after;
+        Ok(self.push(Op::Pad { axis, before, after }, vec![x], shape, DType::F32))
+    }
+
+    pub fn concat(&mut self, xs: &[NodeId], axis: usize) -> GResult<NodeId> {
+        let first = *xs.first().ok_or_else(|| shape_err("Concat", "needs at least one operand"))?;
+        if xs.len() == 1 {
+            return Ok(first);
+        }
+        let mut shape = self.shape(first).to_vec();
+        if axis >= shape.len() {
+            return Err(shape_err("Concat", format!("axis {axis} out of range for shape {shape:?}")));
+        }
+        let dtype = self.dtype(first);
+        let mut total = 0;
+        for &x in xs {
+            let s = self.shape(x);
+            let same_elsewhere = s.len() == shape.len() && s.iter().zip(&shape).enumerate().all(|(i, (a, b))| i == axis || a == b);
+            if !same_elsewhere || self.dtype(x) != dtype {
+                return Err(shape_err("Concat", format!("operand {s:?} does not fit {shape:?} along axis {axis}")));
+            }
+            total += s[axis];
+        }
+        shape[axis] = total;
+        Ok(self.push(Op::Concat { axis }, xs.to_vec(), shape, dtype))
+    }
+
+    pub fn gather(&mut self, data: NodeId, indices: NodeId) -> GResult<NodeId> {
+        self.expect_rank("Gather", indices, 1, "the indices")?;
+        if self.dtype(indices) != DType::I64 {
+            return Err(GraphError::DType { op: "Gather".into(), expected: DType::I64, actual: self.dtype(indices) });
+        }
+        let mut shape = self.shape(data).to_vec();
+        if shape.is_empty() {
+            return Err(shape_err("Gather", "data must have at least one axis"));
+        }
+        shape[0] = self.shape(indices)[0];
+        let dtype = self.dtype(data);
+        Ok(self.push(Op::Gather, vec![data, indices], shape, dtype))
+    }
+
+    // ---- gradients ----
+
+    pub fn stop_gradient(&mut self, x: NodeId) -> NodeId {
+        if self.node(x).op == Op::StopGradient {
+            return x;
+        }
+        let (shape, dtype) = (self.shape(x).to_vec(), self.dtype(x));
+        self.push(Op::StopGradient, vec![x], shape, dtype)
+    }
+
+    /// d(of)/d(wrt): `of` must be an f32 scalar; the result has the shape of `wrt`.
+    pub fn grad(&mut self, of: NodeId, wrt: NodeId) -> GResult<NodeId> {
+        self.expect_f32("Grad", of)?;
+        self.expect_f32("Grad", wrt)?;
+        if !self.shape(of).is_empty() {
+            return Err(shape_err("Grad", format!("can only differentiate a scalar, found shape {:?}", self.shape(of))));
+        }
+        let shape = self.shape(wrt).to_vec();
+        Ok(self.push(Op::Grad, vec![of, wrt], shape, DType::F32))
+    }
+
+    /// The gradients of `of` with respect to each of `wrt`.
+    pub fn grads(&mut self, of: NodeId, wrt: &[NodeId]) -> GResult<Vec<NodeId>> {
+        wrt.iter().map(|&w| self.grad(of, w)).collect()
+    }
+
+    /// A readable listing, one node a line.
+    pub fn dump(&self) -> String {
+        let mut s = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let args: Vec<String> = n.args.iter().map(|a| a.to_string()).collect();
+            s += &format!("%{i} = {}({}) : {}{:?}\n", n.op.name(), args.join(", "), n.dtype, n.shape);
+        }
+        for (name, id) in &self.outputs {
+            s += &format!("output {name} = {id}\n");
+        }
+        s
+    }
+}

@@ -1,0 +1,115 @@
+//! A whole training step as one graph, and the matching evaluation graph.
+//!
+//! Step inputs, in order: parameters, optimizer state (slots by parameter, then the step
+//! counter where the rule has one), the batch (see [`Feed`]), then dropout masks.
+//! Step outputs: updated parameters, updated state, `loss` and `accuracy` of the batch.
+
+use crate::graph::{GResult, Graph, NodeId};
+use crate::models::Model;
+use crate::optim::Optimizer;
+use crate::tensor::DType;
+
+/// Where a step's batch comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// The batch itself is an input: `x` [b, c, h, w] and `y` [b].
+    Batch,
+    /// The whole data set is an input that stays on the device (`data` [N, c, h, w], `labels`
+    /// [N]); the step picks rows by `indices` [b].
+    Gather { examples: usize },
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainStep {
+    pub graph: Graph,
+    pub params: usize,
+    pub state: usize,
+    pub masks: usize,
+}
+
+impl TrainStep {
+    /// Position of the first data input (after parameters and state).
+    pub fn data_start(&self) -> usize {
+        self.params + self.state
+    }
+}
+
+fn batch_inputs(g: &mut Graph, model: &Model, batch: usize, feed: Feed) -> GResult<(NodeId, NodeId)> {
+    let [c, h, w] = model.input_shape();
+    match feed {
+        Feed::Batch => {
+            let x = g.input("x", &[batch, c, h, w], DType::F32);
+            let y = g.input("y", &[batch], DType::I64);
+            Ok((x, y))
+        }
+        Feed::Gather { examples } => {
+            let data = g.input("data", &[examples, c, h, w], DType::F32);
+            let labels = g.input("labels", &[examples], DType::I64);
+            let idx = g.input("indices", &[batch], DType::I64);
+            Ok((g.gather(data, idx)?, g.gather(labels, idx)?))
+        }
+    }
+}
+
+fn param_inputs(g: &mut Graph, model: &Model) -> GResult<Vec<NodeId>> {
+    Ok(model.params()?.iter().map(|p| g.input(p.name.clone(), &p.shape, DType::F32)).collect())
+}
+
+/// The graph of one training step of `model` with `optimizer` on batches of `batch`.
+pub fn training_step(model: &Model, optimizer: &Optimizer, batch: usize, feed: Feed, dropout: bool) -> GResult<TrainStep> {
+    let mut g = Graph::new();
+    let specs = model.params()?;
+    let params = param_inputs(&mut g, model)?;
+    let mut slots: Vec<Vec<NodeId>> = Vec::new();
+    for p in &specs {
+        slots.push((0..optimizer.slots_per_param()).map(|k| g.input(format!("{}.slot{k}", p.name), &p.shape, DType::F32)).collect());
+    }
+    let counter = optimizer.counts_steps().then(|| g.input("step", &[], DType::F32));
+    let (x, y) = batch_inputs(&mut g, model, batch, feed)?;
+    let masks: Vec<NodeId> = if dropout {
+        model.dropout_sites(batch).iter().enumerate().map(|(i, s)| g.input(format!("dropout{i}"), s, DType::F32)).collect()
+    } else {
+        vec![]
+    };
+    let logits = model.forward(&mut g, &params, x, &masks)?;
+    let ce = g.softmax_cross_entropy(logits, y)?;
+    let loss = g.mean_all(ce)?;
+    let correct = g.correct_predictions(logits, y)?;
+    let accuracy = g.mean_all(correct)?;
+    let grads = g.grads(loss, &params)?;
+    let scalars = optimizer.begin_step(&mut g, counter)?;
+    let mut new_params = Vec::new();
+    let mut new_slots = Vec::new();
+    for ((&p, &grad), s) in params.iter().zip(&grads).zip(&slots) {
+        let (np, ns) = optimizer.update(&mut g, p, grad, s, &scalars)?;
+        new_params.push(np);
+        new_slots.extend(ns);
+    }
+    for (spec, np) in specs.iter().zip(&new_params) {
+        g.output(spec.name.clone(), *np);
+    }
+    for (k, ns) in new_slots.iter().enumerate() {
+        g.output(format!("slot{k}"), *ns);
+    }
+    if let Some(t) = scalars.counter {
+        g.output("step", t);
+    }
+    g.output("loss", loss);
+    g.output("accuracy", accuracy);
+    let state = new_slots.len() + usize::from(counter.is_some());
+    Ok(TrainStep { graph: g, params: params.len(), state, masks: masks.len() })
+}
+
+/// Per-example loss and correctness (`loss`, `correct`, both [b]) with the given parameters.
+/// Inputs: parameters, then the batch as [`Feed`] says.
+pub fn eval_graph(model: &Model, batch: usize, feed: Feed) -> GResult<Graph> {
+    let mut g = Graph::new();
+    let params = param_inputs(&mut g, model)?;
+    let (x, y) = batch_inputs(&mut g, model, batch, feed)?;
+    let logits = model.forward(&mut g, &params, x, &[])?;
+    let loss = g.softmax_cross_entropy(logits, y)?;
+    let correct = g.correct_predictions(logits, y)?;
+    g.output("loss", loss);
+    g.output("correct", correct);
+    Ok(g)
+}
