@@ -3,6 +3,8 @@
 
 pub mod autodiff;
 pub mod backend;
+pub mod corrupt;
+pub mod data;
 pub mod eager;
 pub mod graph;
 pub mod l2l;
