@@ -210,11 +210,11 @@ fn find_file(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
 }
 
 /// An MNIST-layout directory (MNIST, Fashion-MNIST): train- and t10k- images and labels.
-pub fn load_mnist_dir(dir: &Path) -> Result<Split, DataError> {
+pub fn load_mnist_dir(dir: &Path, classes: usize) -> Result<Split, DataError> {
     let pair = |prefix: &str| -> Result<Dataset, DataError> {
         let images = find_file(dir, &format!("{prefix}-images-idx3-ubyte"))?;
         let labels = find_file(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
-        load_idx_pair(&images, &labels, 10)
+        load_idx_pair(&images, &labels, classes)
     };
     Ok(Split { train: pair("train")?, test: pair("t10k")? })
 }

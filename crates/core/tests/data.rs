@@ -98,7 +98,7 @@ fn fashion_mnist_from_the_debian_package() {
         eprintln!("skipped: {FASHION_MNIST_DIR} is not installed (scripts/setup-data.sh installs it)");
         return;
     }
-    let s = load_mnist_dir(dir).unwrap();
+    let s = load_mnist_dir(dir, 10).unwrap();
     assert_eq!((s.train.len(), s.test.len(), s.train.shape), (60_000, 10_000, [1, 28, 28]));
     let mut counts = [0; 10];
     for &l in &s.train.labels {

@@ -1,0 +1,117 @@
+//! Which backends this binary has, which are usable on this machine, and how to reach one.
+
+use randbench_core::backend::{BResult, Backend, BackendError, BackendId, Device, Engine, GradMode};
+
+/// Whether a backend can run here, and if not, what to do about it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Availability {
+    Usable,
+    NotCompiled { hint: String },
+    Unavailable { reason: String, hint: String },
+}
+
+pub fn engine_compiled(e: Engine) -> bool {
+    match e {
+        Engine::Candle => cfg!(feature = "candle"),
+        Engine::Tch => false,
+        Engine::Ort => false,
+    }
+}
+
+fn enable_hint(e: Engine) -> String {
+    match e {
+        Engine::Candle => "build with the `candle` feature (on by default)".into(),
+        Engine::Tch => "run scripts/setup-native.sh, then build with `--features tch` (scripts/run.sh does both)".into(),
+        Engine::Ort => "run scripts/setup-native.sh, then build with `--features ort` (scripts/run.sh does both)".into(),
+    }
+}
+
+fn cuda_compiled(e: Engine) -> bool {
+    match e {
+        Engine::Candle => cfg!(all(feature = "candle", feature = "cuda")),
+        Engine::Tch | Engine::Ort => false,
+    }
+}
+
+/// Backend names this binary can be asked for.
+pub fn compiled_names() -> Vec<String> {
+    Engine::ALL
+        .into_iter()
+        .filter(|&e| engine_compiled(e))
+        .flat_map(|e| {
+            let cpu = format!("{}-cpu", e.name());
+            if cuda_compiled(e) { vec![cpu, format!("{}-cuda:N", e.name())] } else { vec![cpu] }
+        })
+        .collect()
+}
+
+pub fn availability(id: BackendId) -> Availability {
+    if !engine_compiled(id.engine) {
+        return Availability::NotCompiled { hint: enable_hint(id.engine) };
+    }
+    if let Device::Cuda(_) = id.device {
+        if !cuda_compiled(id.engine) {
+            return Availability::NotCompiled {
+                hint: format!("this binary has no CUDA support for {}; build with `--features cuda` (see docs/gpu.md)", id.engine.name()),
+            };
+        }
+    }
+    match probe(id) {
+        Ok(()) => Availability::Usable,
+        Err(e) => Availability::Unavailable { reason: e.to_string(), hint: unavailable_hint(id) },
+    }
+}
+
+fn unavailable_hint(id: BackendId) -> String {
+    match id.device {
+        Device::Cuda(_) => "run on a machine with an NVIDIA GPU and driver, or pick a -cpu backend".into(),
+        Device::Cpu => enable_hint(id.engine),
+    }
+}
+
+/// Opens the backend once to see that it works here.
+fn probe(id: BackendId) -> BResult<()> {
+    struct Probe;
+    impl BackendVisitor for Probe {
+        type Out = ();
+        fn visit<B: Backend>(self, _: &B) {}
+    }
+    with_backend(id, GradMode::Native, Probe)
+}
+
+/// Every backend this binary has that works on this machine, CPU ones first.
+pub fn usable_here() -> Vec<BackendId> {
+    let mut ids = Vec::new();
+    for e in Engine::ALL.into_iter().filter(|&e| engine_compiled(e)) {
+        ids.push(BackendId { engine: e, device: Device::Cpu });
+    }
+    for e in Engine::ALL.into_iter().filter(|&e| cuda_compiled(e)) {
+        for n in 0..16 {
+            let id = BackendId { engine: e, device: Device::Cuda(n) };
+            if availability(id) != Availability::Usable {
+                break;
+            }
+            ids.push(id);
+        }
+    }
+    ids.retain(|&id| id.device != Device::Cpu || availability(id) == Availability::Usable);
+    ids
+}
+
+/// Generic work to do with whichever concrete backend an id names.
+pub trait BackendVisitor {
+    type Out;
+    fn visit<B: Backend>(self, backend: &B) -> Self::Out;
+}
+
+/// Opens the backend `id` and hands it to `v`.
+pub fn with_backend<V: BackendVisitor>(id: BackendId, grad: GradMode, v: V) -> BResult<V::Out> {
+    match id.engine {
+        #[cfg(feature = "candle")]
+        Engine::Candle => Ok(v.visit(&randbench_candle::CandleBackend::new(id.device, grad)?)),
+        other => {
+            let _ = (grad, v);
+            Err(BackendError::Unsupported { backend: id.to_string(), what: format!("this binary: {}", enable_hint(other)) })
+        }
+    }
+}

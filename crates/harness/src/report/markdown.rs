@@ -1,0 +1,50 @@
+//! `report.md`: the same tables as Markdown, with the run's environment.
+
+use super::terminal::grid;
+use super::{Reporter, Table};
+use crate::env::Environment;
+use comfy_table::presets::ASCII_MARKDOWN;
+
+pub struct Markdown;
+
+impl Reporter for Markdown {
+    fn render(&self, suite: &str, env: Option<&Environment>, tables: &[Table], warnings: &[String]) -> String {
+        let mut out = format!("# randbench report: {suite}\n\n");
+        if let Some(e) = env {
+            let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
+            out += &format!(
+                "Run {} on {} ({}, {} logical CPUs, {} memory{}), {}; randbench {} at commit {}{}.\n\n",
+                e.started_at,
+                or(&e.host),
+                or(&e.cpu),
+                e.logical_cpus,
+                e.memory,
+                if e.gpus.is_empty() { String::new() } else { format!(", GPU {}", e.gpus.join("; ")) },
+                or(&e.os),
+                e.randbench_version,
+                or(&e.git_commit),
+                if e.git_dirty == Some(true) { " (with uncommitted changes)" } else { "" },
+            );
+            for (id, info) in &e.backends {
+                out += &format!("- {id}: {}, device {}, {} threads\n", info.library, info.device_name, info.threads);
+            }
+            out += "\n";
+        }
+        for w in warnings {
+            out += &format!("> warning: {w}\n\n");
+        }
+        for t in tables {
+            out += &format!("## {}\n\n{}\n\n", t.title, t.caption);
+            out += &grid(t, ASCII_MARKDOWN, |c| match &c.group {
+                Some(g) => format!("{g} {}", c.name),
+                None => c.name.clone(),
+            });
+            out += "\n\n";
+            for n in &t.notes {
+                out += &format!("- {n}\n");
+            }
+            out += "\n";
+        }
+        out
+    }
+}

@@ -1,0 +1,246 @@
+//! Running a suite: checks before any work, then every cell in turn, each result appended as
+//! soon as it exists, then the tables.
+
+use crate::backends::{self, Availability, BackendVisitor};
+use crate::env::{self, Environment, ENV_FILE};
+use crate::randomization::{failed_cell, run_cell, CellPlan, Observer};
+use crate::report::{self, Markdown, Reporter, Terminal};
+use crate::results::{self, CellResult};
+use crate::suite::{self, DataSource, DataSpec, Randomization, Suite, Workload};
+use indicatif::{ProgressBar, ProgressStyle};
+use randbench_core::backend::{Backend, BackendId, GradMode};
+use randbench_core::data::{self, Split};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set when the user asks the run to stop (Ctrl-C).
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+pub const REPORT_FILE: &str = "report.md";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Something the user gave is wrong; nothing was run or written.
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub suite: String,
+    pub backends: Option<Vec<String>>,
+    pub out: Option<PathBuf>,
+    pub grad: Option<GradMode>,
+}
+
+pub struct RunSummary {
+    pub out: PathBuf,
+    pub results: Vec<CellResult>,
+    pub interrupted: bool,
+}
+
+/// Parses backend names given on the command line, listing the valid ones on a mistake.
+pub fn parse_backends(names: &[String]) -> Result<Vec<BackendId>, RunError> {
+    names
+        .iter()
+        .map(|n| {
+            let id: BackendId = n.parse().map_err(|e| RunError::Input(format!("--backends: {e}; this binary has: {}", backends::compiled_names().join(", "))))?;
+            if let Availability::NotCompiled { hint } = backends::availability(id) {
+                return Err(RunError::Input(format!("--backends: {id} is not compiled into this binary: {hint}")));
+            }
+            Ok(id)
+        })
+        .collect()
+}
+
+/// Loads a workload's data as its suite describes it (before any corruption).
+pub fn load_data(spec: &DataSpec) -> Result<Split, String> {
+    let mut split = match spec.source {
+        DataSource::Synthetic => {
+            let train = spec.train.expect("validated: synthetic data has a size");
+            // The data are a fixed set (seed 0): seeds vary initialisation, order and corruption.
+            data::synthetic(train, spec.test.unwrap_or(1000), spec.image, spec.classes, 0)
+        }
+        DataSource::FashionMnist => {
+            let dir = spec.path.clone().unwrap_or_else(|| PathBuf::from(data::FASHION_MNIST_DIR));
+            data::load_mnist_dir(&dir, 10).map_err(|e| e.to_string())?
+        }
+        DataSource::Idx => data::load_mnist_dir(spec.path.as_deref().expect("validated"), spec.classes).map_err(|e| e.to_string())?,
+        DataSource::Cifar10 => data::load_cifar10_dir(spec.path.as_deref().expect("validated")).map_err(|e| e.to_string())?,
+    };
+    if let Some(n) = spec.train {
+        split.train = split.train.take(n).map_err(|e| format!("data.train: {e}"))?;
+    }
+    if let Some(n) = spec.test {
+        split.test = split.test.take(n).map_err(|e| format!("data.test: {e}"))?;
+    }
+    Ok(split)
+}
+
+/// Checks everything a run needs before it starts: the backends exist and work here, the data
+/// load and fit the batch size. Returns the backends to run on and each workload's data.
+pub fn preflight(suite: &Suite, requested: Option<Vec<BackendId>>) -> Result<(Vec<BackendId>, Vec<Split>), RunError> {
+    let ids = match requested.or_else(|| suite.backends.clone()) {
+        Some(ids) => ids,
+        None => backends::usable_here(),
+    };
+    if ids.is_empty() {
+        return Err(RunError::Input("no backend is usable on this machine (see `randbench list`)".into()));
+    }
+    for &id in &ids {
+        match backends::availability(id) {
+            Availability::Usable => {}
+            Availability::NotCompiled { hint } => return Err(RunError::Input(format!("{id} is not compiled into this binary: {hint}"))),
+            Availability::Unavailable { reason, hint } => return Err(RunError::Input(format!("{id} is not usable here: {reason}; {hint}"))),
+        }
+    }
+    let mut splits = Vec::new();
+    for w in &suite.workloads {
+        let Workload::Randomization(r) = w;
+        let at = format!("{}:{}:{}", suite.path.display(), r.location.0, r.location.1);
+        let split = load_data(&r.data).map_err(|e| RunError::Input(format!("{at}: workload {}: {e}", r.name)))?;
+        if r.batch > split.train.len() {
+            return Err(RunError::Input(format!("{at}: workload {}: batch {} is larger than the {} training examples", r.name, r.batch, split.train.len())));
+        }
+        splits.push(split);
+    }
+    Ok((ids, splits))
+}
+
+fn default_out(suite: &str) -> PathBuf {
+    let stamp = env::utc_now().replace([':', '-'], "").replace('T', "-").trim_end_matches('Z').to_string();
+    PathBuf::from("reports").join(format!("{suite}-{stamp}"))
+}
+
+/// Writes a file whole or not at all: to a temporary file, then renamed over the target.
+pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+struct ProgressObserver<'a> {
+    bar: &'a ProgressBar,
+    label: String,
+    max_epochs: usize,
+}
+
+impl Observer for ProgressObserver<'_> {
+    fn epoch(&mut self, epoch: usize, train_accuracy: f64) {
+        self.bar.set_message(format!("{} epoch {epoch}/{}, train acc {:.1}%", self.label, self.max_epochs, 100.0 * train_accuracy));
+    }
+    fn should_stop(&self) -> bool {
+        STOP.load(Ordering::SeqCst)
+    }
+}
+
+struct Cell<'a> {
+    plan: CellPlan<'a>,
+    observer: ProgressObserver<'a>,
+}
+
+impl BackendVisitor for Cell<'_> {
+    type Out = CellResult;
+    fn visit<B: Backend>(mut self, b: &B) -> CellResult {
+        run_cell(b, &self.plan, &mut self.observer)
+    }
+}
+
+/// Runs a suite and writes `results.jsonl`, `environment.json` and `report.md` under the
+/// output directory; prints the tables.
+pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
+    let path = suite::resolve(&opts.suite).map_err(|e| RunError::Input(e.to_string()))?;
+    let suite = suite::load(&path).map_err(|e| RunError::Input(e.to_string()))?;
+    let requested = opts.backends.as_deref().map(parse_backends).transpose()?;
+    let (ids, splits) = preflight(&suite, requested)?;
+    let grad = opts.grad.unwrap_or(suite.grad);
+    let out = opts.out.clone().unwrap_or_else(|| default_out(&suite.name));
+    std::fs::create_dir_all(&out).map_err(|e| RunError::Input(format!("--out {}: cannot create the directory: {e}", out.display())))?;
+    let infos = ids.iter().filter_map(|&id| backends::with_backend(id, grad, InfoOf).ok().map(|i| (id, i))).collect();
+    let environment = env::capture(infos);
+    let env_json = serde_json::to_string_pretty(&environment).expect("serializable");
+    write_atomic(&out.join(ENV_FILE), &env_json).map_err(|e| RunError::Input(format!("--out {}: not writable: {e}", out.display())))?;
+
+    let total: usize = suite.workloads.iter().map(|w| {
+        let Workload::Randomization(r) = w;
+        r.conditions.len() * r.regularizers.len()
+    }).sum::<usize>() * suite.seeds.len() * ids.len();
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(ProgressStyle::with_template("[{pos}/{len}] {elapsed_precise} {msg}").expect("valid template"));
+    let mut done = Vec::new();
+    let mut interrupted = false;
+    'all: for (w, split) in suite.workloads.iter().zip(&splits) {
+        let Workload::Randomization(r) = w;
+        for &seed in &suite.seeds {
+            for &condition in &r.conditions {
+                let mut corrupted = split.clone();
+                condition.apply(&mut corrupted, seed);
+                for &regularizer in &r.regularizers {
+                    for &id in &ids {
+                        if STOP.load(Ordering::SeqCst) {
+                            interrupted = true;
+                            break 'all;
+                        }
+                        let result = run_one(&suite, r, condition, regularizer, seed, &corrupted, id, grad, &bar);
+                        results::append(&out, &result).map_err(|e| RunError::Failed(format!("{}: cannot append the result: {e}", out.join(results::RESULTS_FILE).display())))?;
+                        bar.println(cell_line(&result));
+                        bar.inc(1);
+                        interrupted |= result.status == results::Status::Interrupted;
+                        done.push(result);
+                    }
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let text = render(&out, Some(&environment), &done, &[], &suite.name).map_err(RunError::Failed)?;
+    print!("{text}");
+    Ok(RunSummary { out, results: done, interrupted })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_one(suite: &Suite, r: &Randomization, condition: randbench_core::corrupt::Condition, regularizer: suite::Regularizer, seed: u64, split: &Split, id: BackendId, grad: GradMode, bar: &ProgressBar) -> CellResult {
+    let label = format!("{id} {} {}{} seed {seed}", r.name, condition, if regularizer.is_none() { String::new() } else { format!(" [{}]", regularizer.label()) });
+    bar.set_message(format!("{label} compiling"));
+    let plan = || CellPlan { suite: &suite.name, workload: r, condition, regularizer, seed, split };
+    let cell = Cell { plan: plan(), observer: ProgressObserver { bar, label, max_epochs: r.max_epochs } };
+    backends::with_backend(id, grad, cell).unwrap_or_else(|e| failed_cell(&plan(), id, e))
+}
+
+fn cell_line(r: &CellResult) -> String {
+    let fit = match (r.epochs_to_fit, r.seconds_to_fit) {
+        (Some(e), Some(s)) => format!("fit in {e} epochs, {s}"),
+        _ => format!("{} after {} epochs", r.status.label(), r.epochs),
+    };
+    let test = r.test_accuracy.map(|a| format!(", test acc {:.1}%", 100.0 * a)).unwrap_or_default();
+    format!("{} {} {} [{}] seed {}: {fit}{test}", r.backend, r.workload, r.condition, r.regularizer, r.seed)
+}
+
+struct InfoOf;
+impl BackendVisitor for InfoOf {
+    type Out = randbench_core::BackendInfo;
+    fn visit<B: Backend>(self, b: &B) -> Self::Out {
+        b.info()
+    }
+}
+
+/// Renders the terminal tables and writes `report.md` for the results in `out`.
+pub fn render(out: &Path, env: Option<&Environment>, results: &[CellResult], warnings: &[String], suite: &str) -> Result<String, String> {
+    let tables = report::comparison_tables(results);
+    let md = Markdown.render(suite, env, &tables, warnings);
+    write_atomic(&out.join(REPORT_FILE), &md).map_err(|e| format!("{}: {e}", out.join(REPORT_FILE).display()))?;
+    Ok(Terminal.render(suite, env, &tables, warnings))
+}
+
+/// Re-renders a finished (or interrupted) run's report from its files.
+pub fn report(dir: &Path) -> Result<String, RunError> {
+    let (results, warnings) = results::read(dir).map_err(RunError::Input)?;
+    if results.is_empty() {
+        return Err(RunError::Input(format!("{}: no results yet", dir.join(results::RESULTS_FILE).display())));
+    }
+    let env: Option<Environment> = std::fs::read_to_string(dir.join(ENV_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let suite = results[0].suite.clone();
+    render(dir, env.as_ref(), &results, &warnings, &suite).map_err(RunError::Failed)
+}
