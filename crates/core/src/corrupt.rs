@@ -1,7 +1,7 @@
 //! The randomization test's conditions (Zhang et al., ICLR 2017, section 2), seeded and fixed
 //! for a whole run.
 
-use crate::data::{Dataset, Split};
+use crate::data::{channel_stats, Dataset, Split};
 use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -93,25 +93,6 @@ fn permute_pixels<'a>(set: &mut Dataset, perm_of: impl Fn(usize) -> &'a Vec<usiz
             ch.copy_from_slice(&buf);
         }
     }
-}
-
-/// (mean, standard deviation) of each channel over a whole set.
-pub fn channel_stats(set: &Dataset) -> Vec<(f64, f64)> {
-    let [c, h, w] = set.shape;
-    let plane = h * w;
-    (0..c)
-        .map(|ch| {
-            let vals = set.images.chunks(c * plane).flat_map(|img| &img[ch * plane..(ch + 1) * plane]);
-            let (mut n, mut sum, mut sq) = (0f64, 0f64, 0f64);
-            for &v in vals {
-                n += 1.0;
-                sum += v as f64;
-                sq += (v as f64) * (v as f64);
-            }
-            let mean = sum / n;
-            (mean, (sq / n - mean * mean).max(0.0).sqrt())
-        })
-        .collect()
 }
 
 fn gaussian_images(set: &mut Dataset, stats: &[(f64, f64)], rng: &mut Rng) {

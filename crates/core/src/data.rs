@@ -103,11 +103,53 @@ impl Dataset {
     }
 }
 
+/// (mean, standard deviation) of each channel over a whole set.
+pub fn channel_stats(set: &Dataset) -> Vec<(f64, f64)> {
+    let [c, h, w] = set.shape;
+    let plane = h * w;
+    (0..c)
+        .map(|ch| {
+            let (mut n, mut sum, mut sq) = (0f64, 0f64, 0f64);
+            for img in set.images.chunks(c * plane) {
+                for &v in &img[ch * plane..(ch + 1) * plane] {
+                    n += 1.0;
+                    sum += v as f64;
+                    sq += (v as f64) * (v as f64);
+                }
+            }
+            let mean = sum / n;
+            (mean, (sq / n - mean * mean).max(0.0).sqrt())
+        })
+        .collect()
+}
+
 /// A training and a test set.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Split {
     pub train: Dataset,
     pub test: Dataset,
+}
+
+impl Split {
+    /// Standardizes both sets per channel with the training set's mean and deviation (as
+    /// torchvision's `Normalize` with the data set's statistics); returns those statistics.
+    pub fn standardize(&mut self) -> Vec<(f64, f64)> {
+        let stats = channel_stats(&self.train);
+        let [c, h, w] = self.train.shape;
+        let plane = h * w;
+        for set in [&mut self.train, &mut self.test] {
+            for img in set.images.chunks_mut(c * plane) {
+                for (ch, px) in img.chunks_mut(plane).enumerate() {
+                    let (mean, std) = stats[ch];
+                    let inv = if std > 0.0 { 1.0 / std } else { 1.0 };
+                    for p in px {
+                        *p = ((*p as f64 - mean) * inv) as f32;
+                    }
+                }
+            }
+        }
+        stats
+    }
 }
 
 // ---- IDX ----

@@ -1,8 +1,8 @@
 //! Loaders and the randomization test's corruptions.
 
 use flate2::{write::GzEncoder, Compression};
-use randbench_core::corrupt::{channel_stats, Condition};
-use randbench_core::data::{load_idx_pair, load_mnist_dir, read_cifar_batch, read_idx, synthetic, translate_batch, write_idx, Dataset, Split, FASHION_MNIST_DIR};
+use randbench_core::corrupt::Condition;
+use randbench_core::data::{channel_stats, load_idx_pair, load_mnist_dir, read_cifar_batch, read_idx, synthetic, translate_batch, write_idx, Dataset, Split, FASHION_MNIST_DIR};
 use randbench_core::rng::Rng;
 use std::io::Write;
 use std::path::PathBuf;
@@ -226,4 +226,16 @@ fn translation_moves_pixels_and_fills_zeros() {
     translate_batch(&mut img, [1, 4, 4], 1, &mut rng);
     let kept = img.iter().filter(|&&v| v != 0.0).count();
     assert!(kept >= 9 && img.iter().all(|v| *v == 0.0 || orig.contains(v)));
+}
+
+#[test]
+fn standardizing_uses_training_statistics_for_both_sets() {
+    let mut s = synthetic(500, 200, [1, 8, 8], 10, 1);
+    let before = channel_stats(&s.train)[0];
+    let stats = s.standardize();
+    assert_eq!(stats[0], before);
+    let (m, sd) = channel_stats(&s.train)[0];
+    assert!(m.abs() < 1e-5 && (sd - 1.0).abs() < 1e-4, "{m} {sd}");
+    let (tm, tsd) = channel_stats(&s.test)[0];
+    assert!(tm.abs() < 0.1 && (tsd - 1.0).abs() < 0.1, "test set uses the training statistics: {tm} {tsd}");
 }

@@ -47,6 +47,7 @@ impl HandStep {
 }
 
 fn bench(c: &mut Criterion) {
+    randbench::sys::tune_allocator();
     let model = Model::mlp([1, 28, 28], &[512], 10, Activation::Relu);
     let specs = model.params().unwrap();
     let optimizer = Optimizer::momentum(LR, MOMENTUM);

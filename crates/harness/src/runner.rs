@@ -70,6 +70,10 @@ pub fn load_data(spec: &DataSpec) -> Result<Split, String> {
         DataSource::Idx => data::load_mnist_dir(spec.path.as_deref().expect("validated"), spec.classes).map_err(|e| e.to_string())?,
         DataSource::Cifar10 => data::load_cifar10_dir(spec.path.as_deref().expect("validated")).map_err(|e| e.to_string())?,
     };
+    // Statistics of the whole training set, before taking a subset (as torchvision users do).
+    if spec.normalize {
+        split.standardize();
+    }
     if let Some(n) = spec.train {
         split.train = split.train.take(n).map_err(|e| format!("data.train: {e}"))?;
     }

@@ -67,6 +67,7 @@ struct RawData {
     test: Option<Spanned<usize>>,
     image: Option<Spanned<[usize; 3]>>,
     classes: Option<Spanned<usize>>,
+    normalize: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +135,8 @@ pub struct DataSpec {
     /// Image shape of synthetic data.
     pub image: [usize; 3],
     pub classes: usize,
+    /// Standardize pixels with the full training set's per-channel mean and deviation.
+    pub normalize: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -497,7 +500,7 @@ fn data(cx: &Ctx, d: RawData, at: Location) -> Result<DataSpec, SuiteError> {
     if synthetic && train.is_none() {
         return Err(cx.at(at, "synthetic data needs `train`, the number of training examples to generate"));
     }
-    Ok(DataSpec { source: d.source, path: d.path, train, test, image, classes })
+    Ok(DataSpec { source: d.source, path: d.path, train, test, image, classes, normalize: d.normalize.unwrap_or(true) })
 }
 
 fn randomization(cx: &Ctx, r: RawRandomization, index: usize, at: Location) -> Result<Randomization, SuiteError> {

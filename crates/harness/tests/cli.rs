@@ -1,0 +1,147 @@
+//! The randbench binary end to end: a small suite on synthetic data, bad suites, list, report.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn randbench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_randbench")).args(args).output().expect("randbench runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("randbench-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const TINY: &str = r#"
+description: a tiny suite for the end-to-end test
+backends: [candle-cpu]
+seeds: [3]
+workloads:
+  - randomization:
+      name: tiny
+      data: {source: synthetic, train: 200, test: 100, image: [1, 16, 16]}
+      model:
+        mlp: {hidden: [32]}
+      optimizer: {kind: momentum, lr: 0.1, momentum: 0.9}
+      batch: 50
+      conditions: [true_labels, random_labels]
+      max_epochs: 300
+"#;
+
+fn write_suite(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn lines(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("results.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn a_small_suite_writes_results_tables_and_report() {
+    let dir = scratch("tiny");
+    let suite = write_suite(&dir, "tiny.yaml", TINY);
+    let out = dir.join("out");
+    let o = randbench(&["run", &suite, "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let results = lines(&out);
+    assert_eq!(results.len(), 2);
+    for (r, cond) in results.iter().zip(["true_labels", "random_labels"]) {
+        assert_eq!(r["condition"], cond);
+        assert_eq!(r["backend"], "candle-cpu");
+        assert_eq!(r["workload"], "tiny");
+        assert_eq!(r["model"], "mlp-256-32-10");
+        assert_eq!(r["seed"], 3);
+        assert_eq!(r["status"], "ok", "{r}");
+        assert_eq!(r["train_accuracy"], 1.0);
+        for field in ["epochs_to_fit", "steps_to_fit", "seconds_to_fit", "test_accuracy", "peak_memory", "steps_per_second", "examples_per_second"] {
+            assert!(!r[field].is_null(), "{field} missing in {r}");
+        }
+        assert!(r["steps_per_second"]["q1"].as_f64().unwrap() <= r["steps_per_second"]["median"].as_f64().unwrap());
+    }
+    // Random labels take longer to fit than true labels, and generalize at chance.
+    assert!(results[1]["epochs_to_fit"].as_u64() > results[0]["epochs_to_fit"].as_u64());
+    assert!(results[0]["test_accuracy"].as_f64().unwrap() > 0.5);
+    assert!(results[1]["test_accuracy"].as_f64().unwrap() < 0.3);
+    assert!(out.join("environment.json").is_file() && out.join("report.md").is_file());
+
+    // The same seed trains the same way: epochs are part of the snapshot.
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    insta::with_settings!({filters => vec![
+        (r"\d+(\.\d+)? (µs|ms|s)\b", "[time]"),
+        (r"┆ +\d+ │", "┆ [rate] │"),
+        (r"\d+\.\d+×", "[ratio]"),
+    ]}, {
+        insta::assert_snapshot!("tiny_suite_table", stdout);
+    });
+
+    // `report` renders the same tables again from the directory.
+    let again = randbench(&["report", out.to_str().unwrap()]);
+    assert!(again.status.success());
+    assert_eq!(String::from_utf8_lossy(&again.stdout), stdout);
+}
+
+fn assert_bad_suite(name: &str, text: &str, expected: &[&str]) {
+    let dir = scratch(name);
+    let suite = write_suite(&dir, &format!("{name}.yaml"), text);
+    let out = dir.join("out");
+    let o = randbench(&["run", &suite, "--out", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{name}: one line expected: {err}");
+    for e in expected {
+        assert!(err.contains(e), "{name}: expected `{e}` in: {err}");
+    }
+    assert!(!out.exists(), "{name}: nothing may be written for a bad suite");
+}
+
+#[test]
+fn bad_suites_get_one_line_with_file_line_and_column_and_exit_2() {
+    assert_bad_suite("syntax", "seeds: [0\nworkloads: []\n", &["syntax.yaml:", "error:"]);
+    assert_bad_suite("unknown-key", &TINY.replace("max_epochs: 300", "max_epoch: 300"), &["unknown-key.yaml:14:7:", "unknown field `max_epoch`", "did you mean `max_epochs`?"]);
+    assert_bad_suite("wrong-type", &TINY.replace("batch: 50", "batch: fifty"), &["wrong-type.yaml:12:14:"]);
+    assert_bad_suite("unknown-backend", &TINY.replace("[candle-cpu]", "[candle-cpu, tpu-cpu]"), &["unknown-backend.yaml:3:24:", "unknown backend 'tpu-cpu'", "candle-cpu"]);
+    assert_bad_suite("unknown-condition", &TINY.replace("random_labels]", "random_label]"), &["unknown-condition.yaml:", "did you mean `random_labels`?"]);
+    assert_bad_suite("zero-epochs", &TINY.replace("max_epochs: 300", "max_epochs: 0"), &["zero-epochs.yaml:14:19:", "max_epochs must be at least 1"]);
+    assert_bad_suite("negative-lr", &TINY.replace("lr: 0.1", "lr: -0.1"), &["negative-lr.yaml:11:39:", "lr must be a positive number"]);
+    assert_bad_suite("big-batch", &TINY.replace("batch: 50", "batch: 500"), &["big-batch.yaml:12:14:", "larger than the 200 training examples"]);
+    assert_bad_suite("no-seeds", &TINY.replace("seeds: [3]", "seeds: []"), &["no-seeds.yaml:4:8:", "seed list is empty"]);
+    assert_bad_suite("stray-option", &TINY.replace("momentum: 0.9}", "momentum: 0.9, beta1: 0.5}"), &["stray-option.yaml:", "`beta1` does not apply to the momentum optimizer"]);
+}
+
+#[test]
+fn a_backend_not_compiled_in_is_a_clear_error() {
+    // This test binary's randbench has no ONNX Runtime unless built with the `ort` feature.
+    if cfg!(feature = "ort") {
+        return;
+    }
+    assert_bad_suite("not-compiled", &TINY.replace("[candle-cpu]", "[ort-cpu]"), &["not-compiled.yaml:3:12:", "not compiled into this binary", "--features ort"]);
+}
+
+#[test]
+fn unknown_backend_flag_lists_the_valid_ones() {
+    let o = randbench(&["run", "quick", "--backends", "candle-gpu"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--backends") && err.contains("candle-gpu") && err.contains("candle-cpu"), "{err}");
+}
+
+#[test]
+fn list_names_workloads_suites_and_backends() {
+    let o = randbench(&["list"]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    for want in ["randomization", "quick", "corruption-sweep", "candle-cpu", "usable", "tch-cpu", "ort-cpu"] {
+        assert!(text.contains(want), "`{want}` missing from:\n{text}");
+    }
+}
+
+#[test]
+fn every_shipped_suite_loads() {
+    for (name, path) in randbench::suite::available() {
+        randbench::suite::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
