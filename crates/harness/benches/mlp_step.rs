@@ -1,6 +1,10 @@
 //! One training step of the 784-512-10 MLP (batch 128, SGD momentum 0.9) through
 //! randbench-candle, against the same step written by hand with candle-core and candle-nn.
 //! The ratio of the medians is the cost of the IR.
+//!
+//! Every sample starts again from the initial weights (outside the timed region): thousands
+//! of steps on one batch drive the loss to zero and the arithmetic into denormal numbers,
+//! which slowed steps by a third here, whichever implementation ran longest.
 
 use candle_core::{DType, Device as CDevice, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -28,6 +32,10 @@ impl HandStep {
             .collect();
         let bufs = vars.iter().map(|v| v.zeros_like().unwrap()).collect();
         Self { vars, bufs }
+    }
+
+    fn reset(&mut self, params: &[HostTensor]) {
+        *self = Self::new(params);
     }
 
     fn step(&mut self, x: &Tensor, y: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
@@ -61,6 +69,7 @@ fn bench(c: &mut Criterion) {
     let cy = Tensor::from_slice(y.as_i64().unwrap(), y.shape(), &CDevice::Cpu).unwrap();
     group.bench_function("candle-by-hand", |b| {
         b.iter_custom(|iters| {
+            hand.reset(&params);
             let t = Instant::now();
             for _ in 0..iters {
                 hand.step(&cx, &cy).unwrap();
@@ -75,11 +84,11 @@ fn bench(c: &mut Criterion) {
         let mut program = backend.compile(&step.graph).unwrap();
         let mut initial = params.clone();
         initial.extend(optimizer.initial_state(&specs.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()));
-        let mut state: Vec<Tensor> = initial.iter().map(|t| backend.upload(t).unwrap()).collect();
         let data = [backend.upload(&x).unwrap(), backend.upload(&y).unwrap()];
         let n = step.params + step.state;
         group.bench_function(format!("randbench-candle-{mode:?}").to_lowercase(), |b| {
             b.iter_custom(|iters| {
+                let mut state: Vec<Tensor> = initial.iter().map(|t| backend.upload(t).unwrap()).collect();
                 let t = Instant::now();
                 for _ in 0..iters {
                     let inputs: Vec<&Tensor> = state.iter().chain(data.iter()).collect();
