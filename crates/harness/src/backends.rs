@@ -13,7 +13,7 @@ pub enum Availability {
 pub fn engine_compiled(e: Engine) -> bool {
     match e {
         Engine::Candle => cfg!(feature = "candle"),
-        Engine::Tch => false,
+        Engine::Tch => cfg!(feature = "tch"),
         Engine::Ort => false,
     }
 }
@@ -29,7 +29,9 @@ fn enable_hint(e: Engine) -> String {
 fn cuda_compiled(e: Engine) -> bool {
     match e {
         Engine::Candle => cfg!(all(feature = "candle", feature = "cuda")),
-        Engine::Tch | Engine::Ort => false,
+        // libtorch's CUDA support is in the library itself, found at run time.
+        Engine::Tch => cfg!(feature = "tch"),
+        Engine::Ort => false,
     }
 }
 
@@ -109,6 +111,9 @@ pub fn with_backend<V: BackendVisitor>(id: BackendId, grad: GradMode, v: V) -> B
     match id.engine {
         #[cfg(feature = "candle")]
         Engine::Candle => Ok(v.visit(&randbench_candle::CandleBackend::new(id.device, grad)?)),
+        #[cfg(feature = "tch")]
+        Engine::Tch => Ok(v.visit(&randbench_tch::TchBackend::new(id.device, grad)?)),
+        #[allow(unreachable_patterns)]
         other => {
             let _ = (grad, v);
             Err(BackendError::Unsupported { backend: id.to_string(), what: format!("this binary: {}", enable_hint(other)) })

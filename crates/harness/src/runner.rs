@@ -232,7 +232,7 @@ impl BackendVisitor for InfoOf {
 
 /// Renders the terminal tables and writes `report.md` for the results in `out`.
 pub fn render(out: &Path, env: Option<&Environment>, results: &[CellResult], warnings: &[String], suite: &str) -> Result<String, String> {
-    let tables = report::comparison_tables(results);
+    let tables = report::tables(results);
     let md = Markdown.render(suite, env, &tables, warnings);
     write_atomic(&out.join(REPORT_FILE), &md).map_err(|e| format!("{}: {e}", out.join(REPORT_FILE).display()))?;
     Ok(Terminal.render(suite, env, &tables, warnings))

@@ -42,6 +42,10 @@ pub trait Reporter {
     fn render(&self, suite: &str, env: Option<&Environment>, tables: &[Table], warnings: &[String]) -> String;
 }
 
+/// Two backends' losses at a step agree when |a − b| ≤ PARITY_ABS + PARITY_REL·|a|.
+pub const PARITY_REL: f64 = 1e-3;
+pub const PARITY_ABS: f64 = 1e-5;
+
 const METRICS: [&str; 6] = ["fit", "time to fit", "× true", "train acc", "test acc", "steps/s"];
 
 fn median(xs: impl Iterator<Item = f64>) -> Option<f64> {
@@ -71,15 +75,12 @@ fn fit_cell(cells: &[&CellResult]) -> String {
     }
 }
 
-/// Comparison tables of a run, one per workload.
-pub fn comparison_tables(results: &[CellResult]) -> Vec<Table> {
-    let mut workloads: Vec<&str> = Vec::new();
-    for r in results {
-        if !workloads.contains(&r.workload.as_str()) {
-            workloads.push(&r.workload);
-        }
-    }
-    workloads.into_iter().map(|w| workload_table(w, results.iter().filter(|r| r.workload == w).collect())).collect()
+/// The report's tables: one comparison table per workload, then the parity table.
+pub fn tables(results: &[CellResult]) -> Vec<Table> {
+    let workloads = first_appearance(results.iter().map(|r| r.workload.as_str()));
+    let mut out: Vec<Table> = workloads.into_iter().map(|w| workload_table(w, results.iter().filter(|r| r.workload == w).collect())).collect();
+    out.extend(parity_table(results));
+    out
 }
 
 fn first_appearance<T: PartialEq + Clone>(items: impl Iterator<Item = T>) -> Vec<T> {
@@ -162,4 +163,52 @@ fn workload_table(name: &str, rs: Vec<&CellResult>) -> Table {
         notes.push(format!("{} {} {} seed {}: {}: {}", r.backend, r.condition, r.regularizer, r.seed, r.status.label(), r.error.as_deref().unwrap_or("")));
     }
     Table { title: name.to_string(), caption, header, rows: table_rows, notes }
+}
+
+/// Loss-trajectory parity: for every cell run on two or more backends with the same seed, the
+/// largest per-step loss difference from the first backend, and the first step where the
+/// difference exceeds the tolerance. `None` when no cell ran on two backends.
+pub fn parity_table(results: &[CellResult]) -> Option<Table> {
+    let keys = first_appearance(results.iter().map(|r| (r.workload.clone(), r.condition.clone(), r.regularizer.clone(), r.seed)));
+    let mut rows = Vec::new();
+    for (w, c, reg, seed) in keys {
+        let group: Vec<&CellResult> = results.iter().filter(|r| r.workload == w && r.condition == c && r.regularizer == reg && r.seed == seed).collect();
+        let Some((reference, others)) = group.split_first() else { continue };
+        for other in others {
+            let n = reference.step_losses.len().min(other.step_losses.len());
+            let (a, b) = (&reference.step_losses[..n], &other.step_losses[..n]);
+            let diffs: Vec<(f64, f64)> = a.iter().zip(b).map(|(&x, &y)| (x as f64, (x as f64 - y as f64).abs())).collect();
+            let max_abs = diffs.iter().map(|d| d.1).fold(0.0, f64::max);
+            let max_rel = diffs.iter().map(|(x, d)| d / x.abs().max(f64::MIN_POSITIVE)).fold(0.0, f64::max);
+            let first = diffs.iter().position(|(x, d)| *d > PARITY_ABS + PARITY_REL * x.abs());
+            let mut row = vec![w.clone(), c.clone()];
+            row.push(reg.clone());
+            row.extend([
+                seed.to_string(),
+                format!("{} vs {}", other.backend, reference.backend),
+                n.to_string(),
+                format!("{max_abs:.2e}"),
+                format!("{max_rel:.2e}"),
+                first.map(|s| (s + 1).to_string()).unwrap_or_else(|| "none".into()),
+            ]);
+            rows.push(row);
+        }
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let header = ["workload", "condition", "regularizer", "seed", "backends", "steps", "max |Δ loss|", "max rel Δ", "first step over tolerance"]
+        .iter()
+        .map(|h| Column::plain(h))
+        .collect();
+    Some(Table {
+        title: "parity".into(),
+        caption: "per-step training loss of each backend against the first, same seed, same initial weights, same data order".into(),
+        header,
+        rows,
+        notes: vec![format!(
+            "tolerance: |Δ| ≤ {PARITY_ABS:e} + {PARITY_REL:e}·|loss|; steps are counted from 1, over the first {} steps of each cell. Trajectories part once losses approach zero, where rounding differences are large relative to the loss.",
+            crate::randomization::TRACE_STEPS
+        )],
+    })
 }

@@ -1,0 +1,132 @@
+//! randbench-tch against its peer, a plain PyTorch eager Python loop running the same work
+//! (scripts/peers/pytorch_eager.py, with the project environment's python), side by side in
+//! one run, and the ratio.
+//!
+//!   cargo bench -p randbench --features tch --bench peer_pytorch             # the MLP step
+//!   cargo bench -p randbench --features tch --bench peer_pytorch -- --suite  # and the randomization suite
+//!
+//! The step: 784-512-10 MLP, batch 128, SGD momentum, on a fixed batch; timed step by step
+//! after warm-up, weights reset every 50 steps (untimed) on both sides. The two sides take
+//! turns, three rounds each, and the medians of the rounds are compared.
+
+use randbench::backends::BackendVisitor;
+use randbench_core::models::{init_params, Activation, Model};
+use randbench_core::optim::Optimizer;
+use randbench_core::stats::Summary;
+use randbench_core::testing::mlp_batch;
+use randbench_core::train::{training_step, Feed};
+use randbench_core::{Backend, BackendId, GradMode};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const STEPS: usize = 400;
+const RESET_EVERY: usize = 50;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn python(args: &[&str]) -> serde_json::Value {
+    let py = root().join(".venv/bin/python");
+    let out = Command::new(&py)
+        .arg(root().join("scripts/peers/pytorch_eager.py"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup-native.sh)", py.display()));
+    assert!(out.status.success(), "pytorch_eager.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON from pytorch_eager.py")
+}
+
+/// Median seconds of one training step through randbench on backend `b`.
+struct StepTimer;
+
+impl BackendVisitor for StepTimer {
+    type Out = f64;
+    fn visit<B: Backend>(self, b: &B) -> f64 {
+        let model = Model::mlp([1, 28, 28], &[512], 10, Activation::Relu);
+        let specs = model.params().unwrap();
+        let opt = Optimizer::momentum(0.01, 0.9);
+        let step = training_step(&model, &opt, 128, Feed::Batch, false).unwrap();
+        let mut prog = b.compile(&step.graph).unwrap();
+        let mut initial = init_params(&specs, 0);
+        initial.extend(opt.initial_state(&specs.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()));
+        let (x, y) = mlp_batch(128, 0);
+        let data = [b.upload(&x).unwrap(), b.upload(&y).unwrap()];
+        let n = step.params + step.state;
+        let mut times = Vec::new();
+        let mut warm = 20;
+        while times.len() < STEPS {
+            let mut state: Vec<B::Tensor> = initial.iter().map(|t| b.upload(t).unwrap()).collect();
+            for _ in 0..RESET_EVERY {
+                let t = Instant::now();
+                let inputs: Vec<&B::Tensor> = state.iter().chain(data.iter()).collect();
+                let mut out = b.run(&mut prog, &inputs).unwrap();
+                b.sync().unwrap();
+                let dt = t.elapsed().as_secs_f64();
+                out.truncate(n);
+                state = out;
+                if warm > 0 { warm -= 1 } else { times.push(dt) }
+            }
+        }
+        Summary::of(&times).unwrap().median
+    }
+}
+
+fn randbench_step(id: &str, grad: GradMode) -> f64 {
+    randbench::backends::with_backend(id.parse::<BackendId>().unwrap(), grad, StepTimer).unwrap()
+}
+
+fn compare_step() {
+    let mut peer = Vec::new();
+    let mut native = Vec::new();
+    let mut symbolic = Vec::new();
+    let steps = STEPS.to_string();
+    for _ in 0..3 {
+        peer.push(python(&["step", "--steps", &steps])["median_step_seconds"].as_f64().unwrap());
+        native.push(randbench_step("tch-cpu", GradMode::Native));
+        symbolic.push(randbench_step("tch-cpu", GradMode::Symbolic));
+    }
+    let med = |v: &[f64]| Summary::of(v).unwrap().median;
+    let (p, n, s) = (med(&peer), med(&native), med(&symbolic));
+    println!("MLP 784-512-10 training step, batch 128, SGD momentum (median of 3 rounds of {STEPS} steps)");
+    println!("  PyTorch eager (python)       {:>8.0} steps/s", 1.0 / p);
+    println!("  randbench tch-cpu, native    {:>8.0} steps/s   {:.2}× PyTorch", 1.0 / n, p / n);
+    println!("  randbench tch-cpu, symbolic  {:>8.0} steps/s   {:.2}× PyTorch", 1.0 / s, p / s);
+}
+
+fn compare_suite() {
+    let peer = python(&["randomization"]);
+    let out = std::env::temp_dir().join(format!("randbench-peer-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_randbench"))
+        .args(["run", "randomization", "--backends", "tch-cpu", "--out"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("randbench runs");
+    assert!(status.success());
+    let (results, _) = randbench::results::read(&out).unwrap();
+    println!("\nrandomization suite (Fashion-MNIST, 5,000 images), trained to 100% training accuracy.");
+    println!("The two sides draw different random numbers, so epochs differ; steps/s compares the engines.");
+    println!("  {:<16} {:>26} {:>26} {:>14}", "condition", "PyTorch eager", "randbench tch-cpu", "steps/s ratio");
+    let (mut sums_p, mut sums_r) = ((0.0, 0.0), (0.0, 0.0));
+    for r in &results {
+        let p = &peer[&r.condition];
+        let (ps, pn) = (p["train_seconds"].as_f64().unwrap(), p["steps"].as_f64().unwrap());
+        let (rs, rn) = (r.train_seconds.0, r.steps as f64);
+        sums_p = (sums_p.0 + ps, sums_p.1 + pn);
+        sums_r = (sums_r.0 + rs, sums_r.1 + rn);
+        let pe = p["epochs_to_fit"].as_u64().map(|e| e.to_string()).unwrap_or_else(|| "no fit".into());
+        let re = r.epochs_to_fit.map(|e| e.to_string()).unwrap_or_else(|| "no fit".into());
+        println!("  {:<16} {:>6} ep {:>7.2} s {:>5.0}/s {:>6} ep {:>7.2} s {:>5.0}/s {:>13.2}×", r.condition, pe, ps, pn / ps, re, rs, rn / rs, (rn / rs) / (pn / ps));
+    }
+    println!("  {:<16} {:>9} {:>7.2} s {:>5.0}/s {:>9} {:>7.2} s {:>5.0}/s {:>13.2}×", "all five", "", sums_p.0, sums_p.1 / sums_p.0, "", sums_r.0, sums_r.1 / sums_r.0, (sums_r.1 / sums_r.0) / (sums_p.1 / sums_p.0));
+}
+
+fn main() {
+    randbench::sys::tune_allocator();
+    compare_step();
+    if std::env::args().any(|a| a == "--suite") {
+        compare_suite();
+    }
+}

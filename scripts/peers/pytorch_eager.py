@@ -1,0 +1,135 @@
+"""The peer randbench-tch is compared with: the same work as a plain PyTorch eager loop.
+
+    python pytorch_eager.py step [--steps N] [--threads T]
+        One training step of the 784-512-10 MLP (batch 128, SGD momentum 0.9, lr 0.01) on a
+        fixed batch, timed step by step after warm-up. Every 50 steps the weights start
+        again from their initial values (untimed), as in randbench's own step benchmark.
+    python pytorch_eager.py randomization [--threads T] [--max-epochs E]
+        The randomization suite (bench-suites/randomization.yaml): Fashion-MNIST, 5,000
+        training images standardized with the training set's mean and deviation, the five
+        conditions, trained until 100% training accuracy; steps timed as randbench times them.
+
+Prints one JSON object on stdout.
+"""
+import argparse
+import gzip
+import json
+import struct
+import time
+
+import torch
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+def idx(path):
+    b = gzip.open(path).read()
+    nd = b[3]
+    dims = struct.unpack(">" + "I" * nd, b[4:4 + 4 * nd])
+    return torch.frombuffer(bytearray(b[4 + 4 * nd:]), dtype=torch.uint8).reshape(dims)
+
+
+def mlp():
+    return torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10))
+
+
+def step_benchmark(steps):
+    torch.manual_seed(0)
+    x = torch.rand(128, 784)
+    y = torch.randint(0, 10, (128,))
+    model = mlp()
+    initial = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def reset():
+        with torch.no_grad():
+            for p, p0 in zip(model.parameters(), initial):
+                p.copy_(p0)
+        opt.state.clear()
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(20):
+        step()
+    times = []
+    while len(times) < steps:
+        reset()
+        for _ in range(50):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+    times.sort()
+    return {"median_step_seconds": times[len(times) // 2], "steps": len(times)}
+
+
+def randomization(max_epochs):
+    xs = idx(f"{FASHION}/train-images-idx3-ubyte.gz").float().div(255).reshape(-1, 784)
+    ys = idx(f"{FASHION}/train-labels-idx1-ubyte.gz").long()
+    xt = idx(f"{FASHION}/t10k-images-idx3-ubyte.gz").float().div(255).reshape(-1, 784)
+    yt = idx(f"{FASHION}/t10k-labels-idx1-ubyte.gz").long()
+    mean, std = xs.mean(), xs.std(unbiased=False)
+    xs, xt = (xs - mean) / std, (xt - mean) / std
+    xs, ys = xs[:5000].clone(), ys[:5000].clone()
+    out = {}
+    for cond in ["true_labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian"]:
+        g = torch.Generator().manual_seed(0)
+        x, y, tx = xs.clone(), ys.clone(), xt.clone()
+        if cond == "random_labels":
+            y = torch.randint(0, 10, (5000,), generator=g)
+        elif cond == "shuffled_pixels":
+            perm = torch.randperm(784, generator=g)
+            x, tx = x[:, perm], tx[:, perm]
+        elif cond == "random_pixels":
+            x = torch.stack([r[torch.randperm(784, generator=g)] for r in x])
+            tx = torch.stack([r[torch.randperm(784, generator=g)] for r in tx])
+        elif cond == "gaussian":
+            m, s = x.mean(), x.std(unbiased=False)
+            x = m + s * torch.randn(x.shape, generator=g)
+            tx = m + s * torch.randn(tx.shape, generator=g)
+        torch.manual_seed(0)
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        train_seconds, steps, fit = 0.0, 0, None
+        for epoch in range(1, max_epochs + 1):
+            order = torch.randperm(5000, generator=g)
+            for i in range(0, 5000, 128):
+                b = order[i:i + 128]
+                t = time.perf_counter()
+                loss = torch.nn.functional.cross_entropy(model(x[b]), y[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                train_seconds += time.perf_counter() - t
+                steps += 1
+            with torch.no_grad():
+                acc = (model(x).argmax(1) == y).float().mean().item()
+            if acc >= 1.0:
+                fit = epoch
+                break
+        with torch.no_grad():
+            test = (model(tx).argmax(1) == yt).float().mean().item()
+        out[cond] = {"epochs_to_fit": fit, "train_seconds": train_seconds, "steps": steps, "test_accuracy": test}
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["step", "randomization"])
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--max-epochs", type=int, default=400)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    result = step_benchmark(a.steps) if a.mode == "step" else randomization(a.max_epochs)
+    result["torch"] = torch.__version__
+    result["threads"] = torch.get_num_threads()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
