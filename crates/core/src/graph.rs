@@ -15,6 +15,11 @@ impl NodeId {
     pub fn index(self) -> usize {
         self.0 as usize
     }
+
+    /// The id of the node at position `i` of a graph's node list.
+    pub fn from_index(i: usize) -> Self {
+        NodeId(i as u32)
+    }
 }
 
 impl fmt::Display for NodeId {

@@ -1,13 +1,16 @@
-//! randbench-tch against its peer, a plain PyTorch eager Python loop running the same work
-//! (scripts/peers/pytorch_eager.py, with the project environment's python), side by side in
-//! one run, and the ratio.
+//! randbench's backends against their peer, a plain PyTorch eager Python loop running the
+//! same work (scripts/peers/pytorch_eager.py, with the project environment's python), side by
+//! side in one run, and the ratios.
 //!
 //!   cargo bench -p randbench --features tch --bench peer_pytorch             # the MLP step
 //!   cargo bench -p randbench --features tch --bench peer_pytorch -- --suite  # and the randomization suite
 //!
 //! The step: 784-512-10 MLP, batch 128, SGD momentum, on a fixed batch; timed step by step
-//! after warm-up, weights reset every 50 steps (untimed) on both sides. The two sides take
-//! turns, three rounds each, and the medians of the rounds are compared.
+//! after warm-up, weights reset every 50 steps (untimed) on both sides. All sides take turns,
+//! three rounds each, and the medians of the rounds are compared: this machine's speed drifts
+//! by as much as a factor of two over minutes, so only measurements taken in turn compare.
+//! "host round trip" downloads the parameters and optimizer state after every step and
+//! uploads them again, inside the timed step: what keeping state on the device saves.
 
 use randbench::backends::BackendVisitor;
 use randbench_core::models::{init_params, Activation, Model};
@@ -39,7 +42,9 @@ fn python(args: &[&str]) -> serde_json::Value {
 }
 
 /// Median seconds of one training step through randbench on backend `b`.
-struct StepTimer;
+struct StepTimer {
+    round_trip: bool,
+}
 
 impl BackendVisitor for StepTimer {
     type Out = f64;
@@ -62,9 +67,12 @@ impl BackendVisitor for StepTimer {
                 let t = Instant::now();
                 let inputs: Vec<&B::Tensor> = state.iter().chain(data.iter()).collect();
                 let mut out = b.run(&mut prog, &inputs).unwrap();
+                out.truncate(n);
+                if self.round_trip {
+                    out = out.iter().map(|t| b.upload(&b.download(t).unwrap()).unwrap()).collect();
+                }
                 b.sync().unwrap();
                 let dt = t.elapsed().as_secs_f64();
-                out.truncate(n);
                 state = out;
                 if warm > 0 { warm -= 1 } else { times.push(dt) }
             }
@@ -73,26 +81,40 @@ impl BackendVisitor for StepTimer {
     }
 }
 
-fn randbench_step(id: &str, grad: GradMode) -> f64 {
-    randbench::backends::with_backend(id.parse::<BackendId>().unwrap(), grad, StepTimer).unwrap()
+/// The randbench sides of the comparison: every CPU backend this binary has.
+fn sides() -> Vec<(String, BackendId, GradMode, bool)> {
+    let mut v = Vec::new();
+    for id in randbench::backends::usable_here().into_iter().filter(|id| id.device == randbench_core::Device::Cpu) {
+        if id.engine == randbench_core::Engine::Ort {
+            v.push((format!("{id}"), id, GradMode::Symbolic, false));
+            v.push((format!("{id}, host round trip"), id, GradMode::Symbolic, true));
+        } else {
+            v.push((format!("{id}, native"), id, GradMode::Native, false));
+            v.push((format!("{id}, symbolic"), id, GradMode::Symbolic, false));
+        }
+    }
+    v
 }
 
 fn compare_step() {
+    let sides = sides();
     let mut peer = Vec::new();
-    let mut native = Vec::new();
-    let mut symbolic = Vec::new();
+    let mut ours: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
     let steps = STEPS.to_string();
     for _ in 0..3 {
         peer.push(python(&["step", "--steps", &steps])["median_step_seconds"].as_f64().unwrap());
-        native.push(randbench_step("tch-cpu", GradMode::Native));
-        symbolic.push(randbench_step("tch-cpu", GradMode::Symbolic));
+        for (k, (_, id, grad, round_trip)) in sides.iter().enumerate() {
+            ours[k].push(randbench::backends::with_backend(*id, *grad, StepTimer { round_trip: *round_trip }).unwrap());
+        }
     }
     let med = |v: &[f64]| Summary::of(v).unwrap().median;
-    let (p, n, s) = (med(&peer), med(&native), med(&symbolic));
+    let p = med(&peer);
     println!("MLP 784-512-10 training step, batch 128, SGD momentum (median of 3 rounds of {STEPS} steps)");
-    println!("  PyTorch eager (python)       {:>8.0} steps/s", 1.0 / p);
-    println!("  randbench tch-cpu, native    {:>8.0} steps/s   {:.2}× PyTorch", 1.0 / n, p / n);
-    println!("  randbench tch-cpu, symbolic  {:>8.0} steps/s   {:.2}× PyTorch", 1.0 / s, p / s);
+    println!("  {:<32} {:>8.0} steps/s", "PyTorch eager (python)", 1.0 / p);
+    for ((name, ..), t) in sides.iter().zip(&ours) {
+        let t = med(t);
+        println!("  {:<32} {:>8.0} steps/s   {:.2}× PyTorch", format!("randbench {name}"), 1.0 / t, p / t);
+    }
 }
 
 fn compare_suite() {

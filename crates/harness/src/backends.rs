@@ -14,7 +14,7 @@ pub fn engine_compiled(e: Engine) -> bool {
     match e {
         Engine::Candle => cfg!(feature = "candle"),
         Engine::Tch => cfg!(feature = "tch"),
-        Engine::Ort => false,
+        Engine::Ort => cfg!(feature = "ort"),
     }
 }
 
@@ -31,7 +31,7 @@ fn cuda_compiled(e: Engine) -> bool {
         Engine::Candle => cfg!(all(feature = "candle", feature = "cuda")),
         // libtorch's CUDA support is in the library itself, found at run time.
         Engine::Tch => cfg!(feature = "tch"),
-        Engine::Ort => false,
+        Engine::Ort => cfg!(all(feature = "ort", feature = "cuda")),
     }
 }
 
@@ -64,10 +64,11 @@ pub fn availability(id: BackendId) -> Availability {
     }
 }
 
+/// What to do when a compiled-in backend does not work here; the reason itself says more.
 fn unavailable_hint(id: BackendId) -> String {
     match id.device {
         Device::Cuda(_) => "run on a machine with an NVIDIA GPU and driver, or pick a -cpu backend".into(),
-        Device::Cpu => enable_hint(id.engine),
+        Device::Cpu => format!("see `randbench list` for the state of {}", id.engine.name()),
     }
 }
 
@@ -113,6 +114,9 @@ pub fn with_backend<V: BackendVisitor>(id: BackendId, grad: GradMode, v: V) -> B
         Engine::Candle => Ok(v.visit(&randbench_candle::CandleBackend::new(id.device, grad)?)),
         #[cfg(feature = "tch")]
         Engine::Tch => Ok(v.visit(&randbench_tch::TchBackend::new(id.device, grad)?)),
+        // ONNX Runtime has no autograd: its graphs are always expanded symbolically.
+        #[cfg(feature = "ort")]
+        Engine::Ort => Ok(v.visit(&randbench_ort::OrtBackend::new(id.device)?)),
         #[allow(unreachable_patterns)]
         other => {
             let _ = (grad, v);

@@ -114,11 +114,24 @@ fn bad_suites_get_one_line_with_file_line_and_column_and_exit_2() {
 
 #[test]
 fn a_backend_not_compiled_in_is_a_clear_error() {
-    // This test binary's randbench has no ONNX Runtime unless built with the `ort` feature.
-    if cfg!(feature = "ort") {
-        return;
+    // Tests are built without CUDA, so candle-cuda is never compiled in here.
+    assert!(!cfg!(feature = "cuda"), "run these tests without the cuda feature");
+    assert_bad_suite("not-compiled", &TINY.replace("[candle-cpu]", "[candle-cuda:0]"), &["not-compiled.yaml:3:12:", "not compiled into this binary", "--features cuda"]);
+}
+
+#[cfg(feature = "ort")]
+#[test]
+fn a_missing_or_foreign_onnx_runtime_library_is_a_clear_error() {
+    for (lib, expected) in [("/nonexistent/libonnxruntime.so.1.31.1", "does not exist"), ("/lib/x86_64-linux-gnu/libc.so.6", "cannot load ONNX Runtime")] {
+        let o = Command::new(env!("CARGO_BIN_EXE_randbench"))
+            .args(["run", "quick", "--backends", "ort-cpu", "--out", "/nonexistent-out"])
+            .env("ORT_DYLIB_PATH", lib)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{lib}: {err}");
+        assert!(err.contains(expected) && err.contains("scripts/setup-native.sh") && !err.contains("panicked"), "{lib}: {err}");
     }
-    assert_bad_suite("not-compiled", &TINY.replace("[candle-cpu]", "[ort-cpu]"), &["not-compiled.yaml:3:12:", "not compiled into this binary", "--features ort"]);
 }
 
 #[test]

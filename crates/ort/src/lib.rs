@@ -1,0 +1,285 @@
+//! randbench-ort: the [`Backend`] on ONNX Runtime, which has no autograd at run time.
+//!
+//! A graph's `Grad` nodes are expanded by the core's symbolic reverse mode, and the whole
+//! graph — a complete training step, say — becomes one ONNX model built in memory with ONNX
+//! Runtime's Model Editor API, run as one session. Tensors are ONNX Runtime values in its
+//! own memory (device memory on CUDA): outputs of one run are bound as inputs of the next
+//! with no copy to the host.
+//!
+//! ONNX Runtime is opened at run time (`load-dynamic`) from the pinned `onnxruntime` wheel in
+//! the project environment; `ORT_DYLIB_PATH` overrides where.
+
+mod lower;
+
+#[cfg(feature = "cuda")]
+use ort::ep::{ExecutionProvider, CUDA};
+use ort::environment::GlobalThreadPoolOptions;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{IoBinding, Session};
+use ort::value::{DynTensor, DynTensorValueType, Tensor};
+use randbench_core::autodiff::expand_grads;
+use randbench_core::backend::{check_inputs, BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, MemoryStats};
+use randbench_core::graph::Graph;
+use randbench_core::tensor::{DType, HostData, HostTensor};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+pub use lower::OPSET;
+
+/// The ONNX Runtime release the project environment installs (scripts/setup-native.sh).
+pub const PINNED_VERSION: &str = "1.31.1";
+
+const SETUP_HINT: &str = "run scripts/setup-native.sh (it installs the pinned onnxruntime wheel into .venv), or set ORT_DYLIB_PATH to a libonnxruntime.so of version 1.22 or newer";
+
+/// An ONNX Runtime tensor; clones share it.
+#[derive(Clone)]
+pub struct OrtTensor(Arc<DynTensor>);
+
+fn lib_err(e: ort::Error) -> BackendError {
+    let message = e.to_string();
+    if message.contains("out of memory") || message.contains("Failed to allocate") {
+        BackendError::OutOfMemory { backend: "ort".into(), message }
+    } else {
+        BackendError::Library { backend: "ort".into(), message }
+    }
+}
+
+trait OrLib<T> {
+    fn lib(self) -> BResult<T>;
+}
+
+impl<T, R> OrLib<T> for Result<T, ort::Error<R>>
+where
+    ort::Error: From<ort::Error<R>>,
+{
+    fn lib(self) -> BResult<T> {
+        self.map_err(|e| lib_err(e.into()))
+    }
+}
+
+/// Where ONNX Runtime's library is: `ORT_DYLIB_PATH`, else the project environment's.
+pub fn library_path() -> Option<PathBuf> {
+    match std::env::var("ORT_DYLIB_PATH") {
+        Ok(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => Some(env!("RANDBENCH_ORT_DYLIB")).filter(|p| !p.is_empty()).map(PathBuf::from),
+    }
+}
+
+struct Runtime {
+    env: ort::environment::Environment,
+    library: PathBuf,
+    version: String,
+    threads: usize,
+}
+
+/// Threads of ONNX Runtime's one thread pool: `RANDBENCH_ORT_THREADS`, else one per logical CPU.
+fn thread_count() -> Result<usize, String> {
+    match std::env::var("RANDBENCH_ORT_THREADS") {
+        Ok(v) => v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| format!("RANDBENCH_ORT_THREADS={v}: give a positive number of threads")),
+        Err(_) => Ok(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+    }
+}
+
+/// Opens ONNX Runtime once per process. Checked here, before ort's own loader could panic: the
+/// file must exist and report a version this build supports.
+fn runtime() -> BResult<&'static Runtime> {
+    static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+    let r = RUNTIME.get_or_init(|| {
+        let library = library_path().ok_or_else(|| format!("ONNX Runtime's library was not found in {}: {SETUP_HINT}", env!("RANDBENCH_ORT_VENV")))?;
+        if !library.is_file() {
+            return Err(format!("ONNX Runtime's library {} does not exist: {SETUP_HINT}", library.display()));
+        }
+        let threads = thread_count()?;
+        let builder = ort::init_from(&library).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}; {SETUP_HINT}", library.display()))?;
+        // One thread pool for every session: a training step, its last smaller batch and the
+        // evaluation are separate sessions, and pools of their own would spin against each
+        // other on a small machine (it cost ort-cpu three quarters of its speed on 2 cores).
+        let started = |e: ort::Error| format!("ONNX Runtime from {} failed to start: {e}", library.display());
+        let pool = GlobalThreadPoolOptions::default().with_intra_threads(threads).and_then(|p| p.with_inter_threads(1)).map_err(started)?;
+        let env = builder.with_name("randbench").with_global_thread_pool(pool).build().map_err(started)?;
+        let version = version_of(&library);
+        Ok(Runtime { env, library, version, threads })
+    });
+    r.as_ref().map_err(|reason| BackendError::Library { backend: "ort".into(), message: reason.clone() })
+}
+
+/// The version in the library's file name (libonnxruntime.so.1.31.1), else the build string.
+fn version_of(library: &std::path::Path) -> String {
+    let name = library.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    match name.strip_prefix("libonnxruntime.so.") {
+        Some(v) if !v.is_empty() => v.to_string(),
+        _ => ort::info().split(',').find_map(|s| s.trim().strip_prefix("git-branch=rel-")).unwrap_or("unknown").to_string(),
+    }
+}
+
+pub struct OrtBackend {
+    id: BackendId,
+    runtime: &'static Runtime,
+}
+
+/// A compiled graph: one session, its I/O binding, and the graph for input checks.
+pub struct OrtProgram {
+    session: Session,
+    binding: IoBinding,
+    graph: Graph,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+}
+
+impl OrtBackend {
+    /// A backend on `device`. CUDA needs ONNX Runtime built with its CUDA execution provider;
+    /// without it this is an error, never a silent run on the CPU.
+    pub fn new(device: Device) -> BResult<Self> {
+        let runtime = runtime()?;
+        if let Device::Cuda(n) = device {
+            Self::check_cuda(runtime, n)?;
+        }
+        Ok(Self { id: BackendId { engine: Engine::Ort, device }, runtime })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn check_cuda(runtime: &Runtime, n: usize) -> BResult<()> {
+        if CUDA::is_available().unwrap_or(false) {
+            return Ok(());
+        }
+        Err(BackendError::DeviceUnavailable {
+            backend: "ort".into(),
+            device: format!("cuda:{n}"),
+            reason: format!(
+                "ONNX Runtime at {} has no CUDA execution provider (the onnxruntime wheel is CPU-only; onnxruntime-gpu=={PINNED_VERSION} has it)",
+                runtime.library.display()
+            ),
+        })
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn check_cuda(_: &Runtime, n: usize) -> BResult<()> {
+        Err(BackendError::DeviceUnavailable {
+            backend: "ort".into(),
+            device: format!("cuda:{n}"),
+            reason: "this binary was built without ONNX Runtime's CUDA execution provider; rebuild with `--features cuda`".into(),
+        })
+    }
+
+    fn memory_info(&self) -> BResult<MemoryInfo<'static>> {
+        match self.id.device {
+            Device::Cpu => MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default),
+            Device::Cuda(n) => MemoryInfo::new(AllocationDevice::CUDA, n as i32, AllocatorType::Device, MemoryType::Default),
+        }
+        .lib()
+    }
+
+    fn session(&self, model: ort::editor::Model) -> BResult<Session> {
+        let mut builder = Session::builder(&self.runtime.env).lib()?.with_optimization_level(GraphOptimizationLevel::All).lib()?;
+        // RANDBENCH_ORT_PROFILE=PREFIX writes ONNX Runtime's per-node profile of each session.
+        if let Ok(prefix) = std::env::var("RANDBENCH_ORT_PROFILE") {
+            builder = builder.with_profiling(prefix).lib()?;
+        }
+        #[cfg(feature = "cuda")]
+        let builder = match self.id.device {
+            // error_on_failure: a provider that fails to load is an error, never a CPU run.
+            Device::Cuda(n) => builder
+                .with_execution_providers([CUDA::default().with_device_id(n as i32).build().error_on_failure()])
+                .map_err(|e| BackendError::DeviceUnavailable { backend: "ort".into(), device: format!("cuda:{n}"), reason: e.to_string() })?,
+            Device::Cpu => builder,
+        };
+        model.into_session(&builder).lib()
+    }
+
+    fn providers(&self) -> &'static str {
+        match self.id.device {
+            Device::Cpu => "CPUExecutionProvider",
+            Device::Cuda(_) => "CUDAExecutionProvider",
+        }
+    }
+}
+
+impl Backend for OrtBackend {
+    type Tensor = OrtTensor;
+    type Program = OrtProgram;
+
+    fn id(&self) -> BackendId {
+        self.id
+    }
+
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            library: format!("onnxruntime {}", self.runtime.version),
+            device_name: self.id.device.to_string(),
+            threads: self.runtime.threads,
+            extra: vec![
+                ("providers".into(), self.providers().into()),
+                ("opset".into(), OPSET.to_string()),
+                ("library_path".into(), self.runtime.library.display().to_string()),
+            ],
+        }
+    }
+
+    fn upload(&self, t: &HostTensor) -> BResult<OrtTensor> {
+        let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+        let host: DynTensor = match t.data() {
+            HostData::F32(v) => Tensor::from_array((shape, v.clone())).lib()?.upcast(),
+            HostData::I64(v) => Tensor::from_array((shape, v.clone())).lib()?.upcast(),
+        };
+        let value = match self.id.device {
+            Device::Cpu => host,
+            Device::Cuda(n) => host.to(AllocationDevice::CUDA, n as i32).lib()?,
+        };
+        Ok(OrtTensor(Arc::new(value)))
+    }
+
+    fn download(&self, t: &OrtTensor) -> BResult<HostTensor> {
+        let host = if t.0.memory_info().allocation_device() == AllocationDevice::CPU { None } else { Some(t.0.to(AllocationDevice::CPU, 0).lib()?) };
+        let v = host.as_ref().unwrap_or(&t.0);
+        let shape: Vec<usize> = v.shape().iter().map(|&d| d as usize).collect();
+        let data = match v.data_type() {
+            ort::value::TensorElementType::Int64 => HostData::I64(v.try_extract_tensor::<i64>().lib()?.1.to_vec()),
+            _ => HostData::F32(v.try_extract_tensor::<f32>().lib()?.1.to_vec()),
+        };
+        HostTensor::new(shape, data).map_err(|e| BackendError::Library { backend: "ort".into(), message: e.to_string() })
+    }
+
+    fn compile(&self, g: &Graph) -> BResult<OrtProgram> {
+        let graph = expand_grads(g)?;
+        let lowered = lower::lower(&graph).map_err(|message| BackendError::Library { backend: "ort".into(), message })?;
+        let session = self.session(lowered.model)?;
+        let mut binding = session.create_binding().lib()?;
+        let mem = self.memory_info()?;
+        for name in &lowered.outputs {
+            binding.bind_output_to_device(name, &mem).lib()?;
+        }
+        Ok(OrtProgram { session, binding, graph, inputs: lowered.inputs, outputs: lowered.outputs })
+    }
+
+    fn run(&self, p: &mut OrtProgram, inputs: &[&OrtTensor]) -> BResult<Vec<OrtTensor>> {
+        let shapes: Vec<(Vec<usize>, DType)> = inputs.iter().map(|t| shape_dtype(t)).collect();
+        check_inputs(&p.graph, shapes.iter().map(|(s, d)| (s.as_slice(), *d)))?;
+        for (name, t) in p.inputs.iter().zip(inputs) {
+            p.binding.bind_input(name, t.0.as_ref()).lib()?;
+        }
+        let mut out = p.session.run_binding(&p.binding).lib()?;
+        p.outputs
+            .iter()
+            .map(|name| {
+                let v = out.remove(name.as_str()).ok_or_else(|| BackendError::Library { backend: "ort".into(), message: format!("no output {name}") })?;
+                Ok(OrtTensor(Arc::new(v.downcast::<DynTensorValueType>().lib()?)))
+            })
+            .collect()
+    }
+
+    fn sync(&self) -> BResult<()> {
+        // Runs return after the device has finished (ONNX Runtime synchronizes the bound outputs).
+        Ok(())
+    }
+
+    fn memory(&self) -> MemoryStats {
+        MemoryStats::default()
+    }
+}
+
+fn shape_dtype(t: &OrtTensor) -> (Vec<usize>, DType) {
+    let shape = t.0.shape().iter().map(|&d| d as usize).collect();
+    let dtype = if *t.0.data_type() == ort::value::TensorElementType::Int64 { DType::I64 } else { DType::F32 };
+    (shape, dtype)
+}
