@@ -2,6 +2,8 @@
 
 pub mod backends;
 pub mod env;
+pub mod fault;
+pub mod isolate;
 pub mod randomization;
 pub mod report;
 pub mod results;

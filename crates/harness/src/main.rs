@@ -2,7 +2,8 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use randbench::backends::{self, Availability};
-use randbench::runner::{self, RunError, RunOptions};
+use randbench::isolate::{child_main, CellRef};
+use randbench::runner::{self, Isolation, RunError, RunOptions, STOP};
 use randbench::suite;
 use randbench_core::backend::{BackendId, Device, Engine, GradMode};
 use std::path::PathBuf;
@@ -24,6 +25,23 @@ enum Grad {
     Symbolic,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Isolate {
+    /// Child processes when the run has more than one backend.
+    Auto,
+    /// Every cell in a child process: a crash or hang costs only that cell.
+    Process,
+    /// Every cell in this process.
+    None,
+}
+
+fn grad_mode(g: Grad) -> GradMode {
+    match g {
+        Grad::Native => GradMode::Native,
+        Grad::Symbolic => GradMode::Symbolic,
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a suite: a name in bench-suites/ (e.g. quick) or a YAML file.
@@ -40,6 +58,26 @@ enum Command {
         /// How engines with autograd compute gradients (default: the suite's `grad`, else native).
         #[arg(long, value_enum)]
         grad: Option<Grad>,
+        /// Where cells run.
+        #[arg(long, value_enum, default_value = "auto")]
+        isolate: Isolate,
+    },
+    /// Run one cell of a suite and print its result (what `run` starts in child processes).
+    #[command(hide = true)]
+    Cell {
+        suite: PathBuf,
+        #[arg(long)]
+        workload: String,
+        #[arg(long)]
+        condition: usize,
+        #[arg(long)]
+        regularizer: usize,
+        #[arg(long)]
+        seed: u64,
+        #[arg(long)]
+        backend: String,
+        #[arg(long, value_enum)]
+        grad: Grad,
     },
     /// Workloads, suites, and backends: compiled in, usable here, or what to do to get them.
     List,
@@ -75,16 +113,45 @@ fn list() -> String {
     out
 }
 
+/// Ctrl-C once: the current cell finishes or is abandoned, what is done is written, and the
+/// run exits with 130. Twice: exit at once (every line already written stays whole).
+fn handle_interrupts() {
+    use signal_hook::{consts::SIGINT, flag};
+    let installed = flag::register_conditional_shutdown(SIGINT, 130, &STOP).and_then(|_| flag::register(SIGINT, &STOP));
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will end the run without writing its report: {e}");
+    }
+}
+
 fn main() -> ExitCode {
     randbench::sys::tune_allocator();
+    handle_interrupts();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { suite, backends, out, grad } => {
-            let grad = grad.map(|g| match g {
-                Grad::Native => GradMode::Native,
-                Grad::Symbolic => GradMode::Symbolic,
-            });
-            runner::run(&RunOptions { suite, backends, out, grad }).map(|s| {
+        Command::Cell { suite, workload, condition, regularizer, seed, backend, grad } => {
+            let backend = match backend.parse() {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let cell = CellRef { suite, workload, condition, regularizer, seed, backend, grad: grad_mode(grad) };
+            return match child_main(&cell) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Command::Run { suite, backends, out, grad, isolate } => {
+            let isolate = match isolate {
+                Isolate::Auto => Isolation::Auto,
+                Isolate::Process => Isolation::Process,
+                Isolate::None => Isolation::None,
+            };
+            runner::run(&RunOptions { suite, backends, out, grad: grad.map(grad_mode), isolate }).map(|s| {
                 eprintln!("results in {}", s.out.display());
                 if s.interrupted { 130 } else { 0 }
             })

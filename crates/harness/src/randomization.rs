@@ -24,6 +24,7 @@ pub const TRACE_STEPS: usize = 256;
 const EVAL_CHUNK: usize = 1000;
 
 /// Everything one cell needs, the data already corrupted.
+#[derive(Clone, Copy)]
 pub struct CellPlan<'a> {
     pub suite: &'a str,
     pub workload: &'a Randomization,
@@ -91,7 +92,7 @@ fn blank_result(plan: &CellPlan, backend: BackendId, info: BackendInfo, optimize
     }
 }
 
-fn error_status(e: &BackendError) -> Status {
+pub fn error_status(e: &BackendError) -> Status {
     match e {
         BackendError::Unsupported { .. } => Status::Unsupported,
         BackendError::OutOfMemory { .. } => Status::Oom,
@@ -99,11 +100,12 @@ fn error_status(e: &BackendError) -> Status {
     }
 }
 
-/// The result of a cell whose backend could not even be opened.
-pub fn failed_cell(plan: &CellPlan, backend: BackendId, e: BackendError) -> CellResult {
+/// The result of a cell that produced none itself: its backend did not open, or its process
+/// died.
+pub fn failed_cell(plan: &CellPlan, backend: BackendId, status: Status, error: String) -> CellResult {
     let mut r = blank_result(plan, backend, BackendInfo::default(), plan.workload.optimizer);
-    r.status = error_status(&e);
-    r.error = Some(e.to_string());
+    r.status = status;
+    r.error = Some(error);
     r
 }
 

@@ -3,7 +3,8 @@
 
 use crate::backends::{self, Availability, BackendVisitor};
 use crate::env::{self, Environment, ENV_FILE};
-use crate::randomization::{failed_cell, run_cell, CellPlan, Observer};
+use crate::isolate::{run_in_child, CellRef};
+use crate::randomization::{error_status, failed_cell, run_cell, CellPlan, Observer};
 use crate::report::{self, Markdown, Reporter, Terminal};
 use crate::results::{self, CellResult};
 use crate::suite::{self, DataSource, DataSpec, Randomization, Suite, Workload};
@@ -27,12 +28,49 @@ pub enum RunError {
     Failed(String),
 }
 
+/// Where cells run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// In child processes when the run has more than one backend, else in this process.
+    #[default]
+    Auto,
+    /// Each cell in a child process of its own: crashes and hangs cost one cell.
+    Process,
+    /// Every cell in this process: no start-up cost, but a crash ends the run.
+    None,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     pub suite: String,
     pub backends: Option<Vec<String>>,
     pub out: Option<PathBuf>,
     pub grad: Option<GradMode>,
+    pub isolate: Isolation,
+}
+
+pub const LOCK_FILE: &str = ".randbench.lock";
+
+/// Holds the output directory for one run: a second run on the same directory fails clearly
+/// instead of interleaving its lines with ours. Released when dropped (or the process ends).
+pub struct DirLock(#[allow(dead_code)] std::fs::File);
+
+pub fn lock_dir(out: &Path) -> Result<DirLock, RunError> {
+    let path = out.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| RunError::Input(format!("--out {}: not writable: {e}", out.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(DirLock(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::Input(format!(
+            "--out {}: another randbench run is writing there; wait for it to finish or choose another --out",
+            out.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(RunError::Input(format!("--out {}: cannot lock {}: {e}", out.display(), path.display()))),
+    }
 }
 
 pub struct RunSummary {
@@ -133,7 +171,7 @@ struct ProgressObserver<'a> {
 
 impl Observer for ProgressObserver<'_> {
     fn epoch(&mut self, epoch: usize, train_accuracy: f64) {
-        self.bar.set_message(format!("{} epoch {epoch}/{}, train acc {:.1}%", self.label, self.max_epochs, 100.0 * train_accuracy));
+        self.bar.set_message(epoch_message(&self.label, epoch, self.max_epochs, train_accuracy));
     }
     fn should_stop(&self) -> bool {
         STOP.load(Ordering::SeqCst)
@@ -162,6 +200,12 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     let grad = opts.grad.unwrap_or(suite.grad);
     let out = opts.out.clone().unwrap_or_else(|| default_out(&suite.name));
     std::fs::create_dir_all(&out).map_err(|e| RunError::Input(format!("--out {}: cannot create the directory: {e}", out.display())))?;
+    let _lock = lock_dir(&out)?;
+    let isolate = match opts.isolate {
+        Isolation::Auto => ids.len() > 1,
+        Isolation::Process => true,
+        Isolation::None => false,
+    };
     let infos = ids.iter().filter_map(|&id| backends::with_backend(id, grad, InfoOf).ok().map(|i| (id, i))).collect();
     let environment = env::capture(infos);
     let env_json = serde_json::to_string_pretty(&environment).expect("serializable");
@@ -178,16 +222,25 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     'all: for (w, split) in suite.workloads.iter().zip(&splits) {
         let Workload::Randomization(r) = w;
         for &seed in &suite.seeds {
-            for &condition in &r.conditions {
+            for (ci, &condition) in r.conditions.iter().enumerate() {
                 let mut corrupted = split.clone();
                 condition.apply(&mut corrupted, seed);
-                for &regularizer in &r.regularizers {
+                for (ri, &regularizer) in r.regularizers.iter().enumerate() {
                     for &id in &ids {
                         if STOP.load(Ordering::SeqCst) {
                             interrupted = true;
                             break 'all;
                         }
-                        let result = run_one(&suite, r, condition, regularizer, seed, &corrupted, id, grad, &bar);
+                        let plan = CellPlan { suite: &suite.name, workload: r, condition, regularizer, seed, split: &corrupted };
+                        let result = if isolate {
+                            let cell = CellRef { suite: suite.path.clone(), workload: r.name.clone(), condition: ci, regularizer: ri, seed, backend: id, grad };
+                            let label = cell_label(r, condition, regularizer, seed, id);
+                            bar.set_message(format!("{label} starting"));
+                            let timeout = r.timeout.map(|t| std::time::Duration::from_secs_f64(t.0));
+                            run_in_child(&cell, &plan, timeout, &mut |e, a| bar.set_message(epoch_message(&label, e, r.max_epochs, a)))
+                        } else {
+                            run_one(plan, id, grad, &bar)
+                        };
                         results::append(&out, &result).map_err(|e| RunError::Failed(format!("{}: cannot append the result: {e}", out.join(results::RESULTS_FILE).display())))?;
                         bar.println(cell_line(&result));
                         bar.inc(1);
@@ -204,13 +257,21 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     Ok(RunSummary { out, results: done, interrupted })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_one(suite: &Suite, r: &Randomization, condition: randbench_core::corrupt::Condition, regularizer: suite::Regularizer, seed: u64, split: &Split, id: BackendId, grad: GradMode, bar: &ProgressBar) -> CellResult {
-    let label = format!("{id} {} {}{} seed {seed}", r.name, condition, if regularizer.is_none() { String::new() } else { format!(" [{}]", regularizer.label()) });
+fn cell_label(r: &Randomization, condition: randbench_core::corrupt::Condition, regularizer: suite::Regularizer, seed: u64, id: BackendId) -> String {
+    format!("{id} {} {}{} seed {seed}", r.name, condition, if regularizer.is_none() { String::new() } else { format!(" [{}]", regularizer.label()) })
+}
+
+fn epoch_message(label: &str, epoch: usize, max_epochs: usize, train_accuracy: f64) -> String {
+    format!("{label} epoch {epoch}/{max_epochs}, train acc {:.1}%", 100.0 * train_accuracy)
+}
+
+/// Runs a cell in this process.
+fn run_one(plan: CellPlan, id: BackendId, grad: GradMode, bar: &ProgressBar) -> CellResult {
+    let label = cell_label(plan.workload, plan.condition, plan.regularizer, plan.seed, id);
     bar.set_message(format!("{label} compiling"));
-    let plan = || CellPlan { suite: &suite.name, workload: r, condition, regularizer, seed, split };
-    let cell = Cell { plan: plan(), observer: ProgressObserver { bar, label, max_epochs: r.max_epochs } };
-    backends::with_backend(id, grad, cell).unwrap_or_else(|e| failed_cell(&plan(), id, e))
+    let max_epochs = plan.workload.max_epochs;
+    let cell = Cell { plan, observer: ProgressObserver { bar, label, max_epochs } };
+    backends::with_backend(id, grad, cell).unwrap_or_else(|e| failed_cell(&plan, id, error_status(&e), e.to_string()))
 }
 
 fn cell_line(r: &CellResult) -> String {

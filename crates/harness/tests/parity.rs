@@ -1,8 +1,8 @@
 //! Loss-trajectory parity across engines: the same initial weights, data order and optimizer
-//! give the same per-step training losses on candle and libtorch.
-#![cfg(all(feature = "candle", feature = "tch"))]
+//! give the same per-step training losses on candle, libtorch and ONNX Runtime.
+#![cfg(all(feature = "candle", any(feature = "tch", feature = "ort")))]
 
-use randbench::backends::{with_backend, BackendVisitor};
+use randbench::backends::{usable_here, with_backend, BackendVisitor};
 use randbench::randomization::{run_cell, CellPlan, Observer};
 use randbench::report::{PARITY_ABS, PARITY_REL};
 use randbench::results::CellResult;
@@ -43,7 +43,7 @@ impl BackendVisitor for Train<'_> {
 }
 
 #[test]
-fn two_hundred_momentum_steps_agree_on_candle_and_libtorch() {
+fn two_hundred_momentum_steps_agree_on_every_engine() {
     let suite = parse(SUITE, std::path::Path::new("parity.yaml")).unwrap();
     let Workload::Randomization(w) = &suite.workloads[0];
     let split = load_data(&w.data).unwrap();
@@ -51,12 +51,17 @@ fn two_hundred_momentum_steps_agree_on_candle_and_libtorch() {
         let plan = CellPlan { suite: "parity", workload: w, condition: Condition::TrueLabels, regularizer: Regularizer::default(), seed: 7, split: &split };
         with_backend(backend.parse::<BackendId>().unwrap(), GradMode::Native, Train(plan)).unwrap()
     };
-    let (candle, torch) = (run("candle-cpu"), run("tch-cpu"));
+    let candle = run("candle-cpu");
     assert_eq!(candle.steps, 200, "{:?}", candle.status);
-    assert_eq!(torch.steps, 200);
     assert!(candle.step_losses[199] < 0.8 * candle.step_losses[0], "the losses should fall: {:?}", candle.step_losses);
-    for (step, (a, b)) in candle.step_losses.iter().zip(&torch.step_losses).enumerate() {
-        let (a, b) = (*a as f64, *b as f64);
-        assert!((a - b).abs() <= PARITY_ABS + PARITY_REL * a.abs(), "step {}: candle {a} vs libtorch {b}", step + 1);
+    let others: Vec<String> = usable_here().iter().filter(|id| id.device == randbench_core::Device::Cpu && id.to_string() != "candle-cpu").map(|id| id.to_string()).collect();
+    assert!(!others.is_empty());
+    for other in others {
+        let r = run(&other);
+        assert_eq!(r.steps, 200, "{other}: {:?}", r.status);
+        for (step, (a, b)) in candle.step_losses.iter().zip(&r.step_losses).enumerate() {
+            let (a, b) = (*a as f64, *b as f64);
+            assert!((a - b).abs() <= PARITY_ABS + PARITY_REL * a.abs(), "step {}: candle-cpu {a} vs {other} {b}", step + 1);
+        }
     }
 }

@@ -122,6 +122,7 @@ pub struct OrtBackend {
 pub struct OrtProgram {
     session: Session,
     binding: IoBinding,
+    memory: MemoryInfo<'static>,
     graph: Graph,
     inputs: Vec<String>,
     outputs: Vec<String>,
@@ -244,12 +245,9 @@ impl Backend for OrtBackend {
         let graph = expand_grads(g)?;
         let lowered = lower::lower(&graph).map_err(|message| BackendError::Library { backend: "ort".into(), message })?;
         let session = self.session(lowered.model)?;
-        let mut binding = session.create_binding().lib()?;
-        let mem = self.memory_info()?;
-        for name in &lowered.outputs {
-            binding.bind_output_to_device(name, &mem).lib()?;
-        }
-        Ok(OrtProgram { session, binding, graph, inputs: lowered.inputs, outputs: lowered.outputs })
+        let binding = session.create_binding().lib()?;
+        let memory = self.memory_info()?;
+        Ok(OrtProgram { session, binding, memory, graph, inputs: lowered.inputs, outputs: lowered.outputs })
     }
 
     fn run(&self, p: &mut OrtProgram, inputs: &[&OrtTensor]) -> BResult<Vec<OrtTensor>> {
@@ -257,6 +255,14 @@ impl Backend for OrtBackend {
         check_inputs(&p.graph, shapes.iter().map(|(s, d)| (s.as_slice(), *d)))?;
         for (name, t) in p.inputs.iter().zip(inputs) {
             p.binding.bind_input(name, t.0.as_ref()).lib()?;
+        }
+        // Fresh output buffers every run. A binding keeps the last run's outputs, and would
+        // write the next run's into them: into this run's inputs, which are those very
+        // values. A parameter updated in place before a backward op read it made ort-cpu's
+        // losses part from the other engines' after a dozen steps.
+        p.binding.clear_outputs();
+        for name in &p.outputs {
+            p.binding.bind_output_to_device(name, &p.memory).lib()?;
         }
         let mut out = p.session.run_binding(&p.binding).lib()?;
         p.outputs
