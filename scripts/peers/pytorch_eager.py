@@ -1,10 +1,10 @@
 """The peer randbench-tch is compared with: the same work as a plain PyTorch eager loop.
 
-    python pytorch_eager.py step [--steps N] [--threads T]
+    python pytorch_eager.py step [--steps N] [--threads T] [--device cuda]
         One training step of the 784-512-10 MLP (batch 128, SGD momentum 0.9, lr 0.01) on a
         fixed batch, timed step by step after warm-up. Every 50 steps the weights start
         again from their initial values (untimed), as in randbench's own step benchmark.
-    python pytorch_eager.py randomization [--threads T] [--max-epochs E]
+    python pytorch_eager.py randomization [--threads T] [--max-epochs E] [--device cuda]
         The randomization suite (bench-suites/randomization.yaml): Fashion-MNIST, 5,000
         training images standardized with the training set's mean and deviation, the five
         conditions, trained until 100% training accuracy; steps timed as randbench times them.
@@ -29,15 +29,20 @@ def idx(path):
     return torch.frombuffer(bytearray(b[4 + 4 * nd:]), dtype=torch.uint8).reshape(dims)
 
 
-def mlp():
-    return torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10))
+def mlp(device):
+    return torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10)).to(device)
 
 
-def step_benchmark(steps):
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_benchmark(steps, device):
     torch.manual_seed(0)
-    x = torch.rand(128, 784)
-    y = torch.randint(0, 10, (128,))
-    model = mlp()
+    x = torch.rand(128, 784).to(device)
+    y = torch.randint(0, 10, (128,)).to(device)
+    model = mlp(device)
     initial = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
@@ -58,15 +63,17 @@ def step_benchmark(steps):
     times = []
     while len(times) < steps:
         reset()
+        sync(device)
         for _ in range(50):
             t = time.perf_counter()
             step()
+            sync(device)
             times.append(time.perf_counter() - t)
     times.sort()
     return {"median_step_seconds": times[len(times) // 2], "steps": len(times)}
 
 
-def randomization(max_epochs):
+def randomization(max_epochs, device):
     xs = idx(f"{FASHION}/train-images-idx3-ubyte.gz").float().div(255).reshape(-1, 784)
     ys = idx(f"{FASHION}/train-labels-idx1-ubyte.gz").long()
     xt = idx(f"{FASHION}/t10k-images-idx3-ubyte.gz").float().div(255).reshape(-1, 784)
@@ -74,6 +81,7 @@ def randomization(max_epochs):
     mean, std = xs.mean(), xs.std(unbiased=False)
     xs, xt = (xs - mean) / std, (xt - mean) / std
     xs, ys = xs[:5000].clone(), ys[:5000].clone()
+    xt, yt = xt.to(device), yt.to(device)
     out = {}
     for cond in ["true_labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian"]:
         g = torch.Generator().manual_seed(0)
@@ -90,12 +98,13 @@ def randomization(max_epochs):
             m, s = x.mean(), x.std(unbiased=False)
             x = m + s * torch.randn(x.shape, generator=g)
             tx = m + s * torch.randn(tx.shape, generator=g)
+        x, y, tx = x.to(device), y.to(device), tx.to(device)
         torch.manual_seed(0)
-        model = mlp()
+        model = mlp(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         train_seconds, steps, fit = 0.0, 0, None
         for epoch in range(1, max_epochs + 1):
-            order = torch.randperm(5000, generator=g)
+            order = torch.randperm(5000, generator=g).to(device)
             for i in range(0, 5000, 128):
                 b = order[i:i + 128]
                 t = time.perf_counter()
@@ -103,6 +112,7 @@ def randomization(max_epochs):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                sync(device)
                 train_seconds += time.perf_counter() - t
                 steps += 1
             with torch.no_grad():
@@ -122,10 +132,13 @@ def main():
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--max-epochs", type=int, default=400)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    result = step_benchmark(a.steps) if a.mode == "step" else randomization(a.max_epochs)
+    device = torch.device(a.device)
+    result = step_benchmark(a.steps, device) if a.mode == "step" else randomization(a.max_epochs, device)
+    result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     result["torch"] = torch.__version__
     result["threads"] = torch.get_num_threads()
     print(json.dumps(result))

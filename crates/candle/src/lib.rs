@@ -244,13 +244,9 @@ impl Backend for CandleBackend {
     }
 
     fn info(&self) -> BackendInfo {
-        let device_name = match self.id.device {
-            Device::Cpu => "cpu".to_string(),
-            Device::Cuda(n) => format!("cuda:{n}"),
-        };
         BackendInfo {
             library: format!("candle {CANDLE_VERSION}"),
-            device_name,
+            device_name: self.id.device.to_string(),
             threads: candle_core::utils::get_num_threads(),
             extra: vec![("grad".into(), format!("{:?}", self.mode).to_lowercase())],
         }

@@ -371,7 +371,16 @@ fn yaml_error(cx: &Ctx, e: &serde_saphyr::Error) -> SuiteError {
         Some(c) => first[c..].split_once(": ").map(|(_, m)| m).unwrap_or(first),
         None => first.trim_start_matches("error: "),
     };
-    let message = with_suggestion(message);
+    // serde-saphyr repeats the place at the end; we lead with it already.
+    let message = match message.rfind(" at line ") {
+        Some(i) if message[i..].contains("column") => &message[..i],
+        _ => message,
+    };
+    let message = match message {
+        "invalid u64" | "invalid usize" | "invalid u32" => "expected a whole number of 0 or more".to_string(),
+        "invalid f64" | "invalid f32" => "expected a number".to_string(),
+        m => with_suggestion(m),
+    };
     match e.location() {
         Some(loc) => cx.at(loc, message),
         None => SuiteError::At { path: cx.path.to_string(), line: 0, column: 0, message },

@@ -102,7 +102,7 @@ fn assert_bad_suite(name: &str, text: &str, expected: &[&str]) {
 fn bad_suites_get_one_line_with_file_line_and_column_and_exit_2() {
     assert_bad_suite("syntax", "seeds: [0\nworkloads: []\n", &["syntax.yaml:", "error:"]);
     assert_bad_suite("unknown-key", &TINY.replace("max_epochs: 300", "max_epoch: 300"), &["unknown-key.yaml:14:7:", "unknown field `max_epoch`", "did you mean `max_epochs`?"]);
-    assert_bad_suite("wrong-type", &TINY.replace("batch: 50", "batch: fifty"), &["wrong-type.yaml:12:14:"]);
+    assert_bad_suite("wrong-type", &TINY.replace("batch: 50", "batch: fifty"), &["wrong-type.yaml:12:14:", "expected a whole number"]);
     assert_bad_suite("unknown-backend", &TINY.replace("[candle-cpu]", "[candle-cpu, tpu-cpu]"), &["unknown-backend.yaml:3:24:", "unknown backend 'tpu-cpu'", "candle-cpu"]);
     assert_bad_suite("unknown-condition", &TINY.replace("random_labels]", "random_label]"), &["unknown-condition.yaml:", "did you mean `random_labels`?"]);
     assert_bad_suite("zero-epochs", &TINY.replace("max_epochs: 300", "max_epochs: 0"), &["zero-epochs.yaml:14:19:", "max_epochs must be at least 1"]);

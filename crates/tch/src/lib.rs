@@ -238,13 +238,9 @@ impl Backend for TchBackend {
     }
 
     fn info(&self) -> BackendInfo {
-        let device_name = match self.id.device {
-            Device::Cpu => "cpu".to_string(),
-            Device::Cuda(n) => format!("cuda:{n}"),
-        };
         BackendInfo {
             library: format!("libtorch {TORCH_VERSION} (tch 0.24)"),
-            device_name,
+            device_name: self.id.device.to_string(),
             threads: tch::get_num_threads().max(0) as usize,
             extra: vec![
                 ("grad".into(), format!("{:?}", self.mode).to_lowercase()),
