@@ -263,3 +263,27 @@ pub fn lstm_cell(g: &mut Graph, x: NodeId, h: NodeId, c: NodeId, w: NodeId, b: N
     let h2 = g.mul(o, tc)?;
     Ok((h2, c2))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initialisers_draw_within_their_bounds_and_use_them() {
+        let mut rng = Rng::new(0);
+        for (init, bound) in [
+            (Init::torch_default(100), 0.1),
+            (Init::kaiming_uniform(24), 0.5),
+            (Init::xavier_uniform(16, 8), 0.5),
+            (Init::Uniform { bound: 2.0 }, 2.0),
+        ] {
+            let v = init.sample(&[1000], &mut rng).into_f32().unwrap();
+            assert!(v.iter().all(|x| x.abs() <= bound as f32), "{init:?}");
+            assert!(v.iter().any(|x| x.abs() > 0.9 * bound as f32), "{init:?} does not reach its bound");
+        }
+        let v = Init::Normal { std: 0.5 }.sample(&[20_000], &mut rng).into_f32().unwrap();
+        let var = v.iter().map(|x| (x * x) as f64).sum::<f64>() / v.len() as f64;
+        assert!((var.sqrt() - 0.5).abs() < 0.02, "{var}");
+        assert!(Init::Zeros.sample(&[5], &mut rng).into_f32().unwrap().iter().all(|&x| x == 0.0));
+    }
+}

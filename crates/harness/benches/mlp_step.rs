@@ -1,19 +1,21 @@
-//! One training step of the 784-512-10 MLP (batch 128, SGD momentum 0.9) through
-//! randbench-candle, against the same step written by hand with candle-core and candle-nn.
-//! The ratio of the medians is the cost of the IR.
+//! One training step of the 784-512-10 MLP (batch 128, SGD momentum 0.9) on every CPU backend
+//! this build has (`--features tch,ort` adds libtorch and ONNX Runtime), next to the same step
+//! written by hand with candle-core and candle-nn: the ratio of randbench-candle's median to
+//! the hand-written one's is the cost of the IR.
 //!
 //! Every sample starts again from the initial weights (outside the timed region): thousands
 //! of steps on one batch drive the loss to zero and the arithmetic into denormal numbers,
 //! which slowed steps by a third here, whichever implementation ran longest.
 
 use candle_core::{DType, Device as CDevice, Tensor, Var};
-use criterion::{criterion_group, criterion_main, Criterion};
-use randbench_candle::CandleBackend;
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use randbench::backends::BackendVisitor;
 use randbench_core::models::{init_params, Activation, Model};
 use randbench_core::optim::Optimizer;
 use randbench_core::testing::mlp_batch;
 use randbench_core::train::{training_step, Feed};
-use randbench_core::{Backend, Device, GradMode, HostTensor};
+use randbench_core::{Backend, Device, Engine, GradMode, Graph, HostTensor};
 use std::time::Instant;
 
 const LR: f64 = 0.01;
@@ -54,6 +56,38 @@ impl HandStep {
     }
 }
 
+/// The timed step of one backend: parameters and state stay on the device between steps.
+struct Side<'a, 'g> {
+    group: &'a mut BenchmarkGroup<'g, WallTime>,
+    name: String,
+    graph: &'a Graph,
+    state: &'a [HostTensor],
+    data: [&'a HostTensor; 2],
+    outputs: usize,
+}
+
+impl BackendVisitor for Side<'_, '_> {
+    type Out = ();
+    fn visit<B: Backend>(self, backend: &B) {
+        let mut program = backend.compile(self.graph).unwrap();
+        let data = self.data.map(|t| backend.upload(t).unwrap());
+        self.group.bench_function(self.name, |b| {
+            b.iter_custom(|iters| {
+                let mut state: Vec<B::Tensor> = self.state.iter().map(|t| backend.upload(t).unwrap()).collect();
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let inputs: Vec<&B::Tensor> = state.iter().chain(data.iter()).collect();
+                    let mut out = backend.run(&mut program, &inputs).unwrap();
+                    out.truncate(self.outputs);
+                    state = out;
+                }
+                backend.sync().unwrap();
+                t.elapsed()
+            })
+        });
+    }
+}
+
 fn bench(c: &mut Criterion) {
     randbench::sys::tune_allocator();
     let model = Model::mlp([1, 28, 28], &[512], 10, Activation::Relu);
@@ -61,6 +95,8 @@ fn bench(c: &mut Criterion) {
     let optimizer = Optimizer::momentum(LR, MOMENTUM);
     let step = training_step(&model, &optimizer, 128, Feed::Batch, false).unwrap();
     let params = init_params(&specs, 0);
+    let mut initial = params.clone();
+    initial.extend(optimizer.initial_state(&specs.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()));
     let (x, y) = mlp_batch(128, 0);
     let mut group = c.benchmark_group("mlp_784_512_10_step_b128");
 
@@ -79,27 +115,13 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    for mode in [GradMode::Native, GradMode::Symbolic] {
-        let backend = CandleBackend::new(Device::Cpu, mode).unwrap();
-        let mut program = backend.compile(&step.graph).unwrap();
-        let mut initial = params.clone();
-        initial.extend(optimizer.initial_state(&specs.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()));
-        let data = [backend.upload(&x).unwrap(), backend.upload(&y).unwrap()];
-        let n = step.params + step.state;
-        group.bench_function(format!("randbench-candle-{mode:?}").to_lowercase(), |b| {
-            b.iter_custom(|iters| {
-                let mut state: Vec<Tensor> = initial.iter().map(|t| backend.upload(t).unwrap()).collect();
-                let t = Instant::now();
-                for _ in 0..iters {
-                    let inputs: Vec<&Tensor> = state.iter().chain(data.iter()).collect();
-                    let mut out = backend.run(&mut program, &inputs).unwrap();
-                    out.truncate(n);
-                    state = out;
-                }
-                backend.sync().unwrap();
-                t.elapsed()
-            })
-        });
+    for id in randbench::backends::usable_here().into_iter().filter(|id| id.device == Device::Cpu) {
+        let modes: &[GradMode] = if id.engine == Engine::Ort { &[GradMode::Symbolic] } else { &[GradMode::Native, GradMode::Symbolic] };
+        for &mode in modes {
+            let name = format!("randbench-{id}-{mode:?}").to_lowercase();
+            let side = Side { group: &mut group, name, graph: &step.graph, state: &initial, data: [&x, &y], outputs: step.params + step.state };
+            randbench::backends::with_backend(id, mode, side).unwrap();
+        }
     }
     group.finish();
 }

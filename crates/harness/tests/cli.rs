@@ -158,3 +158,54 @@ fn every_shipped_suite_loads() {
         randbench::suite::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+/// A small CNN with every regularizer on, on every CPU backend this build has: the cells run,
+/// and since dropout masks and crops come from the host, the engines' first losses agree.
+#[test]
+fn a_cnn_with_dropout_weight_decay_and_crops_trains_alike_on_every_backend() {
+    let dir = scratch("cnn");
+    let backends: Vec<String> = randbench::backends::usable_here().iter().filter(|id| id.device == randbench_core::Device::Cpu).map(|id| id.to_string()).collect();
+    let suite = write_suite(
+        &dir,
+        "cnn.yaml",
+        &format!(
+            r#"
+backends: [{}]
+seeds: [1]
+workloads:
+  - randomization:
+      name: cnn
+      data: {{source: synthetic, train: 64, test: 32, image: [1, 8, 8]}}
+      model:
+        cnn: {{channels: [4, 8], kernel: 3, hidden: 16}}
+      optimizer: {{kind: nesterov, lr: 0.05}}
+      batch: 16
+      conditions: [true_labels]
+      regularizers: [{{}}, {{weight_decay: 0.001, dropout: 0.3, augment: 1}}]
+      max_epochs: 2
+"#,
+            backends.join(", ")
+        ),
+    );
+    let out = dir.join("out");
+    let o = randbench(&["run", &suite, "--isolate", "none", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let results = lines(&out);
+    assert_eq!(results.len(), 2 * backends.len());
+    for r in &results {
+        assert!(r["status"] == "no_fit" || r["status"] == "ok", "{r}");
+        assert_eq!(r["model"], "cnn-4-8-16");
+        assert_eq!(r["steps"], 8, "{r}");
+        assert!(r["test_accuracy"].as_f64().is_some());
+    }
+    for reg in ["none", "wd 0.001 + dropout 0.3 + augment 1px"] {
+        let cells: Vec<&serde_json::Value> = results.iter().filter(|r| r["regularizer"] == reg).collect();
+        let first: Vec<f64> = cells[0]["step_losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        for other in &cells[1..] {
+            let losses: Vec<f64> = other["step_losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            for (a, b) in first.iter().zip(&losses).take(4) {
+                assert!((a - b).abs() <= 1e-4 + 1e-3 * a.abs(), "{reg}: {} vs {}: {first:?} vs {losses:?}", cells[0]["backend"], other["backend"]);
+            }
+        }
+    }
+}
