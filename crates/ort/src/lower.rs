@@ -8,7 +8,7 @@
 use ort::editor::{Graph as OnnxGraph, Model, Node, Opset, ONNX_DOMAIN};
 use ort::memory::Allocator;
 use ort::operator::Attribute;
-use ort::value::{Outlet, Shape, SymbolicDimensions, Tensor, TensorElementType, ValueType};
+use ort::value::{Outlet, PrimitiveTensorElementType, Shape, SymbolicDimensions, Tensor, TensorElementType, ValueType};
 use randbench_core::graph::{broadcast_shapes, BinaryOp, CmpOp, Graph, NodeId, Op, UnaryOp};
 use randbench_core::tensor::{DType, HostData};
 use std::collections::HashMap;
@@ -78,25 +78,13 @@ impl Ctx {
         self.graph.add_node(node).map_err(err)
     }
 
-    fn init_f32(&mut self, shape: &[usize], values: &[f32]) -> LResult<String> {
-        let key = format!("f32{shape:?}{values:?}");
+    /// An initializer holding `values`; equal constants share one.
+    fn init<T: PrimitiveTensorElementType + Copy + std::fmt::Debug>(&mut self, shape: &[usize], values: &[T]) -> LResult<String> {
+        let key = format!("{}{shape:?}{values:?}", std::any::type_name::<T>());
         if let Some(n) = self.constants.get(&key) {
             return Ok(n.clone());
         }
-        let mut t = Tensor::<f32>::new(&Allocator::default(), Shape::new(shape.iter().map(|&d| d as i64))).map_err(err)?;
-        t.extract_tensor_mut().1.copy_from_slice(values);
-        let name = self.fresh("const");
-        self.graph.add_initializer(&name, t, false).map_err(err)?;
-        self.constants.insert(key, name.clone());
-        Ok(name)
-    }
-
-    fn init_i64(&mut self, shape: &[usize], values: &[i64]) -> LResult<String> {
-        let key = format!("i64{shape:?}{values:?}");
-        if let Some(n) = self.constants.get(&key) {
-            return Ok(n.clone());
-        }
-        let mut t = Tensor::<i64>::new(&Allocator::default(), Shape::new(shape.iter().map(|&d| d as i64))).map_err(err)?;
+        let mut t = Tensor::<T>::new(&Allocator::default(), Shape::new(shape.iter().map(|&d| d as i64))).map_err(err)?;
         t.extract_tensor_mut().1.copy_from_slice(values);
         let name = self.fresh("const");
         self.graph.add_initializer(&name, t, false).map_err(err)?;
@@ -105,12 +93,12 @@ impl Ctx {
     }
 
     fn scalar(&mut self, v: f64) -> LResult<String> {
-        self.init_f32(&[], &[v as f32])
+        self.init(&[], &[v as f32])
     }
 
     fn ints(&mut self, v: &[usize]) -> LResult<String> {
         let v: Vec<i64> = v.iter().map(|&x| x as i64).collect();
-        self.init_i64(&[v.len()], &v)
+        self.init(&[v.len()], &v)
     }
 
     /// Makes the last node of a lowered IR node, writing to `name` where given.
@@ -246,8 +234,8 @@ fn emit(cx: &mut Ctx, g: &Graph, id: NodeId, a: &[&str]) -> LResult<Out> {
     Ok(match &node.op {
         Op::Input { .. } => unreachable!("inputs are named before lowering"),
         Op::Const(t) => Out::Value(match t.data() {
-            HostData::F32(v) => cx.init_f32(t.shape(), v)?,
-            HostData::I64(v) => cx.init_i64(t.shape(), v)?,
+            HostData::F32(v) => cx.init(t.shape(), v)?,
+            HostData::I64(v) => cx.init(t.shape(), v)?,
         }),
         Op::StopGradient => Out::Value(a[0].to_string()),
         Op::Unary(u) => match u {
@@ -341,8 +329,8 @@ fn emit(cx: &mut Ctx, g: &Graph, id: NodeId, a: &[&str]) -> LResult<Out> {
         Op::Softmax => Out::node("Softmax", a, vec![attr("axis", -1i64)?]),
         Op::SoftmaxCrossEntropy => Out::node("SoftmaxCrossEntropyLoss", a, vec![attr("reduction", "none".to_string())?]),
         Op::OneHot { classes } => {
-            let depth = cx.init_i64(&[1], &[*classes as i64])?;
-            let values = cx.init_f32(&[2], &[0.0, 1.0])?;
+            let depth = cx.init(&[1], &[*classes as i64])?;
+            let values = cx.init(&[2], &[0.0f32, 1.0])?;
             Out::node("OneHot", &[a[0], &depth, &values], vec![attr("axis", -1i64)?])
         }
         Op::CorrectPredictions => {
@@ -354,7 +342,7 @@ fn emit(cx: &mut Ctx, g: &Graph, id: NodeId, a: &[&str]) -> LResult<Out> {
             if xs.len() == 2 && axes.as_slice() == [0] && !keep_dims {
                 // A bias gradient: ones · x as a product runs several times faster than
                 // ReduceSum over the leading axis on ONNX Runtime's CPU provider.
-                let ones = cx.init_f32(&[xs[0]], &vec![1.0; xs[0]])?;
+                let ones = cx.init(&[xs[0]], &vec![1.0f32; xs[0]])?;
                 Out::node("MatMul", &[&ones, a[0]], vec![])
             } else {
                 let ax = cx.ints(axes)?;
