@@ -5,6 +5,7 @@
 //! All `Grad` nodes that share one `of` are answered by a single backward sweep.
 
 use crate::graph::{BinaryOp, CmpOp, GResult, Graph, GraphError, NodeId, Op, UnaryOp};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 /// Expands every `Grad` node.
@@ -27,7 +28,7 @@ pub fn expand_grads_where(g: &Graph, select: impl Fn(NodeId) -> bool) -> GResult
             continue;
         }
         let (of, wrt) = (node.args[0], node.args[1]);
-        if !answered.contains_key(&of) {
+        if let Entry::Vacant(slot) = answered.entry(of) {
             // Every Grad of this `of` whose wrt exists by now; a wrt created later cannot be an
             // ancestor of `of`, and gets zeros when its Grad node is reached.
             let mut wrts: Vec<NodeId> = g.nodes()[i..]
@@ -39,7 +40,7 @@ pub fn expand_grads_where(g: &Graph, select: impl Fn(NodeId) -> bool) -> GResult
             wrts.dedup();
             let new_wrts: Vec<NodeId> = wrts.iter().map(|w| map[w.index()]).collect();
             let grads = backward(&mut ng, map[of.index()], &new_wrts)?;
-            answered.insert(of, wrts.into_iter().zip(grads).collect());
+            slot.insert(wrts.into_iter().zip(grads).collect());
         }
         let grad = match answered[&of].get(&wrt) {
             Some(&gid) => gid,

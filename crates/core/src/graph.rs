@@ -500,7 +500,7 @@ impl Graph {
         self.expect_f32(OP, x)?;
         self.expect_rank(OP, x, 4, "the input")?;
         let s = self.shape(x).to_vec();
-        if k == 0 || s[2] % k != 0 || s[3] % k != 0 {
+        if k == 0 || !s[2].is_multiple_of(k) || !s[3].is_multiple_of(k) {
             return Err(shape_err(OP, format!("window {k} must divide the spatial size of {s:?}")));
         }
         Ok(self.push(Op::MaxPool2d { k }, vec![x], vec![s[0], s[1], s[2] / k, s[3] / k], DType::F32))

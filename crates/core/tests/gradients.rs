@@ -80,7 +80,7 @@ fn stop_gradient_blocks_exactly_its_path() {
     g.output("dx", dx);
     let e = expand_grads(&g).unwrap();
     let xv = RefValue { shape: vec![4], data: vec![1.0, -2.0, 3.0, 0.5] };
-    assert_eq!(evaluate_values(&e, &[xv.clone()]).unwrap()[0].data, xv.data);
+    assert_eq!(evaluate_values(&e, std::slice::from_ref(&xv)).unwrap()[0].data, xv.data);
 }
 
 #[test]

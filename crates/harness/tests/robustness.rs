@@ -97,7 +97,7 @@ fn divergence_and_an_unreached_target_are_reported_not_hidden() {
         assert!(last.is_null() || last.as_f64().unwrap().is_finite(), "{r}");
     }
     let out2 = dir.join("out2");
-    let s = suite(&dir, "").replace("max_epochs: 300", "max_epochs: 300");
+    let s = suite(&dir, "");
     let text = std::fs::read_to_string(&s).unwrap().replace("max_epochs: 300", "max_epochs: 1");
     std::fs::write(&s, text).unwrap();
     let o = randbench().args(["run", &s, "--out", out2.to_str().unwrap()]).output().unwrap();
