@@ -197,7 +197,7 @@ pub fn parity_table(results: &[CellResult]) -> Option<Table> {
     if rows.is_empty() {
         return None;
     }
-    let header = ["workload", "condition", "regularizer", "seed", "backends", "steps", "max |Δ loss|", "max rel Δ", "first step over tolerance"]
+    let header = ["workload", "condition", "regularizer", "seed", "backends", "steps", "max abs Δ loss", "max rel Δ", "first step over tolerance"]
         .iter()
         .map(|h| Column::plain(h))
         .collect();
