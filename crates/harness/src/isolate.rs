@@ -7,12 +7,11 @@
 //! timeout, forwards Ctrl-C, and turns a child that dies without a result into a result line
 //! that says how it died.
 
-use crate::backends::{with_backend, BackendVisitor};
-use crate::randomization::{failed_cell, run_cell, CellPlan, Observer};
+use crate::randomization::{failed_cell, run_cell_on, CellPlan, Observer};
 use crate::results::{CellResult, Status};
 use crate::runner::{load_data, STOP};
 use crate::suite::{self, Randomization, Workload};
-use randbench_core::backend::{Backend, BackendId, GradMode};
+use randbench_core::backend::{BackendId, GradMode};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::Ordering;
@@ -150,6 +149,9 @@ fn classify(s: ExitStatus, stderr: &str) -> (Status, String) {
     use std::os::unix::process::ExitStatusExt;
     let alloc_failed = stderr.contains("memory allocation of") || stderr.contains("out of memory");
     match (s.signal(), s.code()) {
+        // Ctrl-C reached the child before it could install its own handler (while the dynamic
+        // loader was still opening libtorch, say).
+        (Some(libc::SIGINT), _) => (Status::Interrupted, "stopped by Ctrl-C before its cell began".into()),
         (Some(libc::SIGKILL), _) => (Status::Oom, "killed by SIGKILL, which nothing in randbench sends: most likely the kernel's out-of-memory killer".into()),
         (Some(libc::SIGABRT), _) if alloc_failed => (Status::Oom, "aborted after a failed memory allocation".into()),
         (Some(libc::SIGSEGV), _) => (Status::Crashed, "segmentation fault (SIGSEGV)".into()),
@@ -182,16 +184,6 @@ impl Observer for LineObserver {
     }
 }
 
-struct Train<'a>(CellPlan<'a>);
-
-impl BackendVisitor for Train<'_> {
-    type Out = CellResult;
-    fn visit<B: Backend>(self, b: &B) -> CellResult {
-        crate::fault::inject(&self.0);
-        run_cell(b, &self.0, &mut LineObserver)
-    }
-}
-
 /// The child's side: runs the cell and prints its result line. Errors here are the parent's
 /// mistakes (it validated everything), so they are plain messages on stderr.
 pub fn child_main(cell: &CellRef) -> Result<(), String> {
@@ -209,10 +201,7 @@ pub fn child_main(cell: &CellRef) -> Result<(), String> {
     let mut split = load_data(&w.data)?;
     condition.apply(&mut split, cell.seed);
     let plan = CellPlan { suite: &suite.name, workload: w, condition, regularizer, seed: cell.seed, split: &split };
-    let result = with_backend(cell.backend, cell.grad, Train(plan)).unwrap_or_else(|e| {
-        let plan = CellPlan { suite: &suite.name, workload: w, condition, regularizer, seed: cell.seed, split: &split };
-        failed_cell(&plan, cell.backend, crate::randomization::error_status(&e), e.to_string())
-    });
+    let result = run_cell_on(cell.backend, cell.grad, &plan, &mut LineObserver);
     println!("result {}", serde_json::to_string(&result).map_err(|e| e.to_string())?);
     std::io::stdout().flush().map_err(|e| e.to_string())
 }

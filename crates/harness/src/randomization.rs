@@ -4,7 +4,8 @@
 use crate::results::{CellResult, EpochRecord, Status};
 use crate::suite::{Randomization, Regularizer};
 use crate::sys;
-use randbench_core::backend::{BResult, Backend, BackendError, BackendId, BackendInfo};
+use crate::backends::{with_backend, BackendVisitor};
+use randbench_core::backend::{BResult, Backend, BackendError, BackendId, BackendInfo, GradMode};
 use randbench_core::corrupt::Condition;
 use randbench_core::data::{translate_batch, Split};
 use randbench_core::models::{dropout_masks, init_params, Model};
@@ -92,7 +93,7 @@ fn blank_result(plan: &CellPlan, backend: BackendId, info: BackendInfo, optimize
     }
 }
 
-pub fn error_status(e: &BackendError) -> Status {
+fn error_status(e: &BackendError) -> Status {
     match e {
         BackendError::Unsupported { .. } => Status::Unsupported,
         BackendError::OutOfMemory { .. } => Status::Oom,
@@ -109,7 +110,23 @@ pub fn failed_cell(plan: &CellPlan, backend: BackendId, status: Status, error: S
     r
 }
 
-pub fn run_cell<B: Backend>(b: &B, plan: &CellPlan, obs: &mut dyn Observer) -> CellResult {
+/// Runs a cell on the backend `id`; one that cannot be opened gives the cell's error line.
+pub fn run_cell_on(id: BackendId, grad: GradMode, plan: &CellPlan, obs: &mut dyn Observer) -> CellResult {
+    struct Visit<'a, 'p> {
+        plan: &'a CellPlan<'p>,
+        obs: &'a mut dyn Observer,
+    }
+    impl BackendVisitor for Visit<'_, '_> {
+        type Out = CellResult;
+        fn visit<B: Backend>(self, b: &B) -> CellResult {
+            crate::fault::inject(self.plan);
+            run_cell(b, self.plan, self.obs)
+        }
+    }
+    with_backend(id, grad, Visit { plan, obs }).unwrap_or_else(|e| failed_cell(plan, id, error_status(&e), e.to_string()))
+}
+
+fn run_cell<B: Backend>(b: &B, plan: &CellPlan, obs: &mut dyn Observer) -> CellResult {
     sys::reset_peak_memory();
     let train = &plan.split.train;
     let model = plan.workload.model.model(train.shape, train.classes);
@@ -151,8 +168,8 @@ pub fn run_cell<B: Backend>(b: &B, plan: &CellPlan, obs: &mut dyn Observer) -> C
 struct StepPrograms<B: Backend> {
     step: TrainStep,
     full: B::Program,
-    /// The program for the last, smaller batch of an epoch, and its size.
-    rest: Option<(usize, B::Program)>,
+    /// The program for the last, smaller batch of an epoch.
+    rest: Option<B::Program>,
 }
 
 fn compile_steps<B: Backend>(b: &B, model: &Model, opt: &Optimizer, batch: usize, n: usize, feed: Feed, dropout: bool) -> BResult<StepPrograms<B>> {
@@ -160,7 +177,7 @@ fn compile_steps<B: Backend>(b: &B, model: &Model, opt: &Optimizer, batch: usize
     let full = b.compile(&step.graph)?;
     let rest = match n % batch {
         0 => None,
-        r => Some((r, b.compile(&training_step(model, opt, r, feed, dropout)?.graph)?)),
+        r => Some(b.compile(&training_step(model, opt, r, feed, dropout)?.graph)?),
     };
     Ok(StepPrograms { step, full, rest })
 }
@@ -260,7 +277,7 @@ fn train_cell<B: Backend>(b: &B, plan: &CellPlan, model: &Model, optimizer: &Opt
             } else {
                 vec![]
             };
-            let prog = if size == w.batch { &mut progs.full } else { &mut progs.rest.as_mut().expect("a program for the last batch").1 };
+            let prog = if size == w.batch { &mut progs.full } else { progs.rest.as_mut().expect("a program for the last batch") };
             let t0 = Instant::now();
             let fed = upload_all(&host)?;
             let mask_dev = upload_all(&masks)?;

@@ -4,7 +4,7 @@
 use crate::backends::{self, Availability, BackendVisitor};
 use crate::env::{self, Environment, ENV_FILE};
 use crate::isolate::{run_in_child, CellRef};
-use crate::randomization::{error_status, failed_cell, run_cell, CellPlan, Observer};
+use crate::randomization::{run_cell_on, CellPlan, Observer};
 use crate::report::{self, Markdown, Reporter, Terminal};
 use crate::results::{self, CellResult};
 use crate::suite::{self, DataSource, DataSpec, Randomization, Suite, Workload};
@@ -79,17 +79,12 @@ pub struct RunSummary {
     pub interrupted: bool,
 }
 
-/// Parses backend names given on the command line, listing the valid ones on a mistake.
+/// Parses backend names given on the command line, listing the valid ones on a mistake
+/// (whether they work here is the pre-flight's question).
 pub fn parse_backends(names: &[String]) -> Result<Vec<BackendId>, RunError> {
     names
         .iter()
-        .map(|n| {
-            let id: BackendId = n.parse().map_err(|e| RunError::Input(format!("--backends: {e}; this binary has: {}", backends::compiled_names().join(", "))))?;
-            if let Availability::NotCompiled { hint } = backends::availability(id) {
-                return Err(RunError::Input(format!("--backends: {id} is not compiled into this binary: {hint}")));
-            }
-            Ok(id)
-        })
+        .map(|n| n.parse().map_err(|e| RunError::Input(format!("--backends: {e}; this binary has: {}", backends::compiled_names().join(", ")))))
         .collect()
 }
 
@@ -178,18 +173,6 @@ impl Observer for ProgressObserver<'_> {
     }
 }
 
-struct Cell<'a> {
-    plan: CellPlan<'a>,
-    observer: ProgressObserver<'a>,
-}
-
-impl BackendVisitor for Cell<'_> {
-    type Out = CellResult;
-    fn visit<B: Backend>(mut self, b: &B) -> CellResult {
-        run_cell(b, &self.plan, &mut self.observer)
-    }
-}
-
 /// Runs a suite and writes `results.jsonl`, `environment.json` and `report.md` under the
 /// output directory; prints the tables.
 pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
@@ -223,15 +206,21 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         let Workload::Randomization(r) = w;
         for &seed in &suite.seeds {
             for (ci, &condition) in r.conditions.iter().enumerate() {
-                let mut corrupted = split.clone();
-                condition.apply(&mut corrupted, seed);
+                // A child corrupts the data itself; here a copy is needed only to train in
+                // this process (a failed child's result line reads just the sizes).
+                let corrupted = (!isolate).then(|| {
+                    let mut c = split.clone();
+                    condition.apply(&mut c, seed);
+                    c
+                });
+                let data = corrupted.as_ref().unwrap_or(split);
                 for (ri, &regularizer) in r.regularizers.iter().enumerate() {
                     for &id in &ids {
                         if STOP.load(Ordering::SeqCst) {
                             interrupted = true;
                             break 'all;
                         }
-                        let plan = CellPlan { suite: &suite.name, workload: r, condition, regularizer, seed, split: &corrupted };
+                        let plan = CellPlan { suite: &suite.name, workload: r, condition, regularizer, seed, split: data };
                         let result = if isolate {
                             let cell = CellRef { suite: suite.path.clone(), workload: r.name.clone(), condition: ci, regularizer: ri, seed, backend: id, grad };
                             let label = cell_label(r, condition, regularizer, seed, id);
@@ -251,6 +240,9 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
             }
         }
     }
+    // A Ctrl-C during the last cell may leave that cell finished normally; the run still stops
+    // as interrupted.
+    interrupted |= STOP.load(Ordering::SeqCst);
     bar.finish_and_clear();
     let text = render(&out, Some(&environment), &done, &[], &suite.name).map_err(RunError::Failed)?;
     print!("{text}");
@@ -270,8 +262,7 @@ fn run_one(plan: CellPlan, id: BackendId, grad: GradMode, bar: &ProgressBar) -> 
     let label = cell_label(plan.workload, plan.condition, plan.regularizer, plan.seed, id);
     bar.set_message(format!("{label} compiling"));
     let max_epochs = plan.workload.max_epochs;
-    let cell = Cell { plan, observer: ProgressObserver { bar, label, max_epochs } };
-    backends::with_backend(id, grad, cell).unwrap_or_else(|e| failed_cell(&plan, id, error_status(&e), e.to_string()))
+    run_cell_on(id, grad, &plan, &mut ProgressObserver { bar, label, max_epochs })
 }
 
 fn cell_line(r: &CellResult) -> String {

@@ -2,13 +2,11 @@
 //! give the same per-step training losses on candle, libtorch and ONNX Runtime.
 #![cfg(all(feature = "candle", any(feature = "tch", feature = "ort")))]
 
-use randbench::backends::{usable_here, with_backend, BackendVisitor};
-use randbench::randomization::{run_cell, CellPlan, Observer};
+use randbench::backends::usable_here;
+use randbench::randomization::{run_cell_on, CellPlan, Observer};
 use randbench::report::{PARITY_ABS, PARITY_REL};
-use randbench::results::CellResult;
 use randbench::runner::load_data;
 use randbench::suite::{parse, Regularizer, Workload};
-use randbench_core::backend::Backend;
 use randbench_core::corrupt::Condition;
 use randbench_core::{BackendId, GradMode};
 
@@ -34,14 +32,6 @@ impl Observer for Quiet {
     }
 }
 
-struct Train<'a>(CellPlan<'a>);
-impl BackendVisitor for Train<'_> {
-    type Out = CellResult;
-    fn visit<B: Backend>(self, b: &B) -> CellResult {
-        run_cell(b, &self.0, &mut Quiet)
-    }
-}
-
 #[test]
 fn two_hundred_momentum_steps_agree_on_every_engine() {
     let suite = parse(SUITE, std::path::Path::new("parity.yaml")).unwrap();
@@ -49,7 +39,7 @@ fn two_hundred_momentum_steps_agree_on_every_engine() {
     let split = load_data(&w.data).unwrap();
     let run = |backend: &str| {
         let plan = CellPlan { suite: "parity", workload: w, condition: Condition::TrueLabels, regularizer: Regularizer::default(), seed: 7, split: &split };
-        with_backend(backend.parse::<BackendId>().unwrap(), GradMode::Native, Train(plan)).unwrap()
+        run_cell_on(backend.parse::<BackendId>().unwrap(), GradMode::Native, &plan, &mut Quiet)
     };
     let candle = run("candle-cpu");
     assert_eq!(candle.steps, 200, "{:?}", candle.status);
