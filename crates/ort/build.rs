@@ -12,7 +12,11 @@ fn find(venv: &Path) -> Option<PathBuf> {
             .ok()?
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+            })
             .collect();
         libs.sort();
         if let Some(found) = libs.pop() {

@@ -5,7 +5,9 @@
 //! [`GradMode::Symbolic`].
 
 use candle_core::{DType as CDType, Tensor, Var, D};
-use randbench_core::backend::{BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, GradMode, MemoryStats};
+use randbench_core::backend::{
+    BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, GradMode, MemoryStats,
+};
 use randbench_core::eager::{EagerOps, EagerProgram};
 use randbench_core::graph::{BinaryOp, CmpOp, Graph, Node, Op, UnaryOp};
 use randbench_core::tensor::{DType, HostData, HostTensor};
@@ -80,7 +82,14 @@ impl CandleBackend {
         &self.device
     }
 
-    fn conv_backward_input(&self, dy: &Tensor, w: &Tensor, x_shape: &[usize], stride: usize, padding: usize) -> BResult<Tensor> {
+    fn conv_backward_input(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        x_shape: &[usize],
+        stride: usize,
+        padding: usize,
+    ) -> BResult<Tensor> {
         // conv_transpose2d's output side is (i-1)·stride - 2·padding + k + output_padding; one
         // output_padding serves both sides, so take the larger and trim the other side.
         let side = |i: usize, k: usize| ((i - 1) * stride + k) as isize - 2 * padding as isize;
@@ -92,10 +101,23 @@ impl CandleBackend {
         dx.narrow(2, 0, x_shape[2]).lib()?.narrow(3, 0, x_shape[3]).lib()
     }
 
-    fn conv_backward_weight(&self, x: &Tensor, dy: &Tensor, w_shape: &[usize], stride: usize, padding: usize) -> BResult<Tensor> {
+    fn conv_backward_weight(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        w_shape: &[usize],
+        stride: usize,
+        padding: usize,
+    ) -> BResult<Tensor> {
         // As candle's own Conv2D backward: a convolution of the transposed input by the
         // transposed output gradient, dilated by the stride.
-        let gw = x.transpose(0, 1).lib()?.conv2d(&dy.transpose(0, 1).lib()?, padding, 1, stride, 1).lib()?.transpose(0, 1).lib()?;
+        let gw = x
+            .transpose(0, 1)
+            .lib()?
+            .conv2d(&dy.transpose(0, 1).lib()?, padding, 1, stride, 1)
+            .lib()?
+            .transpose(0, 1)
+            .lib()?;
         gw.narrow(2, 0, w_shape[2]).lib()?.narrow(3, 0, w_shape[3]).lib()
     }
 }
@@ -159,8 +181,12 @@ impl EagerOps for CandleBackend {
             }
             Op::Linear => a[0].matmul(a[1]).lib()?.broadcast_add(a[2]).lib()?,
             Op::Conv2d { stride, padding } => a[0].conv2d(a[1], *padding, *stride, 1, 1).lib()?,
-            Op::Conv2dBackwardInput { stride, padding } => self.conv_backward_input(a[0], a[1], shape, *stride, *padding)?,
-            Op::Conv2dBackwardWeight { stride, padding } => self.conv_backward_weight(a[0], a[1], shape, *stride, *padding)?,
+            Op::Conv2dBackwardInput { stride, padding } => {
+                self.conv_backward_input(a[0], a[1], shape, *stride, *padding)?
+            }
+            Op::Conv2dBackwardWeight { stride, padding } => {
+                self.conv_backward_weight(a[0], a[1], shape, *stride, *padding)?
+            }
             Op::MaxPool2d { k } => {
                 if a[0].track_op() {
                     // candle 0.11's own max_pool2d backward scales the gradient by 1/k² (it
@@ -186,19 +212,26 @@ impl EagerOps for CandleBackend {
                 logp.gather(&a[1].unsqueeze(1).lib()?, 1).lib()?.squeeze(1).lib()?.neg().lib()?
             }
             Op::OneHot { classes } => {
-                let range = Tensor::arange(0i64, *classes as i64, &self.device).lib()?.unsqueeze(0).lib()?;
+                let range = Tensor::arange(0i64, *classes as i64, &self.device)
+                    .lib()?
+                    .unsqueeze(0)
+                    .lib()?;
                 mask(a[0].unsqueeze(1).lib()?.broadcast_eq(&range).lib()?)?
             }
             Op::CorrectPredictions => {
                 let pred = a[0].argmax(1).lib()?.to_dtype(CDType::I64).lib()?;
                 mask(pred.eq(a[1]).lib()?)?
             }
-            Op::Sum { axes, .. } => a[0].sum_keepdim(axes.as_slice()).lib()?.reshape(shape).lib()?,
+            Op::Sum { axes, .. } => {
+                a[0].sum_keepdim(axes.as_slice()).lib()?.reshape(shape).lib()?
+            }
             Op::BroadcastTo => a[0].broadcast_as(shape).lib()?,
             Op::SumTo => {
                 let from = a[0].dims();
                 let off = from.len() - shape.len();
-                let axes: Vec<usize> = (0..from.len()).filter(|&i| i < off || (shape[i - off] == 1 && from[i] != 1)).collect();
+                let axes: Vec<usize> = (0..from.len())
+                    .filter(|&i| i < off || (shape[i - off] == 1 && from[i] != 1))
+                    .collect();
                 a[0].sum_keepdim(axes.as_slice()).lib()?.reshape(shape).lib()?
             }
             Op::Reshape => a[0].reshape(shape).lib()?,
@@ -267,7 +300,8 @@ impl Backend for CandleBackend {
             CDType::I64 => HostData::I64(flat.to_vec1::<i64>().lib()?),
             _ => HostData::F32(flat.to_dtype(CDType::F32).lib()?.to_vec1::<f32>().lib()?),
         };
-        HostTensor::new(shape, data).map_err(|e| BackendError::Library { backend: "candle".into(), message: e.to_string() })
+        HostTensor::new(shape, data)
+            .map_err(|e| BackendError::Library { backend: "candle".into(), message: e.to_string() })
     }
 
     fn compile(&self, g: &Graph) -> BResult<Self::Program> {

@@ -6,12 +6,16 @@ use randbench_core::{Device, GradMode};
 
 mod native {
     use super::*;
-    randbench_core::backend_conformance_tests!(CandleBackend::new(Device::Cpu, GradMode::Native).unwrap());
+    randbench_core::backend_conformance_tests!(
+        CandleBackend::new(Device::Cpu, GradMode::Native).unwrap()
+    );
 }
 
 mod symbolic {
     use super::*;
-    randbench_core::backend_conformance_tests!(CandleBackend::new(Device::Cpu, GradMode::Symbolic).unwrap());
+    randbench_core::backend_conformance_tests!(
+        CandleBackend::new(Device::Cpu, GradMode::Symbolic).unwrap()
+    );
 }
 
 /// candle's own max_pool2d backward gives a single window maximum 1/k² of its gradient; the
@@ -20,7 +24,13 @@ mod symbolic {
 #[test]
 fn upstream_max_pool2d_backward_is_still_scaled() {
     use candle_core::{Tensor, Var};
-    let x = Var::from_tensor(&Tensor::arange(0f32, 16., &candle_core::Device::Cpu).unwrap().reshape((1, 1, 4, 4)).unwrap()).unwrap();
+    let x = Var::from_tensor(
+        &Tensor::arange(0f32, 16., &candle_core::Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 4, 4))
+            .unwrap(),
+    )
+    .unwrap();
     let grads = x.as_tensor().max_pool2d(2).unwrap().sum_all().unwrap().backward().unwrap();
     let g: Vec<f32> = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(g.iter().sum::<f32>(), 1.0, "4 windows, each passing 1/4 instead of 1: {g:?}");
@@ -34,7 +44,9 @@ fn native_and_symbolic_agree_on_meta_graph_and_training_step() {
     use randbench_core::testing::{max_rel_diff, meta_inputs, run_on};
     let native = CandleBackend::new(Device::Cpu, GradMode::Native).unwrap();
     let symbolic = CandleBackend::new(Device::Cpu, GradMode::Symbolic).unwrap();
-    let f64s = |t: &randbench_core::HostTensor| t.as_f32().unwrap().iter().map(|&v| v as f64).collect::<Vec<_>>();
+    let f64s = |t: &randbench_core::HostTensor| {
+        t.as_f32().unwrap().iter().map(|&v| v as f64).collect::<Vec<_>>()
+    };
     let opt = LstmOptimizer::default();
     let q = Quadratics { functions: 8, dim: 10 };
     let g = quadratic_unroll(&opt, &q, 2, false).unwrap();
@@ -47,6 +59,9 @@ fn native_and_symbolic_agree_on_meta_graph_and_training_step() {
     let opt = randbench_core::optim::Optimizer::momentum(0.01, 0.9);
     let la = randbench_core::testing::fixed_batch_losses(&native, &opt, 10, 1);
     let lb = randbench_core::testing::fixed_batch_losses(&symbolic, &opt, 10, 1);
-    let err = max_rel_diff(&la.iter().map(|&v| v as f64).collect::<Vec<_>>(), &lb.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    let err = max_rel_diff(
+        &la.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        &lb.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+    );
     assert!(err < 1e-5, "loss trajectories differ by {err:e}: {la:?} {lb:?}");
 }

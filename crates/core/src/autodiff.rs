@@ -103,7 +103,8 @@ pub fn backward(g: &mut Graph, of: NodeId, wrt: &[NodeId]) -> GResult<Vec<NodeId
             return Err(GraphError::GradUnsupported {
                 op: "Grad".into(),
                 arg: 0,
-                why: "a Grad node on the path must be expanded first (higher-order derivative)".into(),
+                why: "a Grad node on the path must be expanded first (higher-order derivative)"
+                    .into(),
             });
         }
         for (k, a) in node.args.iter().enumerate() {
@@ -157,9 +158,18 @@ fn upsample(g: &mut Graph, t: NodeId, k: usize) -> GResult<NodeId> {
 fn vjp(g: &mut Graph, y: NodeId, k: usize, dy: NodeId) -> GResult<Option<NodeId>> {
     let node = g.node(y).clone();
     let x = |i: usize| node.args[i];
-    let unsupported = |why: &str| GraphError::GradUnsupported { op: node.op.name(), arg: k, why: why.to_string() };
+    let unsupported = |why: &str| GraphError::GradUnsupported {
+        op: node.op.name(),
+        arg: k,
+        why: why.to_string(),
+    };
     let r = match &node.op {
-        Op::Input { .. } | Op::Const(_) | Op::Compare(_) | Op::OneHot { .. } | Op::CorrectPredictions | Op::StopGradient => return Ok(None),
+        Op::Input { .. }
+        | Op::Const(_)
+        | Op::Compare(_)
+        | Op::OneHot { .. }
+        | Op::CorrectPredictions
+        | Op::StopGradient => return Ok(None),
         Op::Unary(u) => match u {
             UnaryOp::Neg => g.neg(dy)?,
             UnaryOp::Relu => {
@@ -284,7 +294,11 @@ fn vjp(g: &mut Graph, y: NodeId, k: usize, dy: NodeId) -> GResult<Option<NodeId>
         }
         Op::Sum { axes, .. } => {
             let xs = g.shape(x(0)).to_vec();
-            let kept: Vec<usize> = xs.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
+            let kept: Vec<usize> = xs
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| if axes.contains(&i) { 1 } else { d })
+                .collect();
             let r = g.reshape(dy, &kept)?;
             g.broadcast_to(r, &xs)?
         }
@@ -324,9 +338,13 @@ fn vjp(g: &mut Graph, y: NodeId, k: usize, dy: NodeId) -> GResult<Option<NodeId>
             if k == 1 {
                 return Ok(None);
             }
-            return Err(unsupported("gathered data carries no gradient in this IR; feed parameters directly"));
+            return Err(unsupported(
+                "gathered data carries no gradient in this IR; feed parameters directly",
+            ));
         }
-        Op::Grad => return Err(unsupported("a Grad node must be expanded before it is differentiated")),
+        Op::Grad => {
+            return Err(unsupported("a Grad node must be expanded before it is differentiated"))
+        }
     };
     Ok(Some(r))
 }
@@ -353,7 +371,8 @@ pub fn simplify(g: &Graph) -> Graph {
         if !live[i] && !is_input {
             continue;
         }
-        let args: Vec<NodeId> = node.args.iter().map(|a| map[a.index()].expect("argument is live")).collect();
+        let args: Vec<NodeId> =
+            node.args.iter().map(|a| map[a.index()].expect("argument is live")).collect();
         if is_input {
             map[i] = Some(ng.push_node(node, args));
             continue;
@@ -362,7 +381,11 @@ pub fn simplify(g: &Graph) -> Graph {
         let id = *seen.entry(key).or_insert_with(|| ng.push_node(node, args));
         map[i] = Some(id);
     }
-    let outputs = g.outputs().iter().map(|(n, id)| (n.clone(), map[id.index()].expect("output is live"))).collect();
+    let outputs = g
+        .outputs()
+        .iter()
+        .map(|(n, id)| (n.clone(), map[id.index()].expect("output is live")))
+        .collect();
     ng.set_outputs(outputs);
     ng
 }

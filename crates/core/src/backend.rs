@@ -170,12 +170,19 @@ pub trait Backend {
 }
 
 /// Checks that `inputs` fit a graph's inputs by count, shape and dtype.
-pub fn check_inputs<'a>(g: &Graph, shapes: impl ExactSizeIterator<Item = (&'a [usize], crate::DType)>) -> BResult<()> {
+pub fn check_inputs<'a>(
+    g: &Graph,
+    shapes: impl ExactSizeIterator<Item = (&'a [usize], crate::DType)>,
+) -> BResult<()> {
     if shapes.len() != g.inputs().len() {
         return Err(BackendError::Input {
             index: shapes.len(),
             name: String::new(),
-            detail: format!("the program takes {} inputs, {} were given", g.inputs().len(), shapes.len()),
+            detail: format!(
+                "the program takes {} inputs, {} were given",
+                g.inputs().len(),
+                shapes.len()
+            ),
         });
     }
     for (index, ((shape, dtype), &id)) in shapes.zip(g.inputs()).enumerate() {
@@ -183,7 +190,13 @@ pub fn check_inputs<'a>(g: &Graph, shapes: impl ExactSizeIterator<Item = (&'a [u
             return Err(BackendError::Input {
                 index,
                 name: g.input_name(id).to_string(),
-                detail: format!("expected {}{:?}, given {}{:?}", g.dtype(id), g.shape(id), dtype, shape),
+                detail: format!(
+                    "expected {}{:?}, given {}{:?}",
+                    g.dtype(id),
+                    g.shape(id),
+                    dtype,
+                    shape
+                ),
             });
         }
     }

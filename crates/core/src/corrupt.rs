@@ -38,7 +38,8 @@ impl fmt::Display for Condition {
 impl Condition {
     /// Whether this condition is the reference the others are compared with.
     pub fn is_baseline(&self) -> bool {
-        matches!(self, Condition::TrueLabels) || matches!(self, Condition::CorruptLabels(p) if *p == 0.0)
+        matches!(self, Condition::TrueLabels)
+            || matches!(self, Condition::CorruptLabels(p) if *p == 0.0)
     }
 
     /// Applies the condition to a train/test split, drawing from the seed's "corrupt" stream.
@@ -57,7 +58,8 @@ impl Condition {
             Condition::RandomPixels => {
                 let [_, h, w] = split.train.shape;
                 for set in [&mut split.train, &mut split.test] {
-                    let perms: Vec<Vec<usize>> = (0..set.len()).map(|_| rng.permutation(h * w)).collect();
+                    let perms: Vec<Vec<usize>> =
+                        (0..set.len()).map(|_| rng.permutation(h * w)).collect();
                     permute_pixels(set, |i| &perms[i]);
                 }
             }

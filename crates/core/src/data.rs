@@ -35,11 +35,18 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    pub fn new(images: Vec<f32>, labels: Vec<i64>, shape: [usize; 3], classes: usize) -> Result<Self, DataError> {
+    pub fn new(
+        images: Vec<f32>,
+        labels: Vec<i64>,
+        shape: [usize; 3],
+        classes: usize,
+    ) -> Result<Self, DataError> {
         if images.len() != labels.len() * numel(&shape) {
             return Err(DataError::Invalid(format!(
                 "{} labels need {} pixel values of images {shape:?}, found {}",
-                labels.len(), labels.len() * numel(&shape), images.len()
+                labels.len(),
+                labels.len() * numel(&shape),
+                images.len()
             )));
         }
         if let Some(bad) = labels.iter().find(|&&l| l < 0 || l as usize >= classes) {
@@ -68,7 +75,10 @@ impl Dataset {
     /// The first `n` examples.
     pub fn take(&self, n: usize) -> Result<Self, DataError> {
         if n > self.len() {
-            return Err(DataError::Invalid(format!("asked for {n} examples, the data set has {}", self.len())));
+            return Err(DataError::Invalid(format!(
+                "asked for {n} examples, the data set has {}",
+                self.len()
+            )));
         }
         Ok(Self {
             images: self.images[..n * self.image_size()].to_vec(),
@@ -162,7 +172,8 @@ pub struct Idx {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let raw =
+        std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         GzDecoder::new(&raw[..])
@@ -185,21 +196,31 @@ fn parse_idx(b: &[u8]) -> Result<Idx, String> {
         return Err(format!("too short for an IDX header ({} bytes)", b.len()));
     }
     if b[0] != 0 || b[1] != 0 {
-        return Err(format!("wrong magic number {:02x}{:02x}{:02x}{:02x}: not an IDX file", b[0], b[1], b[2], b[3]));
+        return Err(format!(
+            "wrong magic number {:02x}{:02x}{:02x}{:02x}: not an IDX file",
+            b[0], b[1], b[2], b[3]
+        ));
     }
     if b[2] != 0x08 {
-        return Err(format!("element type 0x{:02x} is not supported (only unsigned bytes, 0x08)", b[2]));
+        return Err(format!(
+            "element type 0x{:02x} is not supported (only unsigned bytes, 0x08)",
+            b[2]
+        ));
     }
     let ndim = b[3] as usize;
     let header = 4 + 4 * ndim;
     if ndim == 0 || b.len() < header {
         return Err(format!("header of {ndim} dimensions is truncated"));
     }
-    let dims: Vec<usize> = (0..ndim).map(|i| u32::from_be_bytes(b[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize).collect();
+    let dims: Vec<usize> = (0..ndim)
+        .map(|i| u32::from_be_bytes(b[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
+        .collect();
     let n = numel(&dims);
     let have = b.len() - header;
     if have < n {
-        return Err(format!("truncated: dimensions {dims:?} need {n} bytes of data, the file has {have}"));
+        return Err(format!(
+            "truncated: dimensions {dims:?} need {n} bytes of data, the file has {have}"
+        ));
     }
     if have > n {
         return Err(format!("{} bytes of trailing data after dimensions {dims:?}", have - n));
@@ -222,16 +243,28 @@ pub fn load_idx_pair(images: &Path, labels: &Path, classes: usize) -> Result<Dat
     let im = read_idx(images)?;
     let lb = read_idx(labels)?;
     if im.dims.len() != 3 {
-        return Err(format_err(images, format!("expected images of dimensions [n, h, w], found {:?}", im.dims)));
+        return Err(format_err(
+            images,
+            format!("expected images of dimensions [n, h, w], found {:?}", im.dims),
+        ));
     }
     if lb.dims.len() != 1 {
-        return Err(format_err(labels, format!("expected labels of dimensions [n], found {:?}", lb.dims)));
+        return Err(format_err(
+            labels,
+            format!("expected labels of dimensions [n], found {:?}", lb.dims),
+        ));
     }
     if im.dims[0] != lb.dims[0] {
-        return Err(format_err(labels, format!("{} labels for {} images in {}", lb.dims[0], im.dims[0], images.display())));
+        return Err(format_err(
+            labels,
+            format!("{} labels for {} images in {}", lb.dims[0], im.dims[0], images.display()),
+        ));
     }
     if let Some(pos) = lb.data.iter().position(|&l| l as usize >= classes) {
-        return Err(format_err(labels, format!("label {} of example {pos} is outside 0..{classes}", lb.data[pos])));
+        return Err(format_err(
+            labels,
+            format!("label {} of example {pos} is outside 0..{classes}", lb.data[pos]),
+        ));
     }
     let pixels = im.data.iter().map(|&p| p as f32 / 255.0).collect();
     let label_values = lb.data.iter().map(|&l| l as i64).collect();
@@ -276,7 +309,10 @@ pub fn read_cifar_batch(path: &Path) -> Result<Dataset, DataError> {
     let mut labels = Vec::with_capacity(n);
     for (i, rec) in bytes.chunks(CIFAR_RECORD).enumerate() {
         if rec[0] >= 10 {
-            return Err(format_err(path, format!("label {} of record {i} is outside 0..10", rec[0])));
+            return Err(format_err(
+                path,
+                format!("label {} of record {i} is outside 0..10", rec[0]),
+            ));
         }
         labels.push(rec[0] as i64);
         images.extend(rec[1..].iter().map(|&p| p as f32 / 255.0));
@@ -324,7 +360,14 @@ pub fn synthetic(train: usize, test: usize, shape: [usize; 3], classes: usize, s
     let prototypes: Vec<Vec<(f64, f64, f64, f64)>> = (0..classes)
         .map(|_| {
             (0..3)
-                .map(|_| (rng.uniform_in(0.2, 0.8) * h as f64, rng.uniform_in(0.2, 0.8) * w as f64, rng.uniform_in(1.5, 4.0), rng.uniform_in(0.5, 1.0)))
+                .map(|_| {
+                    (
+                        rng.uniform_in(0.2, 0.8) * h as f64,
+                        rng.uniform_in(0.2, 0.8) * w as f64,
+                        rng.uniform_in(1.5, 4.0),
+                        rng.uniform_in(0.5, 1.0),
+                    )
+                })
                 .collect()
         })
         .collect();
@@ -339,7 +382,13 @@ pub fn synthetic(train: usize, test: usize, shape: [usize; 3], classes: usize, s
             for &(cy, cx, s, a) in &prototypes[k] {
                 blob(img, cy + dy, cx + dx, s, a * gain);
             }
-            blob(img, rng.uniform_in(0.0, h as f64), rng.uniform_in(0.0, w as f64), rng.uniform_in(1.5, 3.0), rng.uniform_in(0.3, 0.6));
+            blob(
+                img,
+                rng.uniform_in(0.0, h as f64),
+                rng.uniform_in(0.0, w as f64),
+                rng.uniform_in(1.5, 3.0),
+                rng.uniform_in(0.3, 0.6),
+            );
             for p in img.iter_mut() {
                 *p = (*p + 0.1 * rng.normal() as f32).clamp(0.0, 1.0);
             }
@@ -368,7 +417,8 @@ pub fn translate_batch(images: &mut [f32], shape: [usize; 3], pad: usize, rng: &
                 for x in 0..w {
                     let (sy, sx) = (y as isize + dy, x as isize + dx);
                     let inside = sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w;
-                    img[(ch * h + y) * w + x] = if inside { src[(ch * h + sy as usize) * w + sx as usize] } else { 0.0 };
+                    img[(ch * h + y) * w + x] =
+                        if inside { src[(ch * h + sy as usize) * w + sx as usize] } else { 0.0 };
                 }
             }
         }

@@ -89,7 +89,11 @@ impl<T: Clone> EagerProgram<T> {
             }
             if grp.segment.is_empty() {
                 for w in &grp.wrt {
-                    let pos = graph.inputs().iter().position(|i| i == w).expect("leaf group wrt is an input");
+                    let pos = graph
+                        .inputs()
+                        .iter()
+                        .position(|i| i == w)
+                        .expect("leaf group wrt is an input");
                     tracked_input[pos] = true;
                 }
             }
@@ -102,7 +106,11 @@ impl<T: Clone> EagerProgram<T> {
                 Op::Grad => {
                     let gi = group_of_grad[&NodeId(i as u32)];
                     if planned_groups.insert(gi) {
-                        steps.push(if groups[gi].segment.is_empty() { Step::LeafGrad(gi) } else { Step::RecomputedGrad(gi) });
+                        steps.push(if groups[gi].segment.is_empty() {
+                            Step::LeafGrad(gi)
+                        } else {
+                            Step::RecomputedGrad(gi)
+                        });
                     }
                 }
                 _ => steps.push(Step::Node(i)),
@@ -139,14 +147,24 @@ impl<T: Clone> EagerProgram<T> {
                 vals[i] = Some(t);
             }
         }
-        let get = |vals: &[Option<T>], id: NodeId| -> T { vals[id.index()].clone().expect("value planned before use") };
+        let get = |vals: &[Option<T>], id: NodeId| -> T {
+            vals[id.index()].clone().expect("value planned before use")
+        };
         for (si, step) in self.steps.iter().enumerate() {
             match step {
                 Step::Node(i) => {
                     let node = &g.nodes()[*i];
                     let out = {
-                        let args: Vec<&T> = node.args.iter().map(|a| vals[a.index()].as_ref().expect("planned")).collect();
-                        if node.op == Op::StopGradient { e.detach(args[0])? } else { e.apply(node, &args)? }
+                        let args: Vec<&T> = node
+                            .args
+                            .iter()
+                            .map(|a| vals[a.index()].as_ref().expect("planned"))
+                            .collect();
+                        if node.op == Op::StopGradient {
+                            e.detach(args[0])?
+                        } else {
+                            e.apply(node, &args)?
+                        }
                     };
                     vals[*i] = Some(out);
                 }
@@ -193,13 +211,23 @@ impl<T: Clone> EagerProgram<T> {
             .iter()
             .map(|(_, id)| {
                 let v = get(&vals, *id);
-                if tracked { e.detach(&v) } else { Ok(v) }
+                if tracked {
+                    e.detach(&v)
+                } else {
+                    Ok(v)
+                }
             })
             .collect()
     }
 }
 
-fn store_answers<E: EagerOps>(e: &E, g: &Graph, grp: &GradGroup, grads: Vec<Option<E::T>>, vals: &mut [Option<E::T>]) -> BResult<()> {
+fn store_answers<E: EagerOps>(
+    e: &E,
+    g: &Graph,
+    grp: &GradGroup,
+    grads: Vec<Option<E::T>>,
+    vals: &mut [Option<E::T>],
+) -> BResult<()> {
     for &(gn, wi) in &grp.answers {
         let v = match wi.and_then(|w| grads[w].clone()) {
             Some(t) => t,
@@ -212,7 +240,8 @@ fn store_answers<E: EagerOps>(e: &E, g: &Graph, grp: &GradGroup, grads: Vec<Opti
 
 /// The `of` nodes of Grad groups whose value is differentiated by another Grad.
 fn differentiated_grad_groups(g: &Graph) -> HashSet<NodeId> {
-    let ofs: BTreeMap<NodeId, ()> = g.nodes().iter().filter(|n| n.op == Op::Grad).map(|n| (n.args[0], ())).collect();
+    let ofs: BTreeMap<NodeId, ()> =
+        g.nodes().iter().filter(|n| n.op == Op::Grad).map(|n| (n.args[0], ())).collect();
     let mut found = HashSet::new();
     for &of in ofs.keys() {
         let mut seen = vec![false; of.index() + 1];
@@ -247,14 +276,19 @@ fn plan_groups(g: &Graph) -> Vec<GradGroup> {
         .into_iter()
         .map(|(of, grad_nodes)| {
             let first = grad_nodes[0];
-            let mut wrt: Vec<NodeId> = grad_nodes.iter().map(|gn| g.node(*gn).args[1]).filter(|w| *w < first).collect();
+            let mut wrt: Vec<NodeId> =
+                grad_nodes.iter().map(|gn| g.node(*gn).args[1]).filter(|w| *w < first).collect();
             wrt.sort_unstable();
             wrt.dedup();
             let answers = grad_nodes
                 .iter()
                 .map(|gn| (*gn, wrt.iter().position(|w| *w == g.node(*gn).args[1])))
                 .collect();
-            let (segment, boundary) = if wrt.iter().all(|w| is_input(*w)) { (vec![], vec![]) } else { segment_between(g, &wrt, of) };
+            let (segment, boundary) = if wrt.iter().all(|w| is_input(*w)) {
+                (vec![], vec![])
+            } else {
+                segment_between(g, &wrt, of)
+            };
             GradGroup { of, wrt, answers, segment, boundary }
         })
         .collect()
@@ -303,8 +337,12 @@ fn plan_drops(g: &Graph, steps: &[Step], groups: &[GradGroup]) -> Vec<Vec<usize>
     for (si, step) in steps.iter().enumerate() {
         let reads: Vec<NodeId> = match step {
             Step::Node(i) => g.nodes()[*i].args.clone(),
-            Step::LeafGrad(gi) => std::iter::once(groups[*gi].of).chain(groups[*gi].wrt.iter().copied()).collect(),
-            Step::RecomputedGrad(gi) => groups[*gi].boundary.iter().chain(&groups[*gi].wrt).copied().collect(),
+            Step::LeafGrad(gi) => {
+                std::iter::once(groups[*gi].of).chain(groups[*gi].wrt.iter().copied()).collect()
+            }
+            Step::RecomputedGrad(gi) => {
+                groups[*gi].boundary.iter().chain(&groups[*gi].wrt).copied().collect()
+            }
         };
         for r in reads {
             last_use.insert(r.index(), si);

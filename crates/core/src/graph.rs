@@ -63,45 +63,84 @@ pub enum CmpOp {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A value fed at run time; inputs are numbered in creation order.
-    Input { name: String },
+    Input {
+        name: String,
+    },
     Const(HostTensor),
     Unary(UnaryOp),
     /// x * mul + add, with constants known when the graph is built.
-    Affine { mul: f64, add: f64 },
-    Clamp { min: f64, max: f64 },
+    Affine {
+        mul: f64,
+        add: f64,
+    },
+    Clamp {
+        min: f64,
+        max: f64,
+    },
     Binary(BinaryOp),
     Compare(CmpOp),
     /// 2-D product op(a)·op(b), op transposing where `ta`/`tb` say so.
-    MatMul { ta: bool, tb: bool },
+    MatMul {
+        ta: bool,
+        tb: bool,
+    },
     /// x[b,i]·w[i,o] + bias[o]: one fused kernel where the backend has one (addmm, Gemm).
     Linear,
     /// x[n,c,h,w] ⊛ w[o,c,kh,kw], no bias.
-    Conv2d { stride: usize, padding: usize },
+    Conv2d {
+        stride: usize,
+        padding: usize,
+    },
     /// The input gradient of a convolution: args (dy, w); the node's shape is the input's.
-    Conv2dBackwardInput { stride: usize, padding: usize },
+    Conv2dBackwardInput {
+        stride: usize,
+        padding: usize,
+    },
     /// The weight gradient of a convolution: args (x, dy); the node's shape is the weight's.
-    Conv2dBackwardWeight { stride: usize, padding: usize },
+    Conv2dBackwardWeight {
+        stride: usize,
+        padding: usize,
+    },
     /// Max pooling with kernel = stride = k (non-overlapping windows, no padding).
-    MaxPool2d { k: usize },
+    MaxPool2d {
+        k: usize,
+    },
     /// Softmax over the last axis.
     Softmax,
     /// Per-example softmax cross-entropy: logits[b,c], labels i64[b] -> f32[b].
     SoftmaxCrossEntropy,
     /// labels i64[b] -> f32[b, classes].
-    OneHot { classes: usize },
+    OneHot {
+        classes: usize,
+    },
     /// 1 where argmax(logits[b,c]) == labels[b], else 0: f32[b].
     CorrectPredictions,
-    Sum { axes: Vec<usize>, keep_dims: bool },
+    Sum {
+        axes: Vec<usize>,
+        keep_dims: bool,
+    },
     /// Numpy-style broadcast to the node's shape.
     BroadcastTo,
     /// Sums the broadcast axes away: the inverse of `BroadcastTo`, to the node's shape.
     SumTo,
     Reshape,
-    Permute { perm: Vec<usize> },
-    Slice { axis: usize, start: usize, end: usize },
+    Permute {
+        perm: Vec<usize>,
+    },
+    Slice {
+        axis: usize,
+        start: usize,
+        end: usize,
+    },
     /// Zero padding along one axis.
-    Pad { axis: usize, before: usize, after: usize },
-    Concat { axis: usize },
+    Pad {
+        axis: usize,
+        before: usize,
+        after: usize,
+    },
+    Concat {
+        axis: usize,
+    },
     /// Rows of data[N, ...] picked by indices i64[b]: [b, ...].
     Gather,
     /// The value of its argument, through which no gradient flows.
@@ -240,7 +279,13 @@ impl Graph {
     }
 
     /// Appends a node whose shape and dtype the caller has already checked.
-    pub(crate) fn push(&mut self, op: Op, args: Vec<NodeId>, shape: Vec<usize>, dtype: DType) -> NodeId {
+    pub(crate) fn push(
+        &mut self,
+        op: Op,
+        args: Vec<NodeId>,
+        shape: Vec<usize>,
+        dtype: DType,
+    ) -> NodeId {
         debug_assert!(args.iter().all(|a| a.index() < self.nodes.len()));
         let id = NodeId(self.nodes.len() as u32);
         if matches!(op, Op::Input { .. }) {
@@ -416,8 +461,14 @@ impl Graph {
         let (m, k1) = if ta { (sa[1], sa[0]) } else { (sa[0], sa[1]) };
         let (k2, n) = if tb { (sb[1], sb[0]) } else { (sb[0], sb[1]) };
         if k1 != k2 {
-            return Err(shape_err(OP, format!("inner sizes differ: {sa:?}{} · {sb:?}{}",
-                if ta { "ᵀ" } else { "" }, if tb { "ᵀ" } else { "" })));
+            return Err(shape_err(
+                OP,
+                format!(
+                    "inner sizes differ: {sa:?}{} · {sb:?}{}",
+                    if ta { "ᵀ" } else { "" },
+                    if tb { "ᵀ" } else { "" }
+                ),
+            ));
         }
         Ok(self.push(Op::MatMul { ta, tb }, vec![a, b], vec![m, n], DType::F32))
     }
@@ -436,13 +487,22 @@ impl Graph {
         self.expect_rank(OP, bias, 1, "the bias")?;
         let (sx, sw, sb) = (self.shape(x), self.shape(w), self.shape(bias));
         if sx[1] != sw[0] || sb[0] != sw[1] {
-            return Err(shape_err(OP, format!("input {sx:?}, weight {sw:?} and bias {sb:?} do not fit")));
+            return Err(shape_err(
+                OP,
+                format!("input {sx:?}, weight {sw:?} and bias {sb:?} do not fit"),
+            ));
         }
         let shape = vec![sx[0], sw[1]];
         Ok(self.push(Op::Linear, vec![x, w, bias], shape, DType::F32))
     }
 
-    pub fn conv2d(&mut self, x: NodeId, w: NodeId, stride: usize, padding: usize) -> GResult<NodeId> {
+    pub fn conv2d(
+        &mut self,
+        x: NodeId,
+        w: NodeId,
+        stride: usize,
+        padding: usize,
+    ) -> GResult<NodeId> {
         const OP: &str = "Conv2d";
         self.expect_f32(OP, x)?;
         self.expect_f32(OP, w)?;
@@ -453,12 +513,18 @@ impl Graph {
         }
         let (sx, sw) = (self.shape(x).to_vec(), self.shape(w).to_vec());
         if sx[1] != sw[1] {
-            return Err(shape_err(OP, format!("input {sx:?} has {} channels, kernel {sw:?} expects {}", sx[1], sw[1])));
+            return Err(shape_err(
+                OP,
+                format!("input {sx:?} has {} channels, kernel {sw:?} expects {}", sx[1], sw[1]),
+            ));
         }
         let out = |len: usize, k: usize| -> GResult<usize> {
             let padded = len + 2 * padding;
             if padded < k {
-                return Err(shape_err(OP, format!("kernel {sw:?} larger than padded input {sx:?}")));
+                return Err(shape_err(
+                    OP,
+                    format!("kernel {sw:?} larger than padded input {sx:?}"),
+                ));
             }
             Ok((padded - k) / stride + 1)
         };
@@ -467,24 +533,66 @@ impl Graph {
     }
 
     /// The gradient of a convolution with respect to its input of shape `input_shape`.
-    pub fn conv2d_backward_input(&mut self, dy: NodeId, w: NodeId, input_shape: &[usize], stride: usize, padding: usize) -> GResult<NodeId> {
+    pub fn conv2d_backward_input(
+        &mut self,
+        dy: NodeId,
+        w: NodeId,
+        input_shape: &[usize],
+        stride: usize,
+        padding: usize,
+    ) -> GResult<NodeId> {
         let fwd_out = self.conv_out_shape(input_shape, self.shape(w), stride, padding)?;
         if self.shape(dy) != fwd_out.as_slice() {
-            return Err(shape_err("Conv2dBackwardInput", format!("gradient {:?} does not match the convolution's output {fwd_out:?}", self.shape(dy))));
+            return Err(shape_err(
+                "Conv2dBackwardInput",
+                format!(
+                    "gradient {:?} does not match the convolution's output {fwd_out:?}",
+                    self.shape(dy)
+                ),
+            ));
         }
-        Ok(self.push(Op::Conv2dBackwardInput { stride, padding }, vec![dy, w], input_shape.to_vec(), DType::F32))
+        Ok(self.push(
+            Op::Conv2dBackwardInput { stride, padding },
+            vec![dy, w],
+            input_shape.to_vec(),
+            DType::F32,
+        ))
     }
 
     /// The gradient of a convolution with respect to its kernel of shape `kernel_shape`.
-    pub fn conv2d_backward_weight(&mut self, x: NodeId, dy: NodeId, kernel_shape: &[usize], stride: usize, padding: usize) -> GResult<NodeId> {
+    pub fn conv2d_backward_weight(
+        &mut self,
+        x: NodeId,
+        dy: NodeId,
+        kernel_shape: &[usize],
+        stride: usize,
+        padding: usize,
+    ) -> GResult<NodeId> {
         let fwd_out = self.conv_out_shape(self.shape(x), kernel_shape, stride, padding)?;
         if self.shape(dy) != fwd_out.as_slice() {
-            return Err(shape_err("Conv2dBackwardWeight", format!("gradient {:?} does not match the convolution's output {fwd_out:?}", self.shape(dy))));
+            return Err(shape_err(
+                "Conv2dBackwardWeight",
+                format!(
+                    "gradient {:?} does not match the convolution's output {fwd_out:?}",
+                    self.shape(dy)
+                ),
+            ));
         }
-        Ok(self.push(Op::Conv2dBackwardWeight { stride, padding }, vec![x, dy], kernel_shape.to_vec(), DType::F32))
+        Ok(self.push(
+            Op::Conv2dBackwardWeight { stride, padding },
+            vec![x, dy],
+            kernel_shape.to_vec(),
+            DType::F32,
+        ))
     }
 
-    fn conv_out_shape(&self, x: &[usize], w: &[usize], stride: usize, padding: usize) -> GResult<Vec<usize>> {
+    fn conv_out_shape(
+        &self,
+        x: &[usize],
+        w: &[usize],
+        stride: usize,
+        padding: usize,
+    ) -> GResult<Vec<usize>> {
         if x.len() != 4 || w.len() != 4 || x[1] != w[1] || stride == 0 {
             return Err(shape_err("Conv2d", format!("input {x:?} and kernel {w:?} do not fit")));
         }
@@ -503,7 +611,12 @@ impl Graph {
         if k == 0 || !s[2].is_multiple_of(k) || !s[3].is_multiple_of(k) {
             return Err(shape_err(OP, format!("window {k} must divide the spatial size of {s:?}")));
         }
-        Ok(self.push(Op::MaxPool2d { k }, vec![x], vec![s[0], s[1], s[2] / k, s[3] / k], DType::F32))
+        Ok(self.push(
+            Op::MaxPool2d { k },
+            vec![x],
+            vec![s[0], s[1], s[2] / k, s[3] / k],
+            DType::F32,
+        ))
     }
 
     // ---- classification heads ----
@@ -522,7 +635,11 @@ impl Graph {
         self.expect_rank(op, logits, 2, "the logits")?;
         self.expect_rank(op, labels, 1, "the labels")?;
         if self.dtype(labels) != DType::I64 {
-            return Err(GraphError::DType { op: op.to_string(), expected: DType::I64, actual: self.dtype(labels) });
+            return Err(GraphError::DType {
+                op: op.to_string(),
+                expected: DType::I64,
+                actual: self.dtype(labels),
+            });
         }
         let (sl, sy) = (self.shape(logits), self.shape(labels));
         if sl[0] != sy[0] {
@@ -544,7 +661,11 @@ impl Graph {
     pub fn one_hot(&mut self, labels: NodeId, classes: usize) -> GResult<NodeId> {
         self.expect_rank("OneHot", labels, 1, "the labels")?;
         if self.dtype(labels) != DType::I64 {
-            return Err(GraphError::DType { op: "OneHot".into(), expected: DType::I64, actual: self.dtype(labels) });
+            return Err(GraphError::DType {
+                op: "OneHot".into(),
+                expected: DType::I64,
+                actual: self.dtype(labels),
+            });
         }
         let b = self.shape(labels)[0];
         Ok(self.push(Op::OneHot { classes }, vec![labels], vec![b, classes], DType::F32))
@@ -620,7 +741,10 @@ impl Graph {
             return Ok(x);
         }
         if numel(s) != numel(shape) {
-            return Err(shape_err("Reshape", format!("{s:?} has {} elements, {shape:?} has {}", numel(s), numel(shape))));
+            return Err(shape_err(
+                "Reshape",
+                format!("{s:?} has {} elements, {shape:?} has {}", numel(s), numel(shape)),
+            ));
         }
         if let Op::Reshape = self.node(x).op {
             let inner = self.node(x).args[0];
@@ -635,7 +759,10 @@ impl Graph {
         let mut seen = perm.to_vec();
         seen.sort_unstable();
         if seen != (0..s.len()).collect::<Vec<_>>() {
-            return Err(shape_err("Permute", format!("{perm:?} is not a permutation of the axes of {s:?}")));
+            return Err(shape_err(
+                "Permute",
+                format!("{perm:?} is not a permutation of the axes of {s:?}"),
+            ));
         }
         if perm.iter().enumerate().all(|(i, &p)| i == p) {
             return Ok(x);
@@ -653,7 +780,10 @@ impl Graph {
     pub fn slice(&mut self, x: NodeId, axis: usize, start: usize, end: usize) -> GResult<NodeId> {
         let s = self.shape(x).to_vec();
         if axis >= s.len() || start > end || end > s[axis] {
-            return Err(shape_err("Slice", format!("[{start}..{end}] on axis {axis} is out of range for shape {s:?}")));
+            return Err(shape_err(
+                "Slice",
+                format!("[{start}..{end}] on axis {axis} is out of range for shape {s:?}"),
+            ));
         }
         if start == 0 && end == s[axis] {
             return Ok(x);
@@ -685,15 +815,22 @@ impl Graph {
         }
         let mut shape = self.shape(first).to_vec();
         if axis >= shape.len() {
-            return Err(shape_err("Concat", format!("axis {axis} out of range for shape {shape:?}")));
+            return Err(shape_err(
+                "Concat",
+                format!("axis {axis} out of range for shape {shape:?}"),
+            ));
         }
         let dtype = self.dtype(first);
         let mut total = 0;
         for &x in xs {
             let s = self.shape(x);
-            let same_elsewhere = s.len() == shape.len() && s.iter().zip(&shape).enumerate().all(|(i, (a, b))| i == axis || a == b);
+            let same_elsewhere = s.len() == shape.len()
+                && s.iter().zip(&shape).enumerate().all(|(i, (a, b))| i == axis || a == b);
             if !same_elsewhere || self.dtype(x) != dtype {
-                return Err(shape_err("Concat", format!("operand {s:?} does not fit {shape:?} along axis {axis}")));
+                return Err(shape_err(
+                    "Concat",
+                    format!("operand {s:?} does not fit {shape:?} along axis {axis}"),
+                ));
             }
             total += s[axis];
         }
@@ -704,7 +841,11 @@ impl Graph {
     pub fn gather(&mut self, data: NodeId, indices: NodeId) -> GResult<NodeId> {
         self.expect_rank("Gather", indices, 1, "the indices")?;
         if self.dtype(indices) != DType::I64 {
-            return Err(GraphError::DType { op: "Gather".into(), expected: DType::I64, actual: self.dtype(indices) });
+            return Err(GraphError::DType {
+                op: "Gather".into(),
+                expected: DType::I64,
+                actual: self.dtype(indices),
+            });
         }
         let mut shape = self.shape(data).to_vec();
         if shape.is_empty() {
@@ -730,7 +871,10 @@ impl Graph {
         self.expect_f32("Grad", of)?;
         self.expect_f32("Grad", wrt)?;
         if !self.shape(of).is_empty() {
-            return Err(shape_err("Grad", format!("can only differentiate a scalar, found shape {:?}", self.shape(of))));
+            return Err(shape_err(
+                "Grad",
+                format!("can only differentiate a scalar, found shape {:?}", self.shape(of)),
+            ));
         }
         let shape = self.shape(wrt).to_vec();
         Ok(self.push(Op::Grad, vec![of, wrt], shape, DType::F32))
@@ -746,7 +890,13 @@ impl Graph {
         let mut s = String::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let args: Vec<String> = n.args.iter().map(|a| a.to_string()).collect();
-            s += &format!("%{i} = {}({}) : {}{:?}\n", n.op.name(), args.join(", "), n.dtype, n.shape);
+            s += &format!(
+                "%{i} = {}({}) : {}{:?}\n",
+                n.op.name(),
+                args.join(", "),
+                n.dtype,
+                n.shape
+            );
         }
         for (name, id) in &self.outputs {
             s += &format!("output {name} = {id}\n");

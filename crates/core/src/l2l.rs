@@ -31,11 +31,27 @@ impl LstmOptimizer {
         let mut ps = Vec::new();
         for l in 0..self.layers {
             let input = if l == 0 { 2 } else { h };
-            ps.push(ParamSpec { name: format!("lstm{l}.weight"), shape: vec![input + h, 4 * h], init: lstm_init });
-            ps.push(ParamSpec { name: format!("lstm{l}.bias"), shape: vec![4 * h], init: lstm_init });
+            ps.push(ParamSpec {
+                name: format!("lstm{l}.weight"),
+                shape: vec![input + h, 4 * h],
+                init: lstm_init,
+            });
+            ps.push(ParamSpec {
+                name: format!("lstm{l}.bias"),
+                shape: vec![4 * h],
+                init: lstm_init,
+            });
         }
-        ps.push(ParamSpec { name: "out.weight".into(), shape: vec![h, 1], init: Init::torch_default(h) });
-        ps.push(ParamSpec { name: "out.bias".into(), shape: vec![1], init: Init::torch_default(h) });
+        ps.push(ParamSpec {
+            name: "out.weight".into(),
+            shape: vec![h, 1],
+            init: Init::torch_default(h),
+        });
+        ps.push(ParamSpec {
+            name: "out.bias".into(),
+            shape: vec![1],
+            init: Init::torch_default(h),
+        });
         ps
     }
 
@@ -45,12 +61,19 @@ impl LstmOptimizer {
     }
 
     /// The update for gradient `grad` [n] and the new LSTM state.
-    pub fn step(&self, g: &mut Graph, phi: &[NodeId], grad: NodeId, state: &[NodeId]) -> GResult<(NodeId, Vec<NodeId>)> {
+    pub fn step(
+        &self,
+        g: &mut Graph,
+        phi: &[NodeId],
+        grad: NodeId,
+        state: &[NodeId],
+    ) -> GResult<(NodeId, Vec<NodeId>)> {
         let n = g.shape(grad)[0];
         let mut x = preprocess_gradient(g, grad, self.preprocess)?;
         let mut new_state = Vec::with_capacity(state.len());
         for l in 0..self.layers {
-            let (h, c) = lstm_cell(g, x, state[2 * l], state[2 * l + 1], phi[2 * l], phi[2 * l + 1])?;
+            let (h, c) =
+                lstm_cell(g, x, state[2 * l], state[2 * l + 1], phi[2 * l], phi[2 * l + 1])?;
             new_state.extend([h, c]);
             x = h;
         }
@@ -98,7 +121,9 @@ impl Quadratics {
     /// Draws W [B,d,d], y [B,d] and θ₀ [B,d].
     pub fn sample(&self, rng: &mut Rng) -> [HostTensor; 3] {
         let (b, d) = (self.functions, self.dim);
-        let mut draw = |n: usize, f: &mut dyn FnMut(&mut Rng) -> f64| -> Vec<f32> { (0..n).map(|_| f(rng) as f32).collect() };
+        let mut draw = |n: usize, f: &mut dyn FnMut(&mut Rng) -> f64| -> Vec<f32> {
+            (0..n).map(|_| f(rng) as f32).collect()
+        };
         let w = draw(b * d * d, &mut |r| r.uniform());
         let y = draw(b * d, &mut |r| r.uniform());
         let theta = draw(b * d, &mut |r| 0.01 * r.normal());
@@ -129,15 +154,26 @@ impl Quadratics {
 /// after the unroll, and `grad.<name>` = ∂ meta_loss / ∂φ for every parameter.
 /// As in the paper, the optimizee's gradient enters the LSTM through StopGradient (no second
 /// derivatives); `second_order` keeps them instead, for comparison.
-pub fn quadratic_unroll(opt: &LstmOptimizer, q: &Quadratics, unroll: usize, second_order: bool) -> GResult<Graph> {
+pub fn quadratic_unroll(
+    opt: &LstmOptimizer,
+    q: &Quadratics,
+    unroll: usize,
+    second_order: bool,
+) -> GResult<Graph> {
     let mut g = Graph::new();
     let specs = opt.params();
-    let phi: Vec<NodeId> = specs.iter().map(|p| g.input(p.name.clone(), &p.shape, DType::F32)).collect();
+    let phi: Vec<NodeId> =
+        specs.iter().map(|p| g.input(p.name.clone(), &p.shape, DType::F32)).collect();
     let (b, d) = (q.functions, q.dim);
     let w = g.input("w", &[b, d, d], DType::F32);
     let y = g.input("y", &[b, d], DType::F32);
     let mut theta = g.input("theta", &[b, d], DType::F32);
-    let mut state: Vec<NodeId> = opt.state_shapes(b * d).iter().enumerate().map(|(i, s)| g.input(format!("state{i}"), s, DType::F32)).collect();
+    let mut state: Vec<NodeId> = opt
+        .state_shapes(b * d)
+        .iter()
+        .enumerate()
+        .map(|(i, s)| g.input(format!("state{i}"), s, DType::F32))
+        .collect();
     let mut meta_loss = None;
     let mut f = q.loss(&mut g, w, y, theta)?;
     for _ in 0..unroll {

@@ -18,6 +18,8 @@ pub mod testing;
 pub mod train;
 pub mod units;
 
-pub use backend::{BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, GradMode, MemoryStats};
+pub use backend::{
+    BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, GradMode, MemoryStats,
+};
 pub use graph::{Graph, GraphError, NodeId, Op};
 pub use tensor::{DType, HostData, HostTensor};

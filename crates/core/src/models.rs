@@ -27,8 +27,12 @@ impl Activation {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
     /// U(-bound, bound).
-    Uniform { bound: f64 },
-    Normal { std: f64 },
+    Uniform {
+        bound: f64,
+    },
+    Normal {
+        std: f64,
+    },
     Zeros,
 }
 
@@ -49,7 +53,9 @@ impl Init {
     pub fn sample(self, shape: &[usize], rng: &mut Rng) -> HostTensor {
         let n = numel(shape);
         let data = match self {
-            Init::Uniform { bound } => (0..n).map(|_| rng.uniform_in(-bound, bound) as f32).collect(),
+            Init::Uniform { bound } => {
+                (0..n).map(|_| rng.uniform_in(-bound, bound) as f32).collect()
+            }
             Init::Normal { std } => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
             Init::Zeros => vec![0.0; n],
         };
@@ -97,7 +103,11 @@ impl CnnSpec {
 
 impl Default for CnnSpec {
     fn default() -> Self {
-        Self { channels: Self::default_channels(), kernel: Self::default_kernel(), hidden: Self::default_hidden() }
+        Self {
+            channels: Self::default_channels(),
+            kernel: Self::default_kernel(),
+            hidden: Self::default_hidden(),
+        }
     }
 }
 
@@ -105,12 +115,26 @@ impl Default for CnnSpec {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Model {
     /// Fully connected: input → hidden... → classes.
-    Mlp { input: [usize; 3], hidden: Vec<usize>, classes: usize, activation: Activation },
-    Cnn { input: [usize; 3], spec: CnnSpec, classes: usize },
+    Mlp {
+        input: [usize; 3],
+        hidden: Vec<usize>,
+        classes: usize,
+        activation: Activation,
+    },
+    Cnn {
+        input: [usize; 3],
+        spec: CnnSpec,
+        classes: usize,
+    },
 }
 
 impl Model {
-    pub fn mlp(input: [usize; 3], hidden: &[usize], classes: usize, activation: Activation) -> Self {
+    pub fn mlp(
+        input: [usize; 3],
+        hidden: &[usize],
+        classes: usize,
+        activation: Activation,
+    ) -> Self {
         Model::Mlp { input, hidden: hidden.to_vec(), classes, activation }
     }
 
@@ -150,8 +174,16 @@ impl Model {
     pub fn params(&self) -> GResult<Vec<ParamSpec>> {
         let mut ps = Vec::new();
         let dense = |ps: &mut Vec<ParamSpec>, name: String, i: usize, o: usize| {
-            ps.push(ParamSpec { name: format!("{name}.weight"), shape: vec![i, o], init: Init::torch_default(i) });
-            ps.push(ParamSpec { name: format!("{name}.bias"), shape: vec![o], init: Init::torch_default(i) });
+            ps.push(ParamSpec {
+                name: format!("{name}.weight"),
+                shape: vec![i, o],
+                init: Init::torch_default(i),
+            });
+            ps.push(ParamSpec {
+                name: format!("{name}.bias"),
+                shape: vec![o],
+                init: Init::torch_default(i),
+            });
         };
         match self {
             Model::Mlp { input, hidden, classes, .. } => {
@@ -165,7 +197,11 @@ impl Model {
                 for (l, &c) in spec.channels.iter().enumerate() {
                     let fan_in = c_in * spec.kernel * spec.kernel;
                     let init = Init::torch_default(fan_in);
-                    ps.push(ParamSpec { name: format!("conv{l}.weight"), shape: vec![c, c_in, spec.kernel, spec.kernel], init });
+                    ps.push(ParamSpec {
+                        name: format!("conv{l}.weight"),
+                        shape: vec![c, c_in, spec.kernel, spec.kernel],
+                        init,
+                    });
                     ps.push(ParamSpec { name: format!("conv{l}.bias"), shape: vec![c], init });
                     c_in = c;
                 }
@@ -191,7 +227,13 @@ impl Model {
 
     /// Logits [b, classes] for x [b, c, h, w]. `masks` is empty (no dropout) or one
     /// mask per dropout site, holding 0 or 1/(1-p), multiplied into the activation.
-    pub fn forward(&self, g: &mut Graph, params: &[NodeId], x: NodeId, masks: &[NodeId]) -> GResult<NodeId> {
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        params: &[NodeId],
+        x: NodeId,
+        masks: &[NodeId],
+    ) -> GResult<NodeId> {
         let b = g.shape(x)[0];
         let mask = |g: &mut Graph, h: NodeId, site: usize| -> GResult<NodeId> {
             match masks.get(site) {
@@ -240,7 +282,8 @@ pub fn dropout_masks(sites: &[Vec<usize>], p: f64, rng: &mut Rng) -> Vec<HostTen
     sites
         .iter()
         .map(|shape| {
-            let data = (0..numel(shape)).map(|_| if rng.bernoulli(p) { 0.0 } else { keep }).collect();
+            let data =
+                (0..numel(shape)).map(|_| if rng.bernoulli(p) { 0.0 } else { keep }).collect();
             HostTensor::f32(shape.clone(), data).expect("length matches shape")
         })
         .collect()
@@ -248,7 +291,14 @@ pub fn dropout_masks(sites: &[Vec<usize>], p: f64, rng: &mut Rng) -> Vec<HostTen
 
 /// One LSTM cell with fused gates: x[n,i], h and c [n,H], w [i+H, 4H], b [4H].
 /// Gate order i, f, g, o (as PyTorch).
-pub fn lstm_cell(g: &mut Graph, x: NodeId, h: NodeId, c: NodeId, w: NodeId, b: NodeId) -> GResult<(NodeId, NodeId)> {
+pub fn lstm_cell(
+    g: &mut Graph,
+    x: NodeId,
+    h: NodeId,
+    c: NodeId,
+    w: NodeId,
+    b: NodeId,
+) -> GResult<(NodeId, NodeId)> {
     let hidden = g.shape(h)[1];
     let xh = g.concat(&[x, h], 1)?;
     let gates = g.linear(xh, w, b)?;
@@ -279,7 +329,10 @@ mod tests {
         ] {
             let v = init.sample(&[1000], &mut rng).into_f32().unwrap();
             assert!(v.iter().all(|x| x.abs() <= bound as f32), "{init:?}");
-            assert!(v.iter().any(|x| x.abs() > 0.9 * bound as f32), "{init:?} does not reach its bound");
+            assert!(
+                v.iter().any(|x| x.abs() > 0.9 * bound as f32),
+                "{init:?} does not reach its bound"
+            );
         }
         let v = Init::Normal { std: 0.5 }.sample(&[20_000], &mut rng).into_f32().unwrap();
         let var = v.iter().map(|x| (x * x) as f64).sum::<f64>() / v.len() as f64;

@@ -127,7 +127,14 @@ impl Optimizer {
 
     /// Adds the update of parameter `p` with gradient `grad` and its `slots`; returns the new
     /// parameter and the new slots.
-    pub fn update(&self, g: &mut Graph, p: NodeId, grad: NodeId, slots: &[NodeId], step: &StepScalars) -> GResult<(NodeId, Vec<NodeId>)> {
+    pub fn update(
+        &self,
+        g: &mut Graph,
+        p: NodeId,
+        grad: NodeId,
+        slots: &[NodeId],
+        step: &StepScalars,
+    ) -> GResult<(NodeId, Vec<NodeId>)> {
         let grad = if self.weight_decay != 0.0 {
             let decay = g.scale(p, self.weight_decay)?;
             g.add(grad, decay)?

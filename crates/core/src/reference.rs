@@ -21,7 +21,8 @@ impl RefValue {
     }
 
     pub fn to_host_f32(&self) -> HostTensor {
-        HostTensor::f32(self.shape.clone(), self.data.iter().map(|&x| x as f32).collect()).expect("consistent")
+        HostTensor::f32(self.shape.clone(), self.data.iter().map(|&x| x as f32).collect())
+            .expect("consistent")
     }
 }
 
@@ -55,14 +56,20 @@ pub fn evaluate(g: &Graph, inputs: &[HostTensor]) -> GResult<Vec<RefValue>> {
 /// As [`evaluate`], with inputs already in f64 (finite differences perturb them there).
 pub fn evaluate_values(g: &Graph, inputs: &[RefValue]) -> GResult<Vec<RefValue>> {
     if inputs.len() != g.inputs().len() {
-        return Err(GraphError::Invalid(format!("graph has {} inputs, {} given", g.inputs().len(), inputs.len())));
+        return Err(GraphError::Invalid(format!(
+            "graph has {} inputs, {} given",
+            g.inputs().len(),
+            inputs.len()
+        )));
     }
     let mut vals: Vec<Option<RefValue>> = vec![None; g.len()];
     for (pos, id) in g.inputs().iter().enumerate() {
         if inputs[pos].shape != g.shape(*id) {
             return Err(GraphError::Invalid(format!(
                 "input {} has shape {:?}, the graph expects {:?}",
-                g.input_name(*id), inputs[pos].shape, g.shape(*id)
+                g.input_name(*id),
+                inputs[pos].shape,
+                g.shape(*id)
             )));
         }
         vals[id.index()] = Some(inputs[pos].clone());
@@ -71,7 +78,8 @@ pub fn evaluate_values(g: &Graph, inputs: &[RefValue]) -> GResult<Vec<RefValue>>
         if vals[i].is_some() {
             continue;
         }
-        let args: Vec<&RefValue> = node.args.iter().map(|a| vals[a.index()].as_ref().expect("topological")).collect();
+        let args: Vec<&RefValue> =
+            node.args.iter().map(|a| vals[a.index()].as_ref().expect("topological")).collect();
         let data = eval_op(&node.op, &args, &node.shape)?;
         debug_assert_eq!(data.len(), numel(&node.shape), "{:?}", node.op);
         vals[i] = Some(RefValue { shape: node.shape.clone(), data });
@@ -81,9 +89,13 @@ pub fn evaluate_values(g: &Graph, inputs: &[RefValue]) -> GResult<Vec<RefValue>>
 
 fn eval_op(op: &Op, a: &[&RefValue], out_shape: &[usize]) -> GResult<Vec<f64>> {
     let map1 = |f: &dyn Fn(f64) -> f64| a[0].data.iter().map(|&x| f(x)).collect::<Vec<_>>();
-    let map2 = |f: &dyn Fn(f64, f64) -> f64| a[0].data.iter().zip(&a[1].data).map(|(&x, &y)| f(x, y)).collect::<Vec<_>>();
+    let map2 = |f: &dyn Fn(f64, f64) -> f64| {
+        a[0].data.iter().zip(&a[1].data).map(|(&x, &y)| f(x, y)).collect::<Vec<_>>()
+    };
     Ok(match op {
-        Op::Input { name } => return Err(GraphError::Invalid(format!("input {name} was not given"))),
+        Op::Input { name } => {
+            return Err(GraphError::Invalid(format!("input {name} was not given")))
+        }
         Op::Const(t) => RefValue::from_host(t).data,
         Op::Unary(u) => match u {
             UnaryOp::Neg => map1(&|x| -x),
@@ -94,7 +106,15 @@ fn eval_op(op: &Op, a: &[&RefValue], out_shape: &[usize]) -> GResult<Vec<f64>> {
             UnaryOp::Log => map1(&f64::ln),
             UnaryOp::Sqrt => map1(&f64::sqrt),
             UnaryOp::Abs => map1(&f64::abs),
-            UnaryOp::Sign => map1(&|x| if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { 0.0 }),
+            UnaryOp::Sign => map1(&|x| {
+                if x > 0.0 {
+                    1.0
+                } else if x < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                }
+            }),
             UnaryOp::Square => map1(&|x| x * x),
             UnaryOp::Step => map1(&|x| if x > 0.0 { 1.0 } else { 0.0 }),
         },
@@ -121,8 +141,12 @@ fn eval_op(op: &Op, a: &[&RefValue], out_shape: &[usize]) -> GResult<Vec<f64>> {
             y
         }
         Op::Conv2d { stride, padding } => conv2d(a[0], a[1], *stride, *padding),
-        Op::Conv2dBackwardInput { stride, padding } => conv2d_backward_input(a[0], a[1], out_shape, *stride, *padding),
-        Op::Conv2dBackwardWeight { stride, padding } => conv2d_backward_weight(a[0], a[1], out_shape, *stride, *padding),
+        Op::Conv2dBackwardInput { stride, padding } => {
+            conv2d_backward_input(a[0], a[1], out_shape, *stride, *padding)
+        }
+        Op::Conv2dBackwardWeight { stride, padding } => {
+            conv2d_backward_weight(a[0], a[1], out_shape, *stride, *padding)
+        }
         Op::MaxPool2d { k } => {
             let s = &a[0].shape;
             let mut y = vec![f64::NEG_INFINITY; numel(out_shape)];
@@ -165,7 +189,8 @@ fn eval_op(op: &Op, a: &[&RefValue], out_shape: &[usize]) -> GResult<Vec<f64>> {
         }
         Op::Sum { axes, .. } => {
             let s = &a[0].shape;
-            let keep: Vec<usize> = s.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
+            let keep: Vec<usize> =
+                s.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
             let mut y = vec![0.0; numel(&keep)];
             for (i, &v) in a[0].data.iter().enumerate() {
                 let mut c = unravel(i, s);
@@ -182,7 +207,11 @@ fn eval_op(op: &Op, a: &[&RefValue], out_shape: &[usize]) -> GResult<Vec<f64>> {
             (0..numel(out_shape))
                 .map(|i| {
                     let c = unravel(i, out_shape);
-                    let src: Vec<usize> = s.iter().enumerate().map(|(j, &d)| if d == 1 { 0 } else { c[j + off] }).collect();
+                    let src: Vec<usize> = s
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &d)| if d == 1 { 0 } else { c[j + off] })
+                        .collect();
                     a[0].data[ravel(&src, s)]
                 })
                 .collect()
@@ -193,7 +222,11 @@ fn eval_op(op: &Op, a: &[&RefValue], out_shape: &[usize]) -> GResult<Vec<f64>> {
             let mut y = vec![0.0; numel(out_shape)];
             for (i, &v) in a[0].data.iter().enumerate() {
                 let c = unravel(i, s);
-                let dst: Vec<usize> = out_shape.iter().enumerate().map(|(j, &d)| if d == 1 { 0 } else { c[j + off] }).collect();
+                let dst: Vec<usize> = out_shape
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &d)| if d == 1 { 0 } else { c[j + off] })
+                    .collect();
                 y[ravel(&dst, out_shape)] += v;
             }
             y
@@ -251,13 +284,19 @@ fn eval_op(op: &Op, a: &[&RefValue], out_shape: &[usize]) -> GResult<Vec<f64>> {
             for &idx in &a[1].data {
                 let r = idx as usize;
                 if idx < 0.0 || r >= n {
-                    return Err(GraphError::Invalid(format!("gather index {idx} out of range 0..{n}")));
+                    return Err(GraphError::Invalid(format!(
+                        "gather index {idx} out of range 0..{n}"
+                    )));
                 }
                 y.extend_from_slice(&a[0].data[r * row..(r + 1) * row]);
             }
             y
         }
-        Op::Grad => return Err(GraphError::Invalid("expand Grad nodes before evaluating on the reference".into())),
+        Op::Grad => {
+            return Err(GraphError::Invalid(
+                "expand Grad nodes before evaluating on the reference".into(),
+            ))
+        }
     })
 }
 
@@ -295,7 +334,13 @@ fn matmul(a: &RefValue, b: &RefValue, ta: bool, tb: bool) -> Vec<f64> {
 }
 
 /// Calls `f(n, o, c, oy, ox, iy, ix)` for every kernel tap that lands inside the input.
-fn conv_taps(x: &[usize], w: &[usize], stride: usize, padding: usize, mut f: impl FnMut([usize; 7])) {
+fn conv_taps(
+    x: &[usize],
+    w: &[usize],
+    stride: usize,
+    padding: usize,
+    mut f: impl FnMut([usize; 7]),
+) {
     let (n, c, h, wd) = (x[0], x[1], x[2], x[3]);
     let (o, kh, kw) = (w[0], w[2], w[3]);
     let oh = (h + 2 * padding - kh) / stride + 1;
@@ -310,7 +355,15 @@ fn conv_taps(x: &[usize], w: &[usize], stride: usize, padding: usize, mut f: imp
                                 let iy = (oy * stride + ky) as isize - padding as isize;
                                 let ix = (ox * stride + kx) as isize - padding as isize;
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
-                                    f([b, oc, ic, oy, ox, ky * kw + kx, (iy as usize) * wd + ix as usize]);
+                                    f([
+                                        b,
+                                        oc,
+                                        ic,
+                                        oy,
+                                        ox,
+                                        ky * kw + kx,
+                                        (iy as usize) * wd + ix as usize,
+                                    ]);
                                 }
                             }
                         }
@@ -327,30 +380,44 @@ fn conv2d(x: &RefValue, w: &RefValue, stride: usize, padding: usize) -> Vec<f64>
     let ow = (xs[3] + 2 * padding - ws[3]) / stride + 1;
     let mut y = vec![0.0; xs[0] * ws[0] * oh * ow];
     conv_taps(xs, ws, stride, padding, |[b, oc, ic, oy, ox, kk, ii]| {
-        y[((b * ws[0] + oc) * oh + oy) * ow + ox] +=
-            x.data[(b * xs[1] + ic) * xs[2] * xs[3] + ii] * w.data[(oc * ws[1] + ic) * ws[2] * ws[3] + kk];
+        y[((b * ws[0] + oc) * oh + oy) * ow + ox] += x.data[(b * xs[1] + ic) * xs[2] * xs[3] + ii]
+            * w.data[(oc * ws[1] + ic) * ws[2] * ws[3] + kk];
     });
     y
 }
 
-fn conv2d_backward_input(dy: &RefValue, w: &RefValue, xs: &[usize], stride: usize, padding: usize) -> Vec<f64> {
+fn conv2d_backward_input(
+    dy: &RefValue,
+    w: &RefValue,
+    xs: &[usize],
+    stride: usize,
+    padding: usize,
+) -> Vec<f64> {
     let ws = &w.shape;
     let (oh, ow) = (dy.shape[2], dy.shape[3]);
     let mut dx = vec![0.0; numel(xs)];
     conv_taps(xs, ws, stride, padding, |[b, oc, ic, oy, ox, kk, ii]| {
-        dx[(b * xs[1] + ic) * xs[2] * xs[3] + ii] +=
-            dy.data[((b * ws[0] + oc) * oh + oy) * ow + ox] * w.data[(oc * ws[1] + ic) * ws[2] * ws[3] + kk];
+        dx[(b * xs[1] + ic) * xs[2] * xs[3] + ii] += dy.data
+            [((b * ws[0] + oc) * oh + oy) * ow + ox]
+            * w.data[(oc * ws[1] + ic) * ws[2] * ws[3] + kk];
     });
     dx
 }
 
-fn conv2d_backward_weight(x: &RefValue, dy: &RefValue, ws: &[usize], stride: usize, padding: usize) -> Vec<f64> {
+fn conv2d_backward_weight(
+    x: &RefValue,
+    dy: &RefValue,
+    ws: &[usize],
+    stride: usize,
+    padding: usize,
+) -> Vec<f64> {
     let xs = &x.shape;
     let (oh, ow) = (dy.shape[2], dy.shape[3]);
     let mut dw = vec![0.0; numel(ws)];
     conv_taps(xs, ws, stride, padding, |[b, oc, ic, oy, ox, kk, ii]| {
-        dw[(oc * ws[1] + ic) * ws[2] * ws[3] + kk] +=
-            dy.data[((b * ws[0] + oc) * oh + oy) * ow + ox] * x.data[(b * xs[1] + ic) * xs[2] * xs[3] + ii];
+        dw[(oc * ws[1] + ic) * ws[2] * ws[3] + kk] += dy.data
+            [((b * ws[0] + oc) * oh + oy) * ow + ox]
+            * x.data[(b * xs[1] + ic) * xs[2] * xs[3] + ii];
     });
     dw
 }

@@ -28,7 +28,12 @@ impl Summary {
             return None;
         }
         v.sort_by(f64::total_cmp);
-        Some(Self { median: quantile_sorted(&v, 0.5), q1: quantile_sorted(&v, 0.25), q3: quantile_sorted(&v, 0.75), n: v.len() })
+        Some(Self {
+            median: quantile_sorted(&v, 0.5),
+            q1: quantile_sorted(&v, 0.25),
+            q3: quantile_sorted(&v, 0.75),
+            n: v.len(),
+        })
     }
 
     pub fn iqr(&self) -> f64 {

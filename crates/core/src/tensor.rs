@@ -96,21 +96,27 @@ impl HostTensor {
     pub fn as_f32(&self) -> Result<&[f32], TensorError> {
         match &self.data {
             HostData::F32(v) => Ok(v),
-            HostData::I64(_) => Err(TensorError::DType { expected: DType::F32, actual: DType::I64 }),
+            HostData::I64(_) => {
+                Err(TensorError::DType { expected: DType::F32, actual: DType::I64 })
+            }
         }
     }
 
     pub fn as_i64(&self) -> Result<&[i64], TensorError> {
         match &self.data {
             HostData::I64(v) => Ok(v),
-            HostData::F32(_) => Err(TensorError::DType { expected: DType::I64, actual: DType::F32 }),
+            HostData::F32(_) => {
+                Err(TensorError::DType { expected: DType::I64, actual: DType::F32 })
+            }
         }
     }
 
     pub fn into_f32(self) -> Result<Vec<f32>, TensorError> {
         match self.data {
             HostData::F32(v) => Ok(v),
-            HostData::I64(_) => Err(TensorError::DType { expected: DType::F32, actual: DType::I64 }),
+            HostData::I64(_) => {
+                Err(TensorError::DType { expected: DType::F32, actual: DType::I64 })
+            }
         }
     }
 

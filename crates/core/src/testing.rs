@@ -19,7 +19,11 @@ pub struct OpCase {
 }
 
 fn uniform(rng: &mut Rng, shape: &[usize], lo: f64, hi: f64) -> HostTensor {
-    HostTensor::f32(shape.to_vec(), (0..numel(shape)).map(|_| rng.uniform_in(lo, hi) as f32).collect()).expect("shape")
+    HostTensor::f32(
+        shape.to_vec(),
+        (0..numel(shape)).map(|_| rng.uniform_in(lo, hi) as f32).collect(),
+    )
+    .expect("shape")
 }
 
 /// Values in ±[0.1, 1.5]: far from the kinks of relu, abs and sign at zero.
@@ -37,7 +41,8 @@ fn away_from_zero(rng: &mut Rng, shape: &[usize]) -> HostTensor {
 fn distinct(rng: &mut Rng, shape: &[usize]) -> HostTensor {
     let n = numel(shape);
     let perm = rng.permutation(n);
-    let data = perm.iter().map(|&p| (p as f64 / n as f64 * 2.0 - 1.0 + 0.3 / n as f64) as f32).collect();
+    let data =
+        perm.iter().map(|&p| (p as f64 / n as f64 * 2.0 - 1.0 + 0.3 / n as f64) as f32).collect();
     HostTensor::f32(shape.to_vec(), data).expect("shape")
 }
 
@@ -50,9 +55,18 @@ struct Catalogue {
 }
 
 impl Catalogue {
-    fn add(&mut self, name: impl Into<String>, inputs: Vec<(HostTensor, bool)>, build: impl FnOnce(&mut Graph, &[NodeId]) -> GResult<NodeId>) {
+    fn add(
+        &mut self,
+        name: impl Into<String>,
+        inputs: Vec<(HostTensor, bool)>,
+        build: impl FnOnce(&mut Graph, &[NodeId]) -> GResult<NodeId>,
+    ) {
         let mut g = Graph::new();
-        let ids: Vec<NodeId> = inputs.iter().enumerate().map(|(i, (t, _))| g.input(format!("x{i}"), t.shape(), t.dtype())).collect();
+        let ids: Vec<NodeId> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _))| g.input(format!("x{i}"), t.shape(), t.dtype()))
+            .collect();
         let y = build(&mut g, &ids).expect("catalogue graphs are well-formed");
         g.output("y", y);
         let (inputs, differentiable) = inputs.into_iter().unzip();
@@ -69,11 +83,23 @@ pub fn op_cases(seed: u64) -> Vec<OpCase> {
     let d = |r: &mut Rng, lo: usize, hi: usize| lo + r.below(hi - lo + 1);
     let (m, n) = (d(r, 1, 4), d(r, 2, 5));
 
-    for u in [UnaryOp::Neg, UnaryOp::Relu, UnaryOp::Sigmoid, UnaryOp::Tanh, UnaryOp::Exp, UnaryOp::Abs, UnaryOp::Square, UnaryOp::Sign, UnaryOp::Step] {
+    for u in [
+        UnaryOp::Neg,
+        UnaryOp::Relu,
+        UnaryOp::Sigmoid,
+        UnaryOp::Tanh,
+        UnaryOp::Exp,
+        UnaryOp::Abs,
+        UnaryOp::Square,
+        UnaryOp::Sign,
+        UnaryOp::Step,
+    ] {
         c.add(format!("{u:?}"), vec![(away_from_zero(r, &[m, n]), true)], |g, x| g.unary(u, x[0]));
     }
     for u in [UnaryOp::Log, UnaryOp::Sqrt] {
-        c.add(format!("{u:?}"), vec![(uniform(r, &[m, n], 0.2, 2.0), true)], |g, x| g.unary(u, x[0]));
+        c.add(format!("{u:?}"), vec![(uniform(r, &[m, n], 0.2, 2.0), true)], |g, x| {
+            g.unary(u, x[0])
+        });
     }
     c.add("Affine", vec![(uniform(r, &[m, n], -1.0, 1.0), true)], |g, x| g.affine(x[0], 1.7, -0.3));
     // Values near ±0.5 would sit on the clamp's kinks; keep them at least 0.01 away.
@@ -83,22 +109,53 @@ pub fn op_cases(seed: u64) -> Vec<OpCase> {
             *v += 0.03;
         }
     }
-    c.add("Clamp", vec![(HostTensor::f32(vec![m, n], cl).expect("shape"), true)], |g, x| g.clamp(x[0], -0.5, 0.5));
+    c.add("Clamp", vec![(HostTensor::f32(vec![m, n], cl).expect("shape"), true)], |g, x| {
+        g.clamp(x[0], -0.5, 0.5)
+    });
 
     for b in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
-        let rhs = |r: &mut Rng, s: &[usize]| if b == BinaryOp::Div { away_from_zero(r, s) } else { uniform(r, s, -1.0, 1.0) };
-        c.add(format!("{b:?}"), vec![(uniform(r, &[m, n], -1.0, 1.0), true), (rhs(r, &[m, n]), true)], |g, x| g.binary(b, x[0], x[1]));
-        c.add(format!("{b:?}/row-broadcast"), vec![(uniform(r, &[m, n], -1.0, 1.0), true), (rhs(r, &[n]), true)], |g, x| g.binary(b, x[0], x[1]));
-        c.add(format!("{b:?}/scalar"), vec![(rhs(r, &[]), true), (uniform(r, &[m, n], -1.0, 1.0), true)], |g, x| g.binary(b, x[0], x[1]));
-        c.add(format!("{b:?}/outer"), vec![(uniform(r, &[m, 1], -1.0, 1.0), true), (rhs(r, &[1, n]), true)], |g, x| g.binary(b, x[0], x[1]));
+        let rhs = |r: &mut Rng, s: &[usize]| {
+            if b == BinaryOp::Div {
+                away_from_zero(r, s)
+            } else {
+                uniform(r, s, -1.0, 1.0)
+            }
+        };
+        c.add(
+            format!("{b:?}"),
+            vec![(uniform(r, &[m, n], -1.0, 1.0), true), (rhs(r, &[m, n]), true)],
+            |g, x| g.binary(b, x[0], x[1]),
+        );
+        c.add(
+            format!("{b:?}/row-broadcast"),
+            vec![(uniform(r, &[m, n], -1.0, 1.0), true), (rhs(r, &[n]), true)],
+            |g, x| g.binary(b, x[0], x[1]),
+        );
+        c.add(
+            format!("{b:?}/scalar"),
+            vec![(rhs(r, &[]), true), (uniform(r, &[m, n], -1.0, 1.0), true)],
+            |g, x| g.binary(b, x[0], x[1]),
+        );
+        c.add(
+            format!("{b:?}/outer"),
+            vec![(uniform(r, &[m, 1], -1.0, 1.0), true), (rhs(r, &[1, n]), true)],
+            |g, x| g.binary(b, x[0], x[1]),
+        );
     }
     for op in [CmpOp::Eq, CmpOp::Ge, CmpOp::Gt] {
         // Half the entries equal, so Eq and Ge are exercised on ties.
         let a = uniform(r, &[m, n], -1.0, 1.0).into_f32().expect("f32");
-        let b: Vec<f32> = a.iter().enumerate().map(|(i, &v)| if i % 2 == 0 { v } else { v + 0.25 * (r.uniform() as f32 - 0.5) }).collect();
+        let b: Vec<f32> = a
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| if i % 2 == 0 { v } else { v + 0.25 * (r.uniform() as f32 - 0.5) })
+            .collect();
         c.add(
             format!("Compare{op:?}"),
-            vec![(HostTensor::f32(vec![m, n], a).expect("shape"), false), (HostTensor::f32(vec![m, n], b).expect("shape"), false)],
+            vec![
+                (HostTensor::f32(vec![m, n], a).expect("shape"), false),
+                (HostTensor::f32(vec![m, n], b).expect("shape"), false),
+            ],
             |g, x| g.compare(op, x[0], x[1]),
         );
     }
@@ -107,11 +164,19 @@ pub fn op_cases(seed: u64) -> Vec<OpCase> {
     for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
         let sa = if ta { [k, m] } else { [m, k] };
         let sb = if tb { [n, k] } else { [k, n] };
-        c.add(format!("MatMul/{ta}/{tb}"), vec![(uniform(r, &sa, -1.0, 1.0), true), (uniform(r, &sb, -1.0, 1.0), true)], |g, x| g.matmul_t(x[0], x[1], ta, tb));
+        c.add(
+            format!("MatMul/{ta}/{tb}"),
+            vec![(uniform(r, &sa, -1.0, 1.0), true), (uniform(r, &sb, -1.0, 1.0), true)],
+            |g, x| g.matmul_t(x[0], x[1], ta, tb),
+        );
     }
     c.add(
         "Linear",
-        vec![(uniform(r, &[m, k], -1.0, 1.0), true), (uniform(r, &[k, n], -1.0, 1.0), true), (uniform(r, &[n], -1.0, 1.0), true)],
+        vec![
+            (uniform(r, &[m, k], -1.0, 1.0), true),
+            (uniform(r, &[k, n], -1.0, 1.0), true),
+            (uniform(r, &[n], -1.0, 1.0), true),
+        ],
         |g, x| g.linear(x[0], x[1], x[2]),
     );
 
@@ -119,47 +184,76 @@ pub fn op_cases(seed: u64) -> Vec<OpCase> {
     for (stride, padding) in [(1, 0), (1, 1), (2, 1)] {
         let xs = [bn, ci, hw, hw];
         let ws = [co, ci, 3, 3];
-        c.add(format!("Conv2d/s{stride}p{padding}"), vec![(uniform(r, &xs, -1.0, 1.0), true), (uniform(r, &ws, -1.0, 1.0), true)], |g, x| {
-            g.conv2d(x[0], x[1], stride, padding)
-        });
+        c.add(
+            format!("Conv2d/s{stride}p{padding}"),
+            vec![(uniform(r, &xs, -1.0, 1.0), true), (uniform(r, &ws, -1.0, 1.0), true)],
+            |g, x| g.conv2d(x[0], x[1], stride, padding),
+        );
         let o = (hw + 2 * padding - 3) / stride + 1;
         let ys = [bn, co, o, o];
-        c.add(format!("Conv2dBackwardInput/s{stride}p{padding}"), vec![(uniform(r, &ys, -1.0, 1.0), true), (uniform(r, &ws, -1.0, 1.0), true)], |g, x| {
-            g.conv2d_backward_input(x[0], x[1], &xs, stride, padding)
-        });
-        c.add(format!("Conv2dBackwardWeight/s{stride}p{padding}"), vec![(uniform(r, &xs, -1.0, 1.0), true), (uniform(r, &ys, -1.0, 1.0), true)], |g, x| {
-            g.conv2d_backward_weight(x[0], x[1], &ws, stride, padding)
-        });
+        c.add(
+            format!("Conv2dBackwardInput/s{stride}p{padding}"),
+            vec![(uniform(r, &ys, -1.0, 1.0), true), (uniform(r, &ws, -1.0, 1.0), true)],
+            |g, x| g.conv2d_backward_input(x[0], x[1], &xs, stride, padding),
+        );
+        c.add(
+            format!("Conv2dBackwardWeight/s{stride}p{padding}"),
+            vec![(uniform(r, &xs, -1.0, 1.0), true), (uniform(r, &ys, -1.0, 1.0), true)],
+            |g, x| g.conv2d_backward_weight(x[0], x[1], &ws, stride, padding),
+        );
     }
     c.add("MaxPool2d", vec![(distinct(r, &[bn, ci, 4, 6]), true)], |g, x| g.max_pool2d(x[0], 2));
 
     let classes = d(r, 2, 6);
     c.add("Softmax", vec![(uniform(r, &[m, classes], -2.0, 2.0), true)], |g, x| g.softmax(x[0]));
-    c.add("SoftmaxCrossEntropy", vec![(uniform(r, &[m, classes], -2.0, 2.0), true), (labels(r, m, classes), false)], |g, x| {
-        g.softmax_cross_entropy(x[0], x[1])
-    });
+    c.add(
+        "SoftmaxCrossEntropy",
+        vec![(uniform(r, &[m, classes], -2.0, 2.0), true), (labels(r, m, classes), false)],
+        |g, x| g.softmax_cross_entropy(x[0], x[1]),
+    );
     c.add("OneHot", vec![(labels(r, m, classes), false)], |g, x| g.one_hot(x[0], classes));
-    c.add("CorrectPredictions", vec![(distinct(r, &[m, classes]), true), (labels(r, m, classes), false)], |g, x| g.correct_predictions(x[0], x[1]));
+    c.add(
+        "CorrectPredictions",
+        vec![(distinct(r, &[m, classes]), true), (labels(r, m, classes), false)],
+        |g, x| g.correct_predictions(x[0], x[1]),
+    );
 
     let s3 = [d(r, 1, 3), d(r, 2, 4), d(r, 1, 3)];
-    for (axes, keep) in [(vec![0], false), (vec![1], true), (vec![0, 2], false), (vec![0, 1, 2], false)] {
+    for (axes, keep) in
+        [(vec![0], false), (vec![1], true), (vec![0, 2], false), (vec![0, 1, 2], false)]
+    {
         let name = format!("Sum/{axes:?}/{keep}");
         c.add(name, vec![(uniform(r, &s3, -1.0, 1.0), true)], |g, x| g.sum(x[0], &axes, keep));
     }
-    c.add("BroadcastTo", vec![(uniform(r, &[s3[1], 1], -1.0, 1.0), true)], |g, x| g.broadcast_to(x[0], &[s3[0], s3[1], s3[2] + 1]));
-    c.add("SumTo", vec![(uniform(r, &[s3[0], s3[1], s3[2] + 1], -1.0, 1.0), true)], |g, x| g.sum_to(x[0], &[s3[1], 1]));
-    c.add("Reshape", vec![(uniform(r, &s3, -1.0, 1.0), true)], |g, x| g.reshape(x[0], &[s3[0] * s3[1], s3[2]]));
+    c.add("BroadcastTo", vec![(uniform(r, &[s3[1], 1], -1.0, 1.0), true)], |g, x| {
+        g.broadcast_to(x[0], &[s3[0], s3[1], s3[2] + 1])
+    });
+    c.add("SumTo", vec![(uniform(r, &[s3[0], s3[1], s3[2] + 1], -1.0, 1.0), true)], |g, x| {
+        g.sum_to(x[0], &[s3[1], 1])
+    });
+    c.add("Reshape", vec![(uniform(r, &s3, -1.0, 1.0), true)], |g, x| {
+        g.reshape(x[0], &[s3[0] * s3[1], s3[2]])
+    });
     c.add("Permute", vec![(uniform(r, &s3, -1.0, 1.0), true)], |g, x| g.permute(x[0], &[2, 0, 1]));
-    c.add("Slice", vec![(uniform(r, &[m, n + 2], -1.0, 1.0), true)], |g, x| g.slice(x[0], 1, 1, n + 1));
+    c.add("Slice", vec![(uniform(r, &[m, n + 2], -1.0, 1.0), true)], |g, x| {
+        g.slice(x[0], 1, 1, n + 1)
+    });
     c.add("Pad", vec![(uniform(r, &[m, n], -1.0, 1.0), true)], |g, x| g.pad(x[0], 0, 1, 2));
     c.add(
         "Concat",
-        vec![(uniform(r, &[m, 1], -1.0, 1.0), true), (uniform(r, &[m, n], -1.0, 1.0), true), (uniform(r, &[m, 2], -1.0, 1.0), true)],
+        vec![
+            (uniform(r, &[m, 1], -1.0, 1.0), true),
+            (uniform(r, &[m, n], -1.0, 1.0), true),
+            (uniform(r, &[m, 2], -1.0, 1.0), true),
+        ],
         |g, x| g.concat(x, 1),
     );
     let rows = d(r, 2, 5);
-    let idx = HostTensor::i64(vec![m + 1], (0..=m).map(|_| r.below(rows) as i64).collect()).expect("shape");
-    c.add("Gather", vec![(uniform(r, &[rows, n], -1.0, 1.0), false), (idx, false)], |g, x| g.gather(x[0], x[1]));
+    let idx = HostTensor::i64(vec![m + 1], (0..=m).map(|_| r.below(rows) as i64).collect())
+        .expect("shape");
+    c.add("Gather", vec![(uniform(r, &[rows, n], -1.0, 1.0), false), (idx, false)], |g, x| {
+        g.gather(x[0], x[1])
+    });
     c.cases
 }
 
@@ -187,7 +281,13 @@ pub fn with_gradients(case: &OpCase, seed: u64) -> Graph {
 }
 
 /// Central differences of the graph's output `out` (a scalar) with respect to input `which`.
-pub fn finite_differences(g: &Graph, out: usize, inputs: &[RefValue], which: usize, h: f64) -> GResult<Vec<f64>> {
+pub fn finite_differences(
+    g: &Graph,
+    out: usize,
+    inputs: &[RefValue],
+    which: usize,
+    h: f64,
+) -> GResult<Vec<f64>> {
     let mut only = g.clone();
     only.set_outputs(vec![g.outputs()[out].clone()]);
     let only = simplify(&only);
@@ -237,11 +337,23 @@ pub fn run_on<B: Backend>(b: &B, g: &Graph, inputs: &[HostTensor]) -> Vec<HostTe
 pub fn check_forward<B: Backend>(b: &B, seeds: std::ops::Range<u64>, tol: f64) {
     for seed in seeds {
         for case in op_cases(seed) {
-            let expected = crate::reference::evaluate(&case.graph, &case.inputs).expect("reference");
+            let expected =
+                crate::reference::evaluate(&case.graph, &case.inputs).expect("reference");
             let got = run_on(b, &case.graph, &case.inputs);
-            assert_eq!(got[0].shape(), expected[0].shape.as_slice(), "{}: {} shape", b.id(), case.name);
+            assert_eq!(
+                got[0].shape(),
+                expected[0].shape.as_slice(),
+                "{}: {} shape",
+                b.id(),
+                case.name
+            );
             let err = max_rel_diff(&to_f64(&got[0]), &expected[0].data);
-            assert!(err < tol, "{}: {} (seed {seed}) differs from the reference by {err:e}", b.id(), case.name);
+            assert!(
+                err < tol,
+                "{}: {} (seed {seed}) differs from the reference by {err:e}",
+                b.id(),
+                case.name
+            );
         }
     }
 }
@@ -254,11 +366,18 @@ pub fn check_gradients<B: Backend>(b: &B, seeds: std::ops::Range<u64>, tol: f64)
             if g.outputs().len() < 3 {
                 continue;
             }
-            let expected = crate::reference::evaluate(&expand_grads(&g).expect("expand"), &case.inputs).expect("reference");
+            let expected =
+                crate::reference::evaluate(&expand_grads(&g).expect("expand"), &case.inputs)
+                    .expect("reference");
             let got = run_on(b, &g, &case.inputs);
             for (k, (name, _)) in g.outputs().iter().enumerate().skip(1) {
                 let err = max_rel_diff(&to_f64(&got[k]), &expected[k].data);
-                assert!(err < tol, "{}: {} (seed {seed}) output {name} differs from the reference by {err:e}", b.id(), case.name);
+                assert!(
+                    err < tol,
+                    "{}: {} (seed {seed}) output {name} differs from the reference by {err:e}",
+                    b.id(),
+                    case.name
+                );
             }
         }
     }
@@ -279,12 +398,17 @@ pub fn check_meta_gradient<B: Backend>(b: &B, tol: f64) {
     let q = Quadratics { functions: 3, dim: 4 };
     let g = quadratic_unroll(&opt, &q, 2, false).expect("graph");
     let inputs = meta_inputs(&opt, &q, 9);
-    let expected = crate::reference::evaluate(&expand_grads(&g).expect("expand"), &inputs).expect("reference");
+    let expected =
+        crate::reference::evaluate(&expand_grads(&g).expect("expand"), &inputs).expect("reference");
     let got = run_on(b, &g, &inputs);
     let mut checked = 0;
     for (k, (name, _)) in g.outputs().iter().enumerate() {
         let err = max_rel_diff(&to_f64(&got[k]), &expected[k].data);
-        assert!(err < tol, "{}: meta-graph output {name} differs from the reference by {err:e}", b.id());
+        assert!(
+            err < tol,
+            "{}: meta-graph output {name} differs from the reference by {err:e}",
+            b.id()
+        );
         checked += name.starts_with("grad.") as usize;
     }
     assert_eq!(checked, opt.params().len());
@@ -299,22 +423,35 @@ pub fn mlp_batch(batch: usize, seed: u64) -> (HostTensor, HostTensor) {
 
 /// One SGD step of a one-hidden-layer ReLU MLP computed by hand (f64, plain loops), to check
 /// a backend's training step against: returns the updated parameters [w1, b1, w2, b2].
-pub fn hand_sgd_step(params: &[HostTensor], x: &HostTensor, y: &HostTensor, lr: f64) -> Vec<Vec<f64>> {
-    let (w1, b1, w2, b2) = (to_f64(&params[0]), to_f64(&params[1]), to_f64(&params[2]), to_f64(&params[3]));
+pub fn hand_sgd_step(
+    params: &[HostTensor],
+    x: &HostTensor,
+    y: &HostTensor,
+    lr: f64,
+) -> Vec<Vec<f64>> {
+    let (w1, b1, w2, b2) =
+        (to_f64(&params[0]), to_f64(&params[1]), to_f64(&params[2]), to_f64(&params[3]));
     let (inp, hid) = (params[0].shape()[0], params[0].shape()[1]);
     let out = params[2].shape()[1];
     let xs = to_f64(x);
     let labels = y.as_i64().expect("labels");
     let bsz = labels.len();
-    let (mut dw1, mut db1, mut dw2, mut db2) = (vec![0.0; w1.len()], vec![0.0; hid], vec![0.0; w2.len()], vec![0.0; out]);
+    let (mut dw1, mut db1, mut dw2, mut db2) =
+        (vec![0.0; w1.len()], vec![0.0; hid], vec![0.0; w2.len()], vec![0.0; out]);
     for n in 0..bsz {
         let xr = &xs[n * inp..(n + 1) * inp];
-        let h: Vec<f64> = (0..hid).map(|j| (b1[j] + (0..inp).map(|i| xr[i] * w1[i * hid + j]).sum::<f64>()).max(0.0)).collect();
-        let z: Vec<f64> = (0..out).map(|k| b2[k] + (0..hid).map(|j| h[j] * w2[j * out + k]).sum::<f64>()).collect();
+        let h: Vec<f64> = (0..hid)
+            .map(|j| (b1[j] + (0..inp).map(|i| xr[i] * w1[i * hid + j]).sum::<f64>()).max(0.0))
+            .collect();
+        let z: Vec<f64> = (0..out)
+            .map(|k| b2[k] + (0..hid).map(|j| h[j] * w2[j * out + k]).sum::<f64>())
+            .collect();
         let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
         let s: f64 = e.iter().sum();
-        let dz: Vec<f64> = (0..out).map(|k| (e[k] / s - (k as i64 == labels[n]) as u8 as f64) / bsz as f64).collect();
+        let dz: Vec<f64> = (0..out)
+            .map(|k| (e[k] / s - (k as i64 == labels[n]) as u8 as f64) / bsz as f64)
+            .collect();
         for k in 0..out {
             db2[k] += dz[k];
             for j in 0..hid {
@@ -351,16 +488,27 @@ pub fn check_mlp_sgd_step_by_hand<B: Backend>(b: &B) {
         let moved = max_rel_diff(e, &to_f64(&params[i]));
         let err = max_rel_diff(&to_f64(&got[i]), e);
         assert!(moved > 1e-5, "parameter {i} did not move");
-        assert!(err < 1e-5, "{}: parameter {i} after one SGD step differs from the hand-computed update by {err:e}", b.id());
+        assert!(
+            err < 1e-5,
+            "{}: parameter {i} after one SGD step differs from the hand-computed update by {err:e}",
+            b.id()
+        );
     }
 }
 
 /// Losses of `steps` training steps on one fixed batch, parameters kept on the device.
-pub fn fixed_batch_losses<B: Backend>(b: &B, optimizer: &Optimizer, steps: usize, seed: u64) -> Vec<f32> {
+pub fn fixed_batch_losses<B: Backend>(
+    b: &B,
+    optimizer: &Optimizer,
+    steps: usize,
+    seed: u64,
+) -> Vec<f32> {
     let model = Model::mlp([1, 28, 28], &[512], 10, Activation::Relu);
     let step = training_step(&model, optimizer, 128, Feed::Batch, false).expect("graph");
     let mut state: Vec<HostTensor> = init_params(&model.params().expect("params"), seed);
-    state.extend(optimizer.initial_state(&model.params().expect("params").iter().map(|p| p.shape.clone()).collect::<Vec<_>>()));
+    state.extend(optimizer.initial_state(
+        &model.params().expect("params").iter().map(|p| p.shape.clone()).collect::<Vec<_>>(),
+    ));
     let (x, y) = mlp_batch(128, seed);
     let mut prog = b.compile(&step.graph).expect("compile");
     let mut dev: Vec<B::Tensor> = state.iter().map(|t| b.upload(t).expect("upload")).collect();
@@ -401,7 +549,12 @@ macro_rules! backend_conformance_tests {
         }
         #[test]
         fn momentum_training_reduces_loss_on_a_fixed_batch() {
-            let losses = $crate::testing::fixed_batch_losses(&$make, &$crate::optim::Optimizer::momentum(0.05, 0.9), 30, 2);
+            let losses = $crate::testing::fixed_batch_losses(
+                &$make,
+                &$crate::optim::Optimizer::momentum(0.05, 0.9),
+                30,
+                2,
+            );
             assert!(losses.windows(2).take(10).all(|w| w[1] < w[0]), "losses {losses:?}");
             assert!(losses[29] < 0.5 * losses[0], "losses {losses:?}");
         }

@@ -34,7 +34,12 @@ impl TrainStep {
     }
 }
 
-fn batch_inputs(g: &mut Graph, model: &Model, batch: usize, feed: Feed) -> GResult<(NodeId, NodeId)> {
+fn batch_inputs(
+    g: &mut Graph,
+    model: &Model,
+    batch: usize,
+    feed: Feed,
+) -> GResult<(NodeId, NodeId)> {
     let [c, h, w] = model.input_shape();
     match feed {
         Feed::Batch => {
@@ -56,18 +61,33 @@ fn param_inputs(g: &mut Graph, model: &Model) -> GResult<Vec<NodeId>> {
 }
 
 /// The graph of one training step of `model` with `optimizer` on batches of `batch`.
-pub fn training_step(model: &Model, optimizer: &Optimizer, batch: usize, feed: Feed, dropout: bool) -> GResult<TrainStep> {
+pub fn training_step(
+    model: &Model,
+    optimizer: &Optimizer,
+    batch: usize,
+    feed: Feed,
+    dropout: bool,
+) -> GResult<TrainStep> {
     let mut g = Graph::new();
     let specs = model.params()?;
     let params = param_inputs(&mut g, model)?;
     let mut slots: Vec<Vec<NodeId>> = Vec::new();
     for p in &specs {
-        slots.push((0..optimizer.slots_per_param()).map(|k| g.input(format!("{}.slot{k}", p.name), &p.shape, DType::F32)).collect());
+        slots.push(
+            (0..optimizer.slots_per_param())
+                .map(|k| g.input(format!("{}.slot{k}", p.name), &p.shape, DType::F32))
+                .collect(),
+        );
     }
     let counter = optimizer.counts_steps().then(|| g.input("step", &[], DType::F32));
     let (x, y) = batch_inputs(&mut g, model, batch, feed)?;
     let masks: Vec<NodeId> = if dropout {
-        model.dropout_sites(batch).iter().enumerate().map(|(i, s)| g.input(format!("dropout{i}"), s, DType::F32)).collect()
+        model
+            .dropout_sites(batch)
+            .iter()
+            .enumerate()
+            .map(|(i, s)| g.input(format!("dropout{i}"), s, DType::F32))
+            .collect()
     } else {
         vec![]
     };

@@ -2,7 +2,10 @@
 
 use flate2::{write::GzEncoder, Compression};
 use randbench_core::corrupt::Condition;
-use randbench_core::data::{channel_stats, load_idx_pair, load_mnist_dir, read_cifar_batch, read_idx, synthetic, translate_batch, write_idx, Dataset, Split, FASHION_MNIST_DIR};
+use randbench_core::data::{
+    channel_stats, load_idx_pair, load_mnist_dir, read_cifar_batch, read_idx, synthetic,
+    translate_batch, write_idx, Dataset, Split, FASHION_MNIST_DIR,
+};
 use randbench_core::rng::Rng;
 use std::io::Write;
 use std::path::PathBuf;
@@ -94,8 +97,13 @@ fn cifar_batches_read_and_truncation_is_reported() {
 fn fashion_mnist_from_the_debian_package() {
     let dir = std::path::Path::new(FASHION_MNIST_DIR);
     if !dir.exists() {
-        assert!(std::env::var_os("RANDBENCH_REQUIRE_DATA").is_none(), "{FASHION_MNIST_DIR} is missing: scripts/setup-data.sh installs it");
-        eprintln!("skipped: {FASHION_MNIST_DIR} is not installed (scripts/setup-data.sh installs it)");
+        assert!(
+            std::env::var_os("RANDBENCH_REQUIRE_DATA").is_none(),
+            "{FASHION_MNIST_DIR} is missing: scripts/setup-data.sh installs it"
+        );
+        eprintln!(
+            "skipped: {FASHION_MNIST_DIR} is not installed (scripts/setup-data.sh installs it)"
+        );
         return;
     }
     let s = load_mnist_dir(dir, 10).unwrap();
@@ -158,10 +166,15 @@ fn corrupted_label_fraction_is_nine_tenths_of_p() {
         let before = s.train.labels.clone();
         let cond = if p == 1.0 { Condition::RandomLabels } else { Condition::CorruptLabels(p) };
         cond.apply(&mut s, 7);
-        let changed = before.iter().zip(&s.train.labels).filter(|(a, b)| a != b).count() as f64 / n as f64;
+        let changed =
+            before.iter().zip(&s.train.labels).filter(|(a, b)| a != b).count() as f64 / n as f64;
         let q = 0.9 * p;
         let sigma = (q * (1.0 - q) / n as f64).sqrt();
-        assert!((changed - q).abs() <= 4.0 * sigma + 1e-12, "p={p}: {changed} changed, expected {q} ± {}", 4.0 * sigma);
+        assert!(
+            (changed - q).abs() <= 4.0 * sigma + 1e-12,
+            "p={p}: {changed} changed, expected {q} ± {}",
+            4.0 * sigma
+        );
         assert!(s.train.labels.iter().all(|&l| (0..10).contains(&l)));
     }
     // The test labels stay true.
@@ -179,14 +192,22 @@ fn gaussian_inputs_match_the_data_mean_and_variance() {
     let after = channel_stats(&s.train);
     let test = channel_stats(&s.test);
     for ((m0, s0), (m1, s1)) in before.iter().zip(&after) {
-        assert!((m0 - m1).abs() < 0.005 && (s0 - s1).abs() < 0.005, "before ({m0}, {s0}) after ({m1}, {s1})");
+        assert!(
+            (m0 - m1).abs() < 0.005 && (s0 - s1).abs() < 0.005,
+            "before ({m0}, {s0}) after ({m1}, {s1})"
+        );
     }
     assert!((test[0].0 - before[0].0).abs() < 0.01);
 }
 
 #[test]
 fn corruptions_are_seeded() {
-    for cond in [Condition::RandomLabels, Condition::ShuffledPixels, Condition::RandomPixels, Condition::Gaussian] {
+    for cond in [
+        Condition::RandomLabels,
+        Condition::ShuffledPixels,
+        Condition::RandomPixels,
+        Condition::Gaussian,
+    ] {
         let (mut a, mut b, mut c) = (numbered(10), numbered(10), numbered(10));
         cond.apply(&mut a, 5);
         cond.apply(&mut b, 5);
@@ -211,7 +232,13 @@ fn synthetic_data_is_seeded_and_class_structured() {
     }
     let correct = (0..a.test.len())
         .filter(|&i| {
-            let d = |k: usize| means[k].iter().zip(a.test.image(i)).map(|(m, &p)| (m - p as f64).powi(2)).sum::<f64>();
+            let d = |k: usize| {
+                means[k]
+                    .iter()
+                    .zip(a.test.image(i))
+                    .map(|(m, &p)| (m - p as f64).powi(2))
+                    .sum::<f64>()
+            };
             (0..10).min_by(|&x, &y| d(x).total_cmp(&d(y))).unwrap() as i64 == a.test.labels[i]
         })
         .count();
@@ -237,5 +264,8 @@ fn standardizing_uses_training_statistics_for_both_sets() {
     let (m, sd) = channel_stats(&s.train)[0];
     assert!(m.abs() < 1e-5 && (sd - 1.0).abs() < 1e-4, "{m} {sd}");
     let (tm, tsd) = channel_stats(&s.test)[0];
-    assert!(tm.abs() < 0.1 && (tsd - 1.0).abs() < 0.1, "test set uses the training statistics: {tm} {tsd}");
+    assert!(
+        tm.abs() < 0.1 && (tsd - 1.0).abs() < 0.1,
+        "test set uses the training statistics: {tm} {tsd}"
+    );
 }

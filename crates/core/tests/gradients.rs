@@ -28,7 +28,13 @@ fn every_op_gradient_matches_finite_differences() {
                 }
                 let fd = finite_differences(&g, 1, &inputs, i, 1e-6).unwrap();
                 let err = max_rel_diff(&vals[out].data, &fd);
-                assert!(err < TOL, "{} (seed {seed}) input {i}: symbolic {:?} vs finite differences {:?}", case.name, vals[out].data, fd);
+                assert!(
+                    err < TOL,
+                    "{} (seed {seed}) input {i}: symbolic {:?} vs finite differences {:?}",
+                    case.name,
+                    vals[out].data,
+                    fd
+                );
                 out += 1;
                 checked += 1;
             }
@@ -59,12 +65,19 @@ fn second_derivatives_through_nested_grad_match_finite_differences() {
     let mut rng = Rng::new(11);
     let inputs: Vec<RefValue> = [vec![3, 4], vec![4, 2]]
         .iter()
-        .map(|s| RefValue { shape: s.clone(), data: (0..s.iter().product()).map(|_| rng.uniform_in(-1.0, 1.0)).collect() })
+        .map(|s| RefValue {
+            shape: s.clone(),
+            data: (0..s.iter().product()).map(|_| rng.uniform_in(-1.0, 1.0)).collect(),
+        })
         .collect();
     let vals = evaluate_values(&expanded, &inputs).unwrap();
     for (which, out) in [(0, 1), (1, 2)] {
         let fd = finite_differences(&expanded, 0, &inputs, which, 1e-6).unwrap();
-        assert!(max_rel_diff(&vals[out].data, &fd) < TOL, "input {which}: {:?} vs {fd:?}", vals[out].data);
+        assert!(
+            max_rel_diff(&vals[out].data, &fd) < TOL,
+            "input {which}: {:?} vs {fd:?}",
+            vals[out].data
+        );
     }
 }
 
@@ -97,7 +110,11 @@ fn gradient_of_unrelated_input_is_zero_and_grads_of_one_scalar_share_a_sweep() {
     }
     let e = expand_grads(&g).unwrap();
     // One backward sweep: a Mul per gradient; the forward product is dead (y is no output).
-    let muls = e.nodes().iter().filter(|n| matches!(n.op, Op::Binary(randbench_core::graph::BinaryOp::Mul))).count();
+    let muls = e
+        .nodes()
+        .iter()
+        .filter(|n| matches!(n.op, Op::Binary(randbench_core::graph::BinaryOp::Mul)))
+        .count();
     assert_eq!(muls, 2, "{}", e.dump());
     let av = RefValue { shape: vec![2, 3], data: vec![1., 2., 3., 4., 5., 6.] };
     let bv = RefValue { shape: vec![2, 3], data: vec![6., 5., 4., 3., 2., 1.] };
@@ -170,7 +187,12 @@ fn meta_gradient_without_second_order_differs_only_by_those_terms() {
 
 #[test]
 fn same_seed_gives_same_initial_weights() {
-    let model = randbench_core::models::Model::mlp([1, 28, 28], &[512], 10, randbench_core::models::Activation::Relu);
+    let model = randbench_core::models::Model::mlp(
+        [1, 28, 28],
+        &[512],
+        10,
+        randbench_core::models::Activation::Relu,
+    );
     let specs = model.params().unwrap();
     assert_eq!(init_params(&specs, 3), init_params(&specs, 3));
     assert_ne!(init_params(&specs, 3), init_params(&specs, 4));

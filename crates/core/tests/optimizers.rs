@@ -8,11 +8,17 @@ use randbench_core::reference::{evaluate_values, RefValue};
 use randbench_core::DType;
 
 /// One step for parameter p of loss Σ c⊙p (gradient c): returns (new p, new state).
-fn graph_step(opt: &Optimizer, p: &[f64], c: &[f64], state: &[RefValue]) -> (Vec<f64>, Vec<RefValue>) {
+fn graph_step(
+    opt: &Optimizer,
+    p: &[f64],
+    c: &[f64],
+    state: &[RefValue],
+) -> (Vec<f64>, Vec<RefValue>) {
     let n = p.len();
     let mut g = Graph::new();
     let pi = g.input("p", &[n], DType::F32);
-    let slots: Vec<_> = (0..opt.slots_per_param()).map(|k| g.input(format!("s{k}"), &[n], DType::F32)).collect();
+    let slots: Vec<_> =
+        (0..opt.slots_per_param()).map(|k| g.input(format!("s{k}"), &[n], DType::F32)).collect();
     let counter = opt.counts_steps().then(|| g.input("t", &[], DType::F32));
     let ci = g.input("c", &[n], DType::F32);
     let prod = g.mul(pi, ci).unwrap();
@@ -47,7 +53,8 @@ fn two_steps_of_every_rule_match_torch_optim() {
         Rule::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 },
     ] {
         let opt = Optimizer { rule, lr, weight_decay: wd };
-        let mut state: Vec<RefValue> = opt.initial_state(&[vec![3]]).iter().map(RefValue::from_host).collect();
+        let mut state: Vec<RefValue> =
+            opt.initial_state(&[vec![3]]).iter().map(RefValue::from_host).collect();
         let mut p = p0.to_vec();
         // torch.optim by hand.
         let mut q = p0.to_vec();

@@ -42,10 +42,12 @@ impl HandStep {
 
     fn step(&mut self, x: &Tensor, y: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let [w1, b1, w2, b2] = [&self.vars[0], &self.vars[1], &self.vars[2], &self.vars[3]];
-        let h = x.reshape((128, 784))?.matmul(w1.as_tensor())?.broadcast_add(b1.as_tensor())?.relu()?;
+        let h =
+            x.reshape((128, 784))?.matmul(w1.as_tensor())?.broadcast_add(b1.as_tensor())?.relu()?;
         let logits = h.matmul(w2.as_tensor())?.broadcast_add(b2.as_tensor())?;
         let loss = candle_nn::loss::cross_entropy(&logits, y)?;
-        let accuracy = logits.argmax(1)?.to_dtype(DType::I64)?.eq(y)?.to_dtype(DType::F32)?.mean_all()?;
+        let accuracy =
+            logits.argmax(1)?.to_dtype(DType::I64)?.eq(y)?.to_dtype(DType::F32)?.mean_all()?;
         let grads = loss.backward()?;
         for (v, buf) in self.vars.iter().zip(self.bufs.iter_mut()) {
             let g = grads.get(v.as_tensor()).expect("every parameter has a gradient");
@@ -73,7 +75,8 @@ impl BackendVisitor for Side<'_, '_> {
         let data = self.data.map(|t| backend.upload(t).unwrap());
         self.group.bench_function(self.name, |b| {
             b.iter_custom(|iters| {
-                let mut state: Vec<B::Tensor> = self.state.iter().map(|t| backend.upload(t).unwrap()).collect();
+                let mut state: Vec<B::Tensor> =
+                    self.state.iter().map(|t| backend.upload(t).unwrap()).collect();
                 let t = Instant::now();
                 for _ in 0..iters {
                     let inputs: Vec<&B::Tensor> = state.iter().chain(data.iter()).collect();
@@ -96,7 +99,9 @@ fn bench(c: &mut Criterion) {
     let step = training_step(&model, &optimizer, 128, Feed::Batch, false).unwrap();
     let params = init_params(&specs, 0);
     let mut initial = params.clone();
-    initial.extend(optimizer.initial_state(&specs.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()));
+    initial.extend(
+        optimizer.initial_state(&specs.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()),
+    );
     let (x, y) = mlp_batch(128, 0);
     let mut group = c.benchmark_group("mlp_784_512_10_step_b128");
 
@@ -116,10 +121,21 @@ fn bench(c: &mut Criterion) {
     });
 
     for id in randbench::backends::usable_here().into_iter().filter(|id| id.device == Device::Cpu) {
-        let modes: &[GradMode] = if id.engine == Engine::Ort { &[GradMode::Symbolic] } else { &[GradMode::Native, GradMode::Symbolic] };
+        let modes: &[GradMode] = if id.engine == Engine::Ort {
+            &[GradMode::Symbolic]
+        } else {
+            &[GradMode::Native, GradMode::Symbolic]
+        };
         for &mode in modes {
             let name = format!("randbench-{id}-{mode:?}").to_lowercase();
-            let side = Side { group: &mut group, name, graph: &step.graph, state: &initial, data: [&x, &y], outputs: step.params + step.state };
+            let side = Side {
+                group: &mut group,
+                name,
+                graph: &step.graph,
+                state: &initial,
+                data: [&x, &y],
+                outputs: step.params + step.state,
+            };
             randbench::backends::with_backend(id, mode, side).unwrap();
         }
     }

@@ -37,7 +37,11 @@ fn python(args: &[&str]) -> serde_json::Value {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup-native.sh)", py.display()));
-    assert!(out.status.success(), "pytorch_eager.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pytorch_eager.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("JSON from pytorch_eager.py")
 }
 
@@ -55,7 +59,8 @@ impl BackendVisitor for StepTimer {
         let step = training_step(&model, &opt, 128, Feed::Batch, false).unwrap();
         let mut prog = b.compile(&step.graph).unwrap();
         let mut initial = init_params(&specs, 0);
-        initial.extend(opt.initial_state(&specs.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()));
+        initial
+            .extend(opt.initial_state(&specs.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()));
         let (x, y) = mlp_batch(128, 0);
         let data = [b.upload(&x).unwrap(), b.upload(&y).unwrap()];
         let n = step.params + step.state;
@@ -74,7 +79,11 @@ impl BackendVisitor for StepTimer {
                 b.sync().unwrap();
                 let dt = t.elapsed().as_secs_f64();
                 state = out;
-                if warm > 0 { warm -= 1 } else { times.push(dt) }
+                if warm > 0 {
+                    warm -= 1
+                } else {
+                    times.push(dt)
+                }
             }
         }
         Summary::of(&times).unwrap().median
@@ -84,7 +93,10 @@ impl BackendVisitor for StepTimer {
 /// The randbench sides of the comparison: every CPU backend this binary has.
 fn sides() -> Vec<(String, BackendId, GradMode, bool)> {
     let mut v = Vec::new();
-    for id in randbench::backends::usable_here().into_iter().filter(|id| id.device == randbench_core::Device::Cpu) {
+    for id in randbench::backends::usable_here()
+        .into_iter()
+        .filter(|id| id.device == randbench_core::Device::Cpu)
+    {
         if id.engine == randbench_core::Engine::Ort {
             v.push((format!("{id}"), id, GradMode::Symbolic, false));
             v.push((format!("{id}, host round trip"), id, GradMode::Symbolic, true));
@@ -104,7 +116,14 @@ fn compare_step() {
     for _ in 0..3 {
         peer.push(python(&["step", "--steps", &steps])["median_step_seconds"].as_f64().unwrap());
         for (k, (_, id, grad, round_trip)) in sides.iter().enumerate() {
-            ours[k].push(randbench::backends::with_backend(*id, *grad, StepTimer { round_trip: *round_trip }).unwrap());
+            ours[k].push(
+                randbench::backends::with_backend(
+                    *id,
+                    *grad,
+                    StepTimer { round_trip: *round_trip },
+                )
+                .unwrap(),
+            );
         }
     }
     let med = |v: &[f64]| Summary::of(v).unwrap().median;
@@ -113,7 +132,12 @@ fn compare_step() {
     println!("  {:<32} {:>8.0} steps/s", "PyTorch eager (python)", 1.0 / p);
     for ((name, ..), t) in sides.iter().zip(&ours) {
         let t = med(t);
-        println!("  {:<32} {:>8.0} steps/s   {:.2}× PyTorch", format!("randbench {name}"), 1.0 / t, p / t);
+        println!(
+            "  {:<32} {:>8.0} steps/s   {:.2}× PyTorch",
+            format!("randbench {name}"),
+            1.0 / t,
+            p / t
+        );
     }
 }
 
@@ -128,9 +152,14 @@ fn compare_suite() {
         .expect("randbench runs");
     assert!(status.success());
     let (results, _) = randbench::results::read(&out).unwrap();
-    println!("\nrandomization suite (Fashion-MNIST, 5,000 images), trained to 100% training accuracy.");
+    println!(
+        "\nrandomization suite (Fashion-MNIST, 5,000 images), trained to 100% training accuracy."
+    );
     println!("The two sides draw different random numbers, so epochs differ; steps/s compares the engines.");
-    println!("  {:<16} {:>26} {:>26} {:>14}", "condition", "PyTorch eager", "randbench tch-cpu", "steps/s ratio");
+    println!(
+        "  {:<16} {:>26} {:>26} {:>14}",
+        "condition", "PyTorch eager", "randbench tch-cpu", "steps/s ratio"
+    );
     let (mut sums_p, mut sums_r) = ((0.0, 0.0), (0.0, 0.0));
     for r in &results {
         let p = &peer[&r.condition];
@@ -138,11 +167,32 @@ fn compare_suite() {
         let (rs, rn) = (r.train_seconds.0, r.steps as f64);
         sums_p = (sums_p.0 + ps, sums_p.1 + pn);
         sums_r = (sums_r.0 + rs, sums_r.1 + rn);
-        let pe = p["epochs_to_fit"].as_u64().map(|e| e.to_string()).unwrap_or_else(|| "no fit".into());
+        let pe =
+            p["epochs_to_fit"].as_u64().map(|e| e.to_string()).unwrap_or_else(|| "no fit".into());
         let re = r.epochs_to_fit.map(|e| e.to_string()).unwrap_or_else(|| "no fit".into());
-        println!("  {:<16} {:>6} ep {:>7.2} s {:>5.0}/s {:>6} ep {:>7.2} s {:>5.0}/s {:>13.2}×", r.condition, pe, ps, pn / ps, re, rs, rn / rs, (rn / rs) / (pn / ps));
+        println!(
+            "  {:<16} {:>6} ep {:>7.2} s {:>5.0}/s {:>6} ep {:>7.2} s {:>5.0}/s {:>13.2}×",
+            r.condition,
+            pe,
+            ps,
+            pn / ps,
+            re,
+            rs,
+            rn / rs,
+            (rn / rs) / (pn / ps)
+        );
     }
-    println!("  {:<16} {:>9} {:>7.2} s {:>5.0}/s {:>9} {:>7.2} s {:>5.0}/s {:>13.2}×", "all five", "", sums_p.0, sums_p.1 / sums_p.0, "", sums_r.0, sums_r.1 / sums_r.0, (sums_r.1 / sums_r.0) / (sums_p.1 / sums_p.0));
+    println!(
+        "  {:<16} {:>9} {:>7.2} s {:>5.0}/s {:>9} {:>7.2} s {:>5.0}/s {:>13.2}×",
+        "all five",
+        "",
+        sums_p.0,
+        sums_p.1 / sums_p.0,
+        "",
+        sums_r.0,
+        sums_r.1 / sums_r.0,
+        (sums_r.1 / sums_r.0) / (sums_p.1 / sums_p.0)
+    );
 }
 
 fn main() {

@@ -1,6 +1,8 @@
 //! Which backends this binary has, which are usable on this machine, and how to reach one.
 
-use randbench_core::backend::{BResult, Backend, BackendError, BackendId, Device, Engine, GradMode};
+use randbench_core::backend::{
+    BResult, Backend, BackendError, BackendId, Device, Engine, GradMode,
+};
 
 /// Whether a backend can run here, and if not, what to do about it.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,7 +44,11 @@ pub fn compiled_names() -> Vec<String> {
         .filter(|&e| engine_compiled(e))
         .flat_map(|e| {
             let cpu = format!("{}-cpu", e.name());
-            if cuda_compiled(e) { vec![cpu, format!("{}-cuda:N", e.name())] } else { vec![cpu] }
+            if cuda_compiled(e) {
+                vec![cpu, format!("{}-cuda:N", e.name())]
+            } else {
+                vec![cpu]
+            }
         })
         .collect()
 }
@@ -67,7 +73,9 @@ pub fn availability(id: BackendId) -> Availability {
 /// What to do when a compiled-in backend does not work here; the reason itself says more.
 fn unavailable_hint(id: BackendId) -> String {
     match id.device {
-        Device::Cuda(_) => "run on a machine with an NVIDIA GPU and driver, or pick a -cpu backend".into(),
+        Device::Cuda(_) => {
+            "run on a machine with an NVIDIA GPU and driver, or pick a -cpu backend".into()
+        }
         Device::Cpu => format!("see `randbench list` for the state of {}", id.engine.name()),
     }
 }
@@ -120,7 +128,10 @@ pub fn with_backend<V: BackendVisitor>(id: BackendId, grad: GradMode, v: V) -> B
         #[allow(unreachable_patterns)]
         other => {
             let _ = (grad, v);
-            Err(BackendError::Unsupported { backend: id.to_string(), what: format!("this binary: {}", enable_hint(other)) })
+            Err(BackendError::Unsupported {
+                backend: id.to_string(),
+                what: format!("this binary: {}", enable_hint(other)),
+            })
         }
     }
 }

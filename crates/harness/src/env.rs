@@ -34,7 +34,12 @@ fn git(args: &[&str]) -> Option<String> {
 
 pub fn capture(backends: Vec<(BackendId, BackendInfo)>) -> Environment {
     use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
-    let sys = System::new_with_specifics(RefreshKind::nothing().with_cpu(CpuRefreshKind::nothing()).with_memory(MemoryRefreshKind::nothing().with_ram())).ok();
+    let sys = System::new_with_specifics(
+        RefreshKind::nothing()
+            .with_cpu(CpuRefreshKind::nothing())
+            .with_memory(MemoryRefreshKind::nothing().with_ram()),
+    )
+    .ok();
     let gpus = Command::new("nvidia-smi")
         .args(["--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"])
         .output()
@@ -62,7 +67,10 @@ pub fn capture(backends: Vec<(BackendId, BackendInfo)>) -> Environment {
 
 /// The current time in UTC as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)

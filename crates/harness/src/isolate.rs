@@ -71,7 +71,9 @@ fn parse(line: &str) -> Line {
     }
     let mut parts = line.split_whitespace();
     if parts.next() == Some("epoch") {
-        if let (Some(Ok(e)), Some(Ok(a))) = (parts.next().map(str::parse), parts.next().map(str::parse)) {
+        if let (Some(Ok(e)), Some(Ok(a))) =
+            (parts.next().map(str::parse), parts.next().map(str::parse))
+        {
             return Line::Epoch(e, a);
         }
     }
@@ -80,13 +82,29 @@ fn parse(line: &str) -> Line {
 
 /// Runs one cell in a child process; `plan` describes it for a result line of a child that
 /// died. `progress` hears each epoch's training accuracy.
-pub fn run_in_child(cell: &CellRef, plan: &CellPlan, timeout: Option<Duration>, progress: &mut dyn FnMut(usize, f64)) -> CellResult {
+pub fn run_in_child(
+    cell: &CellRef,
+    plan: &CellPlan,
+    timeout: Option<Duration>,
+    progress: &mut dyn FnMut(usize, f64),
+) -> CellResult {
     let failed = |status: Status, why: String| failed_cell(plan, cell.backend, status, why);
     let exe = match std::env::current_exe() {
         Ok(e) => e,
-        Err(e) => return failed(Status::Error, format!("cannot find randbench's own executable to start the cell: {e}")),
+        Err(e) => {
+            return failed(
+                Status::Error,
+                format!("cannot find randbench's own executable to start the cell: {e}"),
+            )
+        }
     };
-    let mut child = match Command::new(exe).args(cell.args()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+    let mut child = match Command::new(exe)
+        .args(cell.args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
         Ok(c) => c,
         Err(e) => return failed(Status::Error, format!("cannot start the cell's process: {e}")),
     };
@@ -135,7 +153,13 @@ pub fn run_in_child(cell: &CellRef, plan: &CellPlan, timeout: Option<Duration>, 
     }
     let tail = last_lines(&stderr, 3);
     match status {
-        _ if killed_for_time => failed(Status::Timeout, format!("no result after {:.0} s; the cell's process was killed{tail}", start.elapsed().as_secs_f64())),
+        _ if killed_for_time => failed(
+            Status::Timeout,
+            format!(
+                "no result after {:.0} s; the cell's process was killed{tail}",
+                start.elapsed().as_secs_f64()
+            ),
+        ),
         Ok(s) => {
             let (status, why) = classify(s, &stderr);
             failed(status, format!("{why}{tail}"))
@@ -197,10 +221,18 @@ pub fn child_main(cell: &CellRef) -> Result<(), String> {
         .find(|r| r.name == cell.workload)
         .ok_or_else(|| format!("no workload {} in {}", cell.workload, cell.suite.display()))?;
     let condition = *w.conditions.get(cell.condition).ok_or("condition index out of range")?;
-    let regularizer = *w.regularizers.get(cell.regularizer).ok_or("regularizer index out of range")?;
+    let regularizer =
+        *w.regularizers.get(cell.regularizer).ok_or("regularizer index out of range")?;
     let mut split = load_data(&w.data)?;
     condition.apply(&mut split, cell.seed);
-    let plan = CellPlan { suite: &suite.name, workload: w, condition, regularizer, seed: cell.seed, split: &split };
+    let plan = CellPlan {
+        suite: &suite.name,
+        workload: w,
+        condition,
+        regularizer,
+        seed: cell.seed,
+        split: &split,
+    };
     let result = run_cell_on(cell.backend, cell.grad, &plan, &mut LineObserver);
     println!("result {}", serde_json::to_string(&result).map_err(|e| e.to_string())?);
     std::io::stdout().flush().map_err(|e| e.to_string())

@@ -105,7 +105,9 @@ fn list() -> String {
             let line = match backends::availability(id) {
                 Availability::Usable => "usable".to_string(),
                 Availability::NotCompiled { hint } => format!("not compiled in: {hint}"),
-                Availability::Unavailable { reason, hint } => format!("not usable here: {reason}; {hint}"),
+                Availability::Unavailable { reason, hint } => {
+                    format!("not usable here: {reason}; {hint}")
+                }
             };
             out += &format!("  {:<16} {line}\n", id.to_string());
         }
@@ -117,7 +119,8 @@ fn list() -> String {
 /// run exits with 130. Twice: exit at once (every line already written stays whole).
 fn handle_interrupts() {
     use signal_hook::{consts::SIGINT, flag};
-    let installed = flag::register_conditional_shutdown(SIGINT, 130, &STOP).and_then(|_| flag::register(SIGINT, &STOP));
+    let installed = flag::register_conditional_shutdown(SIGINT, 130, &STOP)
+        .and_then(|_| flag::register(SIGINT, &STOP));
     if let Err(e) = installed {
         eprintln!("warning: Ctrl-C will end the run without writing its report: {e}");
     }
@@ -136,7 +139,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let cell = CellRef { suite, workload, condition, regularizer, seed, backend, grad: grad_mode(grad) };
+            let cell = CellRef {
+                suite,
+                workload,
+                condition,
+                regularizer,
+                seed,
+                backend,
+                grad: grad_mode(grad),
+            };
             return match child_main(&cell) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -151,10 +162,15 @@ fn main() -> ExitCode {
                 Isolate::Process => Isolation::Process,
                 Isolate::None => Isolation::None,
             };
-            runner::run(&RunOptions { suite, backends, out, grad: grad.map(grad_mode), isolate }).map(|s| {
-                eprintln!("results in {}", s.out.display());
-                if s.interrupted { 130 } else { 0 }
-            })
+            runner::run(&RunOptions { suite, backends, out, grad: grad.map(grad_mode), isolate })
+                .map(|s| {
+                    eprintln!("results in {}", s.out.display());
+                    if s.interrupted {
+                        130
+                    } else {
+                        0
+                    }
+                })
         }
         Command::List => {
             print!("{}", list());

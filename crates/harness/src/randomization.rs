@@ -1,10 +1,10 @@
 //! The randomization workload: train until the training set is fitted (or the budget ends),
 //! on one backend, and measure the time it took and what the model learned.
 
+use crate::backends::{with_backend, BackendVisitor};
 use crate::results::{CellResult, EpochRecord, Status};
 use crate::suite::{Randomization, Regularizer};
 use crate::sys;
-use crate::backends::{with_backend, BackendVisitor};
 use randbench_core::backend::{BResult, Backend, BackendError, BackendId, BackendInfo, GradMode};
 use randbench_core::corrupt::Condition;
 use randbench_core::data::{translate_batch, Split};
@@ -55,7 +55,12 @@ struct Outcome {
 }
 
 /// A result line for the cell with nothing measured yet.
-fn blank_result(plan: &CellPlan, backend: BackendId, info: BackendInfo, optimizer: Optimizer) -> CellResult {
+fn blank_result(
+    plan: &CellPlan,
+    backend: BackendId,
+    info: BackendInfo,
+    optimizer: Optimizer,
+) -> CellResult {
     let (w, train) = (plan.workload, &plan.split.train);
     CellResult {
         suite: plan.suite.to_string(),
@@ -103,7 +108,12 @@ fn error_status(e: &BackendError) -> Status {
 
 /// The result of a cell that produced none itself: its backend did not open, or its process
 /// died.
-pub fn failed_cell(plan: &CellPlan, backend: BackendId, status: Status, error: String) -> CellResult {
+pub fn failed_cell(
+    plan: &CellPlan,
+    backend: BackendId,
+    status: Status,
+    error: String,
+) -> CellResult {
     let mut r = blank_result(plan, backend, BackendInfo::default(), plan.workload.optimizer);
     r.status = status;
     r.error = Some(error);
@@ -111,7 +121,12 @@ pub fn failed_cell(plan: &CellPlan, backend: BackendId, status: Status, error: S
 }
 
 /// Runs a cell on the backend `id`; one that cannot be opened gives the cell's error line.
-pub fn run_cell_on(id: BackendId, grad: GradMode, plan: &CellPlan, obs: &mut dyn Observer) -> CellResult {
+pub fn run_cell_on(
+    id: BackendId,
+    grad: GradMode,
+    plan: &CellPlan,
+    obs: &mut dyn Observer,
+) -> CellResult {
     struct Visit<'a, 'p> {
         plan: &'a CellPlan<'p>,
         obs: &'a mut dyn Observer,
@@ -123,7 +138,8 @@ pub fn run_cell_on(id: BackendId, grad: GradMode, plan: &CellPlan, obs: &mut dyn
             run_cell(b, self.plan, self.obs)
         }
     }
-    with_backend(id, grad, Visit { plan, obs }).unwrap_or_else(|e| failed_cell(plan, id, error_status(&e), e.to_string()))
+    with_backend(id, grad, Visit { plan, obs })
+        .unwrap_or_else(|e| failed_cell(plan, id, error_status(&e), e.to_string()))
 }
 
 fn run_cell<B: Backend>(b: &B, plan: &CellPlan, obs: &mut dyn Observer) -> CellResult {
@@ -137,7 +153,11 @@ fn run_cell<B: Backend>(b: &B, plan: &CellPlan, obs: &mut dyn Observer) -> CellR
     r.peak_memory = b.memory().peak.or_else(sys::peak_memory);
     match outcome {
         Ok(o) => {
-            let timed = if o.step_seconds.len() > WARMUP_STEPS { &o.step_seconds[WARMUP_STEPS..] } else { &o.step_seconds[..] };
+            let timed = if o.step_seconds.len() > WARMUP_STEPS {
+                &o.step_seconds[WARMUP_STEPS..]
+            } else {
+                &o.step_seconds[..]
+            };
             let rates: Vec<f64> = timed.iter().map(|(s, _)| 1.0 / s).collect();
             let examples: Vec<f64> = timed.iter().map(|(s, n)| *n as f64 / s).collect();
             r.status = o.status;
@@ -172,7 +192,15 @@ struct StepPrograms<B: Backend> {
     rest: Option<B::Program>,
 }
 
-fn compile_steps<B: Backend>(b: &B, model: &Model, opt: &Optimizer, batch: usize, n: usize, feed: Feed, dropout: bool) -> BResult<StepPrograms<B>> {
+fn compile_steps<B: Backend>(
+    b: &B,
+    model: &Model,
+    opt: &Optimizer,
+    batch: usize,
+    n: usize,
+    feed: Feed,
+    dropout: bool,
+) -> BResult<StepPrograms<B>> {
     let step = training_step(model, opt, batch, feed, dropout)?;
     let full = b.compile(&step.graph)?;
     let rest = match n % batch {
@@ -183,13 +211,20 @@ fn compile_steps<B: Backend>(b: &B, model: &Model, opt: &Optimizer, batch: usize
 }
 
 /// Mean loss and accuracy of the parameters over a whole data set already on the device.
-fn evaluate<B: Backend>(b: &B, prog: &mut B::Program, params: &[B::Tensor], data: &(B::Tensor, B::Tensor), n: usize) -> BResult<(f64, f64)> {
+fn evaluate<B: Backend>(
+    b: &B,
+    prog: &mut B::Program,
+    params: &[B::Tensor],
+    data: &(B::Tensor, B::Tensor),
+    n: usize,
+) -> BResult<(f64, f64)> {
     let chunk = EVAL_CHUNK.min(n);
     let (mut loss, mut correct) = (0.0, 0.0);
     for start in (0..n).step_by(chunk) {
         let valid = chunk.min(n - start);
         // The last chunk is padded with repeats of its first example; their results are dropped.
-        let idx: Vec<i64> = (0..chunk).map(|i| (start + if i < valid { i } else { 0 }) as i64).collect();
+        let idx: Vec<i64> =
+            (0..chunk).map(|i| (start + if i < valid { i } else { 0 }) as i64).collect();
         let idx = b.upload(&HostTensor::i64(vec![chunk], idx).expect("length"))?;
         let inputs: Vec<&B::Tensor> = params.iter().chain([&data.0, &data.1, &idx]).collect();
         let out = b.run(prog, &inputs)?;
@@ -201,7 +236,13 @@ fn evaluate<B: Backend>(b: &B, prog: &mut B::Program, params: &[B::Tensor], data
     Ok((loss / n as f64, correct / n as f64))
 }
 
-fn train_cell<B: Backend>(b: &B, plan: &CellPlan, model: &Model, optimizer: &Optimizer, obs: &mut dyn Observer) -> BResult<Outcome> {
+fn train_cell<B: Backend>(
+    b: &B,
+    plan: &CellPlan,
+    model: &Model,
+    optimizer: &Optimizer,
+    obs: &mut dyn Observer,
+) -> BResult<Outcome> {
     let w = plan.workload;
     let reg = plan.regularizer;
     let (train, test) = (&plan.split.train, &plan.split.test);
@@ -213,10 +254,16 @@ fn train_cell<B: Backend>(b: &B, plan: &CellPlan, model: &Model, optimizer: &Opt
     let dropout = reg.dropout > 0.0;
     let mut lr = optimizer.lr;
     let mut progs = compile_steps(b, model, optimizer, w.batch, n, feed, dropout)?;
-    let mut eval_train = b.compile(&eval_graph(model, EVAL_CHUNK.min(n), Feed::Gather { examples: n })?)?;
-    let mut eval_test = b.compile(&eval_graph(model, EVAL_CHUNK.min(test.len()), Feed::Gather { examples: test.len() })?)?;
+    let mut eval_train =
+        b.compile(&eval_graph(model, EVAL_CHUNK.min(n), Feed::Gather { examples: n })?)?;
+    let mut eval_test = b.compile(&eval_graph(
+        model,
+        EVAL_CHUNK.min(test.len()),
+        Feed::Gather { examples: test.len() },
+    )?)?;
 
-    let upload_all = |ts: &[HostTensor]| ts.iter().map(|t| b.upload(t)).collect::<BResult<Vec<_>>>();
+    let upload_all =
+        |ts: &[HostTensor]| ts.iter().map(|t| b.upload(t)).collect::<BResult<Vec<_>>>();
     let mut state = upload_all(&init_params(&specs, plan.seed))?;
     state.extend(upload_all(&optimizer.initial_state(&shapes))?);
     let n_params = progs.step.params;
@@ -247,7 +294,15 @@ fn train_cell<B: Backend>(b: &B, plan: &CellPlan, model: &Model, optimizer: &Opt
         let epoch_lr = optimizer.lr * w.lr_decay.powi(epoch as i32 - 1);
         if epoch_lr != lr {
             lr = epoch_lr;
-            progs = compile_steps(b, model, &Optimizer { lr, ..*optimizer }, w.batch, n, feed, dropout)?;
+            progs = compile_steps(
+                b,
+                model,
+                &Optimizer { lr, ..*optimizer },
+                w.batch,
+                n,
+                feed,
+                dropout,
+            )?;
         }
         let order = order_rng.permutation(n);
         for chunk in order.chunks(w.batch) {
@@ -262,7 +317,10 @@ fn train_cell<B: Backend>(b: &B, plan: &CellPlan, model: &Model, optimizer: &Opt
             let size = chunk.len();
             // Host-side preparation (indices, augmentation, masks) is not timed.
             let host: Vec<HostTensor> = match feed {
-                Feed::Gather { .. } => vec![HostTensor::i64(vec![size], chunk.iter().map(|&i| i as i64).collect()).expect("length")],
+                Feed::Gather { .. } => {
+                    vec![HostTensor::i64(vec![size], chunk.iter().map(|&i| i as i64).collect())
+                        .expect("length")]
+                }
                 Feed::Batch => {
                     let (x, y) = train.batch(chunk);
                     let shape = x.shape().to_vec();
@@ -272,12 +330,23 @@ fn train_cell<B: Backend>(b: &B, plan: &CellPlan, model: &Model, optimizer: &Opt
                 }
             };
             let masks = if dropout {
-                let s: Vec<Vec<usize>> = sites.iter().map(|s| { let mut s = s.clone(); s[0] = size; s }).collect();
+                let s: Vec<Vec<usize>> = sites
+                    .iter()
+                    .map(|s| {
+                        let mut s = s.clone();
+                        s[0] = size;
+                        s
+                    })
+                    .collect();
                 dropout_masks(&s, reg.dropout, &mut dropout_rng)
             } else {
                 vec![]
             };
-            let prog = if size == w.batch { &mut progs.full } else { progs.rest.as_mut().expect("a program for the last batch") };
+            let prog = if size == w.batch {
+                &mut progs.full
+            } else {
+                progs.rest.as_mut().expect("a program for the last batch")
+            };
             let t0 = Instant::now();
             let fed = upload_all(&host)?;
             let mask_dev = upload_all(&masks)?;
@@ -308,8 +377,14 @@ fn train_cell<B: Backend>(b: &B, plan: &CellPlan, model: &Model, optimizer: &Opt
             last_finite = loss;
         }
         o.epochs = epoch;
-        let (train_loss, train_acc) = evaluate(b, &mut eval_train, &state[..n_params], &train_dev, n)?;
-        o.history.push(EpochRecord { epoch, train_loss, train_accuracy: train_acc, seconds: o.train_seconds });
+        let (train_loss, train_acc) =
+            evaluate(b, &mut eval_train, &state[..n_params], &train_dev, n)?;
+        o.history.push(EpochRecord {
+            epoch,
+            train_loss,
+            train_accuracy: train_acc,
+            seconds: o.train_seconds,
+        });
         obs.epoch(epoch, train_acc);
         if train_acc >= w.target_accuracy {
             o.status = Status::Ok;

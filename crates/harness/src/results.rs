@@ -103,7 +103,8 @@ pub struct CellResult {
 pub fn append(dir: &Path, r: &CellResult) -> std::io::Result<()> {
     let mut line = serde_json::to_string(r).map_err(std::io::Error::other)?;
     line.push('\n');
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(RESULTS_FILE))?;
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.join(RESULTS_FILE))?;
     f.write_all(line.as_bytes())?;
     f.sync_data()
 }
@@ -123,7 +124,11 @@ pub fn read(dir: &Path) -> Result<(Vec<CellResult>, Vec<String>), String> {
         match serde_json::from_str::<CellResult>(line) {
             Ok(r) => out.push(r),
             Err(e) if i + 1 == lines.len() && !text.ends_with('\n') => {
-                warnings.push(format!("{}:{}: skipped a truncated last line ({e})", path.display(), i + 1));
+                warnings.push(format!(
+                    "{}:{}: skipped a truncated last line ({e})",
+                    path.display(),
+                    i + 1
+                ));
             }
             Err(e) => return Err(format!("{}:{}: not a result line: {e}", path.display(), i + 1)),
         }

@@ -84,7 +84,14 @@ pub struct RunSummary {
 pub fn parse_backends(names: &[String]) -> Result<Vec<BackendId>, RunError> {
     names
         .iter()
-        .map(|n| n.parse().map_err(|e| RunError::Input(format!("--backends: {e}; this binary has: {}", backends::compiled_names().join(", ")))))
+        .map(|n| {
+            n.parse().map_err(|e| {
+                RunError::Input(format!(
+                    "--backends: {e}; this binary has: {}",
+                    backends::compiled_names().join(", ")
+                ))
+            })
+        })
         .collect()
 }
 
@@ -100,8 +107,12 @@ pub fn load_data(spec: &DataSpec) -> Result<Split, String> {
             let dir = spec.path.clone().unwrap_or_else(|| PathBuf::from(data::FASHION_MNIST_DIR));
             data::load_mnist_dir(&dir, 10).map_err(|e| e.to_string())?
         }
-        DataSource::Idx => data::load_mnist_dir(spec.path.as_deref().expect("validated"), spec.classes).map_err(|e| e.to_string())?,
-        DataSource::Cifar10 => data::load_cifar10_dir(spec.path.as_deref().expect("validated")).map_err(|e| e.to_string())?,
+        DataSource::Idx => {
+            data::load_mnist_dir(spec.path.as_deref().expect("validated"), spec.classes)
+                .map_err(|e| e.to_string())?
+        }
+        DataSource::Cifar10 => data::load_cifar10_dir(spec.path.as_deref().expect("validated"))
+            .map_err(|e| e.to_string())?,
     };
     // Statistics of the whole training set, before taking a subset (as torchvision users do).
     if spec.normalize {
@@ -118,28 +129,45 @@ pub fn load_data(spec: &DataSpec) -> Result<Split, String> {
 
 /// Checks everything a run needs before it starts: the backends exist and work here, the data
 /// load and fit the batch size. Returns the backends to run on and each workload's data.
-pub fn preflight(suite: &Suite, requested: Option<Vec<BackendId>>) -> Result<(Vec<BackendId>, Vec<Split>), RunError> {
+pub fn preflight(
+    suite: &Suite,
+    requested: Option<Vec<BackendId>>,
+) -> Result<(Vec<BackendId>, Vec<Split>), RunError> {
     let ids = match requested.or_else(|| suite.backends.clone()) {
         Some(ids) => ids,
         None => backends::usable_here(),
     };
     if ids.is_empty() {
-        return Err(RunError::Input("no backend is usable on this machine (see `randbench list`)".into()));
+        return Err(RunError::Input(
+            "no backend is usable on this machine (see `randbench list`)".into(),
+        ));
     }
     for &id in &ids {
         match backends::availability(id) {
             Availability::Usable => {}
-            Availability::NotCompiled { hint } => return Err(RunError::Input(format!("{id} is not compiled into this binary: {hint}"))),
-            Availability::Unavailable { reason, hint } => return Err(RunError::Input(format!("{id} is not usable here: {reason}; {hint}"))),
+            Availability::NotCompiled { hint } => {
+                return Err(RunError::Input(format!(
+                    "{id} is not compiled into this binary: {hint}"
+                )))
+            }
+            Availability::Unavailable { reason, hint } => {
+                return Err(RunError::Input(format!("{id} is not usable here: {reason}; {hint}")))
+            }
         }
     }
     let mut splits = Vec::new();
     for w in &suite.workloads {
         let Workload::Randomization(r) = w;
         let at = format!("{}:{}:{}", suite.path.display(), r.location.0, r.location.1);
-        let split = load_data(&r.data).map_err(|e| RunError::Input(format!("{at}: workload {}: {e}", r.name)))?;
+        let split = load_data(&r.data)
+            .map_err(|e| RunError::Input(format!("{at}: workload {}: {e}", r.name)))?;
         if r.batch > split.train.len() {
-            return Err(RunError::Input(format!("{at}: workload {}: batch {} is larger than the {} training examples", r.name, r.batch, split.train.len())));
+            return Err(RunError::Input(format!(
+                "{at}: workload {}: batch {} is larger than the {} training examples",
+                r.name,
+                r.batch,
+                split.train.len()
+            )));
         }
         splits.push(split);
     }
@@ -147,7 +175,8 @@ pub fn preflight(suite: &Suite, requested: Option<Vec<BackendId>>) -> Result<(Ve
 }
 
 fn default_out(suite: &str) -> PathBuf {
-    let stamp = env::utc_now().replace([':', '-'], "").replace('T', "-").trim_end_matches('Z').to_string();
+    let stamp =
+        env::utc_now().replace([':', '-'], "").replace('T', "-").trim_end_matches('Z').to_string();
     PathBuf::from("reports").join(format!("{suite}-{stamp}"))
 }
 
@@ -182,24 +211,39 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     let (ids, splits) = preflight(&suite, requested)?;
     let grad = opts.grad.unwrap_or(suite.grad);
     let out = opts.out.clone().unwrap_or_else(|| default_out(&suite.name));
-    std::fs::create_dir_all(&out).map_err(|e| RunError::Input(format!("--out {}: cannot create the directory: {e}", out.display())))?;
+    std::fs::create_dir_all(&out).map_err(|e| {
+        RunError::Input(format!("--out {}: cannot create the directory: {e}", out.display()))
+    })?;
     let _lock = lock_dir(&out)?;
     let isolate = match opts.isolate {
         Isolation::Auto => ids.len() > 1,
         Isolation::Process => true,
         Isolation::None => false,
     };
-    let infos = ids.iter().filter_map(|&id| backends::with_backend(id, grad, InfoOf).ok().map(|i| (id, i))).collect();
+    let infos = ids
+        .iter()
+        .filter_map(|&id| backends::with_backend(id, grad, InfoOf).ok().map(|i| (id, i)))
+        .collect();
     let environment = env::capture(infos);
     let env_json = serde_json::to_string_pretty(&environment).expect("serializable");
-    write_atomic(&out.join(ENV_FILE), &env_json).map_err(|e| RunError::Input(format!("--out {}: not writable: {e}", out.display())))?;
+    write_atomic(&out.join(ENV_FILE), &env_json)
+        .map_err(|e| RunError::Input(format!("--out {}: not writable: {e}", out.display())))?;
 
-    let total: usize = suite.workloads.iter().map(|w| {
-        let Workload::Randomization(r) = w;
-        r.conditions.len() * r.regularizers.len()
-    }).sum::<usize>() * suite.seeds.len() * ids.len();
+    let total: usize = suite
+        .workloads
+        .iter()
+        .map(|w| {
+            let Workload::Randomization(r) = w;
+            r.conditions.len() * r.regularizers.len()
+        })
+        .sum::<usize>()
+        * suite.seeds.len()
+        * ids.len();
     let bar = ProgressBar::new(total as u64);
-    bar.set_style(ProgressStyle::with_template("[{pos}/{len}] {elapsed_precise} {msg}").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("[{pos}/{len}] {elapsed_precise} {msg}")
+            .expect("valid template"),
+    );
     let mut done = Vec::new();
     let mut interrupted = false;
     'all: for (w, split) in suite.workloads.iter().zip(&splits) {
@@ -220,17 +264,40 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
                             interrupted = true;
                             break 'all;
                         }
-                        let plan = CellPlan { suite: &suite.name, workload: r, condition, regularizer, seed, split: data };
+                        let plan = CellPlan {
+                            suite: &suite.name,
+                            workload: r,
+                            condition,
+                            regularizer,
+                            seed,
+                            split: data,
+                        };
                         let result = if isolate {
-                            let cell = CellRef { suite: suite.path.clone(), workload: r.name.clone(), condition: ci, regularizer: ri, seed, backend: id, grad };
+                            let cell = CellRef {
+                                suite: suite.path.clone(),
+                                workload: r.name.clone(),
+                                condition: ci,
+                                regularizer: ri,
+                                seed,
+                                backend: id,
+                                grad,
+                            };
                             let label = cell_label(r, condition, regularizer, seed, id);
                             bar.set_message(format!("{label} starting"));
-                            let timeout = r.timeout.map(|t| std::time::Duration::from_secs_f64(t.0));
-                            run_in_child(&cell, &plan, timeout, &mut |e, a| bar.set_message(epoch_message(&label, e, r.max_epochs, a)))
+                            let timeout =
+                                r.timeout.map(|t| std::time::Duration::from_secs_f64(t.0));
+                            run_in_child(&cell, &plan, timeout, &mut |e, a| {
+                                bar.set_message(epoch_message(&label, e, r.max_epochs, a))
+                            })
                         } else {
                             run_one(plan, id, grad, &bar)
                         };
-                        results::append(&out, &result).map_err(|e| RunError::Failed(format!("{}: cannot append the result: {e}", out.join(results::RESULTS_FILE).display())))?;
+                        results::append(&out, &result).map_err(|e| {
+                            RunError::Failed(format!(
+                                "{}: cannot append the result: {e}",
+                                out.join(results::RESULTS_FILE).display()
+                            ))
+                        })?;
                         bar.println(cell_line(&result));
                         bar.inc(1);
                         interrupted |= result.status == results::Status::Interrupted;
@@ -244,13 +311,25 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     // as interrupted.
     interrupted |= STOP.load(Ordering::SeqCst);
     bar.finish_and_clear();
-    let text = render(&out, Some(&environment), &done, &[], &suite.name).map_err(RunError::Failed)?;
+    let text =
+        render(&out, Some(&environment), &done, &[], &suite.name).map_err(RunError::Failed)?;
     print!("{text}");
     Ok(RunSummary { out, results: done, interrupted })
 }
 
-fn cell_label(r: &Randomization, condition: randbench_core::corrupt::Condition, regularizer: suite::Regularizer, seed: u64, id: BackendId) -> String {
-    format!("{id} {} {}{} seed {seed}", r.name, condition, if regularizer.is_none() { String::new() } else { format!(" [{}]", regularizer.label()) })
+fn cell_label(
+    r: &Randomization,
+    condition: randbench_core::corrupt::Condition,
+    regularizer: suite::Regularizer,
+    seed: u64,
+    id: BackendId,
+) -> String {
+    format!(
+        "{id} {} {}{} seed {seed}",
+        r.name,
+        condition,
+        if regularizer.is_none() { String::new() } else { format!(" [{}]", regularizer.label()) }
+    )
 }
 
 fn epoch_message(label: &str, epoch: usize, max_epochs: usize, train_accuracy: f64) -> String {
@@ -271,7 +350,10 @@ fn cell_line(r: &CellResult) -> String {
         _ => format!("{} after {} epochs", r.status.label(), r.epochs),
     };
     let test = r.test_accuracy.map(|a| format!(", test acc {:.1}%", 100.0 * a)).unwrap_or_default();
-    format!("{} {} {} [{}] seed {}: {fit}{test}", r.backend, r.workload, r.condition, r.regularizer, r.seed)
+    format!(
+        "{} {} {} [{}] seed {}: {fit}{test}",
+        r.backend, r.workload, r.condition, r.regularizer, r.seed
+    )
 }
 
 struct InfoOf;
@@ -283,10 +365,17 @@ impl BackendVisitor for InfoOf {
 }
 
 /// Renders the terminal tables and writes `report.md` for the results in `out`.
-pub fn render(out: &Path, env: Option<&Environment>, results: &[CellResult], warnings: &[String], suite: &str) -> Result<String, String> {
+pub fn render(
+    out: &Path,
+    env: Option<&Environment>,
+    results: &[CellResult],
+    warnings: &[String],
+    suite: &str,
+) -> Result<String, String> {
     let tables = report::tables(results);
     let md = Markdown.render(suite, env, &tables, warnings);
-    write_atomic(&out.join(REPORT_FILE), &md).map_err(|e| format!("{}: {e}", out.join(REPORT_FILE).display()))?;
+    write_atomic(&out.join(REPORT_FILE), &md)
+        .map_err(|e| format!("{}: {e}", out.join(REPORT_FILE).display()))?;
     Ok(Terminal.render(suite, env, &tables, warnings))
 }
 
@@ -294,9 +383,14 @@ pub fn render(out: &Path, env: Option<&Environment>, results: &[CellResult], war
 pub fn report(dir: &Path) -> Result<String, RunError> {
     let (results, warnings) = results::read(dir).map_err(RunError::Input)?;
     if results.is_empty() {
-        return Err(RunError::Input(format!("{}: no results yet", dir.join(results::RESULTS_FILE).display())));
+        return Err(RunError::Input(format!(
+            "{}: no results yet",
+            dir.join(results::RESULTS_FILE).display()
+        )));
     }
-    let env: Option<Environment> = std::fs::read_to_string(dir.join(ENV_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let env: Option<Environment> = std::fs::read_to_string(dir.join(ENV_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
     let suite = results[0].suite.clone();
     render(dir, env.as_ref(), &results, &warnings, &suite).map_err(RunError::Failed)
 }

@@ -73,10 +73,7 @@ struct RawData {
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum RawModel {
-    Mlp {
-        hidden: Spanned<Vec<usize>>,
-        activation: Option<Activation>,
-    },
+    Mlp { hidden: Spanned<Vec<usize>>, activation: Option<Activation> },
     Cnn(CnnSpec),
 }
 
@@ -148,8 +145,12 @@ pub enum ModelSpec {
 impl ModelSpec {
     pub fn model(&self, input: [usize; 3], classes: usize) -> randbench_core::models::Model {
         match self {
-            ModelSpec::Mlp { hidden, activation } => randbench_core::models::Model::mlp(input, hidden, classes, *activation),
-            ModelSpec::Cnn(spec) => randbench_core::models::Model::Cnn { input, spec: spec.clone(), classes },
+            ModelSpec::Mlp { hidden, activation } => {
+                randbench_core::models::Model::mlp(input, hidden, classes, *activation)
+            }
+            ModelSpec::Cnn(spec) => {
+                randbench_core::models::Model::Cnn { input, spec: spec.clone(), classes }
+            }
         }
     }
 
@@ -160,7 +161,11 @@ impl ModelSpec {
                 let mut parts = vec![format!("{}", input.iter().product::<usize>())];
                 parts.extend(hidden.iter().map(|h| h.to_string()));
                 parts.push(classes.to_string());
-                let act = if *activation == Activation::Relu { String::new() } else { format!("-{activation:?}").to_lowercase() };
+                let act = if *activation == Activation::Relu {
+                    String::new()
+                } else {
+                    format!("-{activation:?}").to_lowercase()
+                };
                 format!("mlp-{}{act}", parts.join("-"))
             }
             ModelSpec::Cnn(s) => {
@@ -196,7 +201,11 @@ impl Regularizer {
         if self.augment != 0 {
             parts.push(format!("augment {}px", self.augment));
         }
-        if parts.is_empty() { "none".into() } else { parts.join(" + ") }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(" + ")
+        }
     }
 }
 
@@ -257,11 +266,25 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn at(&self, loc: Location, message: impl Into<String>) -> SuiteError {
-        SuiteError::At { path: self.path.to_string(), line: loc.line(), column: loc.column(), message: message.into() }
+        SuiteError::At {
+            path: self.path.to_string(),
+            line: loc.line(),
+            column: loc.column(),
+            message: message.into(),
+        }
     }
 
-    fn check<T>(&self, v: &Spanned<T>, ok: impl Fn(&T) -> bool, message: impl FnOnce(&T) -> String) -> Result<(), SuiteError> {
-        if ok(&v.value) { Ok(()) } else { Err(self.at(v.referenced, message(&v.value))) }
+    fn check<T>(
+        &self,
+        v: &Spanned<T>,
+        ok: impl Fn(&T) -> bool,
+        message: impl FnOnce(&T) -> String,
+    ) -> Result<(), SuiteError> {
+        if ok(&v.value) {
+            Ok(())
+        } else {
+            Err(self.at(v.referenced, message(&v.value)))
+        }
     }
 }
 
@@ -313,7 +336,8 @@ pub fn available() -> Vec<(String, PathBuf)> {
 }
 
 pub fn load(path: &Path) -> Result<Suite, SuiteError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SuiteError::Io { path: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| SuiteError::Io { path: path.display().to_string(), source })?;
     parse(&text, path)
 }
 
@@ -322,7 +346,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Suite, SuiteError> {
     let shown = path.display().to_string();
     let cx = Ctx { path: &shown };
     let raw: RawSuite = serde_saphyr::from_str(text).map_err(|e| yaml_error(&cx, &e))?;
-    let name = raw.name.unwrap_or_else(|| path.file_stem().unwrap_or_default().to_string_lossy().to_string());
+    let name = raw
+        .name
+        .unwrap_or_else(|| path.file_stem().unwrap_or_default().to_string_lossy().to_string());
     let backends = match &raw.backends {
         None => None,
         Some(list) => Some(list.iter().map(|b| backend(&cx, b)).collect::<Result<Vec<_>, _>>()?),
@@ -330,7 +356,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Suite, SuiteError> {
     let seeds = match raw.seeds {
         None => vec![0],
         Some(s) => {
-            cx.check(&s, |v| !v.is_empty(), |_| "the seed list is empty: give at least one seed, e.g. `seeds: [0]`".into())?;
+            cx.check(
+                &s,
+                |v| !v.is_empty(),
+                |_| "the seed list is empty: give at least one seed, e.g. `seeds: [0]`".into(),
+            )?;
             s.value
         }
     };
@@ -341,23 +371,43 @@ pub fn parse(text: &str, path: &Path) -> Result<Suite, SuiteError> {
         .into_iter()
         .enumerate()
         .map(|(i, w)| match w.value {
-            RawWorkload::Randomization(r) => randomization(&cx, *r, i, w.referenced).map(Workload::Randomization),
+            RawWorkload::Randomization(r) => {
+                randomization(&cx, *r, i, w.referenced).map(Workload::Randomization)
+            }
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut names: Vec<&str> = workloads.iter().map(|w| w.name()).collect();
     names.sort_unstable();
     if let Some(d) = names.windows(2).find(|w| w[0] == w[1]) {
-        return Err(cx.at(raw.workloads.referenced, format!("two workloads are named '{}': give each a distinct `name`", d[0])));
+        return Err(cx.at(
+            raw.workloads.referenced,
+            format!("two workloads are named '{}': give each a distinct `name`", d[0]),
+        ));
     }
-    Ok(Suite { name, description: raw.description, path: path.to_path_buf(), backends, seeds, grad: raw.grad.unwrap_or_default(), workloads })
+    Ok(Suite {
+        name,
+        description: raw.description,
+        path: path.to_path_buf(),
+        backends,
+        seeds,
+        grad: raw.grad.unwrap_or_default(),
+        workloads,
+    })
 }
 
 fn backend(cx: &Ctx, b: &Spanned<String>) -> Result<BackendId, SuiteError> {
-    let id: BackendId = b.value.parse().map_err(|e: randbench_core::backend::ParseBackendError| {
-        cx.at(b.referenced, format!("{e}; this binary has: {}", backends::compiled_names().join(", ")))
-    })?;
+    let id: BackendId =
+        b.value.parse().map_err(|e: randbench_core::backend::ParseBackendError| {
+            cx.at(
+                b.referenced,
+                format!("{e}; this binary has: {}", backends::compiled_names().join(", ")),
+            )
+        })?;
     match backends::availability(id) {
-        Availability::NotCompiled { hint } => Err(cx.at(b.referenced, format!("backend {id} is not compiled into this binary: {hint}"))),
+        Availability::NotCompiled { hint } => {
+            Err(cx
+                .at(b.referenced, format!("backend {id} is not compiled into this binary: {hint}")))
+        }
         _ => Ok(id),
     }
 }
@@ -377,7 +427,9 @@ fn yaml_error(cx: &Ctx, e: &serde_saphyr::Error) -> SuiteError {
         _ => message,
     };
     let message = match message {
-        "invalid u64" | "invalid usize" | "invalid u32" => "expected a whole number of 0 or more".to_string(),
+        "invalid u64" | "invalid usize" | "invalid u32" => {
+            "expected a whole number of 0 or more".to_string()
+        }
         "invalid f64" | "invalid f32" => "expected a number".to_string(),
         m => with_suggestion(m),
     };
@@ -389,7 +441,8 @@ fn yaml_error(cx: &Ctx, e: &serde_saphyr::Error) -> SuiteError {
 
 /// Adds "did you mean `x`?" to serde's "unknown field/variant `y`, expected one of a, b".
 fn with_suggestion(message: &str) -> String {
-    let (Some(start), Some(list)) = (message.find('`'), message.split("expected one of ").nth(1)) else {
+    let (Some(start), Some(list)) = (message.find('`'), message.split("expected one of ").nth(1))
+    else {
         return message.to_string();
     };
     let given = message[start + 1..].split('`').next().unwrap_or("");
@@ -419,16 +472,30 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 fn positive(cx: &Ctx, v: &Spanned<f64>, what: &str) -> Result<f64, SuiteError> {
-    cx.check(v, |x| x.is_finite() && *x > 0.0, |x| format!("{what} must be a positive number, found {x}"))?;
+    cx.check(
+        v,
+        |x| x.is_finite() && *x > 0.0,
+        |x| format!("{what} must be a positive number, found {x}"),
+    )?;
     Ok(v.value)
 }
 
-fn fraction(cx: &Ctx, v: &Option<Spanned<f64>>, what: &str, default: f64, upper_inclusive: bool) -> Result<f64, SuiteError> {
+fn fraction(
+    cx: &Ctx,
+    v: &Option<Spanned<f64>>,
+    what: &str,
+    default: f64,
+    upper_inclusive: bool,
+) -> Result<f64, SuiteError> {
     match v {
         None => Ok(default),
         Some(s) => {
             let bound = if upper_inclusive { "[0, 1]" } else { "[0, 1)" };
-            cx.check(s, |x| *x >= 0.0 && if upper_inclusive { *x <= 1.0 } else { *x < 1.0 }, |x| format!("{what} must be in {bound}, found {x}"))?;
+            cx.check(
+                s,
+                |x| *x >= 0.0 && if upper_inclusive { *x <= 1.0 } else { *x < 1.0 },
+                |x| format!("{what} must be in {bound}, found {x}"),
+            )?;
             Ok(s.value)
         }
     }
@@ -443,11 +510,25 @@ fn optimizer(cx: &Ctx, o: &RawOptimizer) -> Result<Optimizer, SuiteError> {
         OptimizerKind::Rmsprop => &["alpha", "eps"],
         OptimizerKind::Adam => &["beta1", "beta2", "eps"],
     };
-    for (name, v) in [("momentum", &o.momentum), ("alpha", &o.alpha), ("beta1", &o.beta1), ("beta2", &o.beta2), ("eps", &o.eps)] {
+    for (name, v) in [
+        ("momentum", &o.momentum),
+        ("alpha", &o.alpha),
+        ("beta1", &o.beta1),
+        ("beta2", &o.beta2),
+        ("eps", &o.eps),
+    ] {
         if let Some(s) = v {
             if !allowed.contains(&name) {
-                let valid = if allowed.is_empty() { "only lr".to_string() } else { format!("lr, {}", allowed.join(", ")) };
-                return Err(cx.at(s.referenced, format!("`{name}` does not apply to the {kind:?} optimizer (it takes {valid})").to_lowercase()));
+                let valid = if allowed.is_empty() {
+                    "only lr".to_string()
+                } else {
+                    format!("lr, {}", allowed.join(", "))
+                };
+                return Err(cx.at(
+                    s.referenced,
+                    format!("`{name}` does not apply to the {kind:?} optimizer (it takes {valid})")
+                        .to_lowercase(),
+                ));
             }
         }
     }
@@ -457,9 +538,15 @@ fn optimizer(cx: &Ctx, o: &RawOptimizer) -> Result<Optimizer, SuiteError> {
     };
     let rule = match kind {
         OptimizerKind::Sgd => Rule::Sgd,
-        OptimizerKind::Momentum => Rule::Momentum { momentum: fraction(cx, &o.momentum, "momentum", 0.9, false)? },
-        OptimizerKind::Nesterov => Rule::Nesterov { momentum: fraction(cx, &o.momentum, "momentum", 0.9, false)? },
-        OptimizerKind::Rmsprop => Rule::Rmsprop { alpha: fraction(cx, &o.alpha, "alpha", 0.99, false)?, eps },
+        OptimizerKind::Momentum => {
+            Rule::Momentum { momentum: fraction(cx, &o.momentum, "momentum", 0.9, false)? }
+        }
+        OptimizerKind::Nesterov => {
+            Rule::Nesterov { momentum: fraction(cx, &o.momentum, "momentum", 0.9, false)? }
+        }
+        OptimizerKind::Rmsprop => {
+            Rule::Rmsprop { alpha: fraction(cx, &o.alpha, "alpha", 0.99, false)?, eps }
+        }
         OptimizerKind::Adam => Rule::Adam {
             beta1: fraction(cx, &o.beta1, "beta1", 0.9, false)?,
             beta2: fraction(cx, &o.beta2, "beta2", 0.999, false)?,
@@ -483,17 +570,28 @@ fn data(cx: &Ctx, d: RawData, at: Location) -> Result<DataSpec, SuiteError> {
     let test = count(&d.test, "test")?;
     let needs_path = matches!(d.source, DataSource::Idx | DataSource::Cifar10);
     if needs_path && d.path.is_none() {
-        return Err(cx.at(at, format!("data source {:?} needs `path`, the directory holding its files", d.source).to_lowercase()));
+        return Err(cx.at(
+            at,
+            format!("data source {:?} needs `path`, the directory holding its files", d.source)
+                .to_lowercase(),
+        ));
     }
     let synthetic = d.source == DataSource::Synthetic;
     if !synthetic {
         if let Some(s) = &d.image {
-            return Err(cx.at(s.referenced, "`image` applies to synthetic data only: files carry their own image shape"));
+            return Err(cx.at(
+                s.referenced,
+                "`image` applies to synthetic data only: files carry their own image shape",
+            ));
         }
     }
     let image = match d.image {
         Some(s) => {
-            cx.check(&s, |v| v.iter().all(|&x| x > 0), |v| format!("image sides must be positive, found {v:?}"))?;
+            cx.check(
+                &s,
+                |v| v.iter().all(|&x| x > 0),
+                |v| format!("image sides must be positive, found {v:?}"),
+            )?;
             s.value
         }
         None if d.source == DataSource::Cifar10 => [3, 32, 32],
@@ -501,52 +599,102 @@ fn data(cx: &Ctx, d: RawData, at: Location) -> Result<DataSpec, SuiteError> {
     };
     let classes = match d.classes {
         Some(s) => {
-            cx.check(&s, |c| *c >= 2, |c| format!("a classifier needs at least 2 classes, found {c}"))?;
+            cx.check(
+                &s,
+                |c| *c >= 2,
+                |c| format!("a classifier needs at least 2 classes, found {c}"),
+            )?;
             s.value
         }
         None => 10,
     };
     if synthetic && train.is_none() {
-        return Err(cx.at(at, "synthetic data needs `train`, the number of training examples to generate"));
+        return Err(
+            cx.at(at, "synthetic data needs `train`, the number of training examples to generate")
+        );
     }
-    Ok(DataSpec { source: d.source, path: d.path, train, test, image, classes, normalize: d.normalize.unwrap_or(true) })
+    Ok(DataSpec {
+        source: d.source,
+        path: d.path,
+        train,
+        test,
+        image,
+        classes,
+        normalize: d.normalize.unwrap_or(true),
+    })
 }
 
-fn randomization(cx: &Ctx, r: RawRandomization, index: usize, at: Location) -> Result<Randomization, SuiteError> {
+fn randomization(
+    cx: &Ctx,
+    r: RawRandomization,
+    index: usize,
+    at: Location,
+) -> Result<Randomization, SuiteError> {
     let optimizer = optimizer(cx, &r.optimizer)?;
     let data = data(cx, r.data.value, r.data.referenced)?;
     cx.check(&r.batch, |b| *b > 0, |_| "batch must be at least 1".into())?;
     if let Some(n) = data.train {
-        cx.check(&r.batch, |b| *b <= n, |b| format!("batch {b} is larger than the {n} training examples"))?;
+        cx.check(
+            &r.batch,
+            |b| *b <= n,
+            |b| format!("batch {b} is larger than the {n} training examples"),
+        )?;
     }
     cx.check(&r.max_epochs, |e| *e > 0, |_| "max_epochs must be at least 1".into())?;
-    cx.check(&r.conditions, |c| !c.is_empty(), |_| "the workload lists no condition: name at least one, e.g. `conditions: [true_labels]`".into())?;
+    cx.check(
+        &r.conditions,
+        |c| !c.is_empty(),
+        |_| {
+            "the workload lists no condition: name at least one, e.g. `conditions: [true_labels]`"
+                .into()
+        },
+    )?;
     for c in &r.conditions.value {
         if let Condition::CorruptLabels(p) = c.value {
             if !(0.0..=1.0).contains(&p) {
-                return Err(cx.at(c.referenced, format!("corrupt_labels takes a probability in [0, 1], found {p}")));
+                return Err(cx.at(
+                    c.referenced,
+                    format!("corrupt_labels takes a probability in [0, 1], found {p}"),
+                ));
             }
         }
     }
     let model_at = r.model.referenced;
     let model = match r.model.value {
         RawModel::Mlp { hidden, activation } => {
-            cx.check(&hidden, |h| h.iter().all(|&w| w > 0), |h| format!("hidden layer widths must be positive, found {h:?}"))?;
-            ModelSpec::Mlp { hidden: hidden.value, activation: activation.unwrap_or(Activation::Relu) }
+            cx.check(
+                &hidden,
+                |h| h.iter().all(|&w| w > 0),
+                |h| format!("hidden layer widths must be positive, found {h:?}"),
+            )?;
+            ModelSpec::Mlp {
+                hidden: hidden.value,
+                activation: activation.unwrap_or(Activation::Relu),
+            }
         }
         RawModel::Cnn(spec) => {
-            if spec.channels.is_empty() || spec.channels.contains(&0) || spec.kernel % 2 == 0 || spec.hidden == 0 {
+            if spec.channels.is_empty()
+                || spec.channels.contains(&0)
+                || spec.kernel % 2 == 0
+                || spec.hidden == 0
+            {
                 return Err(cx.at(model_at, "cnn needs non-empty positive `channels`, an odd `kernel` and a positive `hidden`"));
             }
             ModelSpec::Cnn(spec)
         }
     };
     let mut regularizers = Vec::new();
-    for reg in r.regularizers.unwrap_or_else(|| vec![Spanned::new(RawRegularizer::default(), at, at)]) {
+    for reg in
+        r.regularizers.unwrap_or_else(|| vec![Spanned::new(RawRegularizer::default(), at, at)])
+    {
         let v = &reg.value;
         let weight_decay = match &v.weight_decay {
             Some(s) => {
-                cx.check(s, |x| x.is_finite() && *x >= 0.0, |x| format!("weight_decay must be 0 or positive, found {x}"))?;
+                cx.check(
+                    s,
+                    |x| x.is_finite() && *x >= 0.0,
+                    |x| format!("weight_decay must be 0 or positive, found {x}"),
+                )?;
                 s.value
             }
             None => 0.0,
@@ -554,7 +702,11 @@ fn randomization(cx: &Ctx, r: RawRandomization, index: usize, at: Location) -> R
         let dropout = fraction(cx, &v.dropout, "dropout", 0.0, false)?;
         let augment = match &v.augment {
             Some(s) => {
-                cx.check(s, |p| *p <= 8, |p| format!("augment shifts by at most 8 pixels, found {p}"))?;
+                cx.check(
+                    s,
+                    |p| *p <= 8,
+                    |p| format!("augment shifts by at most 8 pixels, found {p}"),
+                )?;
                 s.value
             }
             None => 0,
@@ -564,7 +716,11 @@ fn randomization(cx: &Ctx, r: RawRandomization, index: usize, at: Location) -> R
     let target_accuracy = fraction(cx, &r.target_accuracy, "target_accuracy", 1.0, true)?;
     let lr_decay = match &r.lr_decay {
         Some(s) => {
-            cx.check(s, |x| *x > 0.0 && *x <= 1.0, |x| format!("lr_decay is a factor per epoch in (0, 1], found {x}"))?;
+            cx.check(
+                s,
+                |x| *x > 0.0 && *x <= 1.0,
+                |x| format!("lr_decay is a factor per epoch in (0, 1], found {x}"),
+            )?;
             s.value
         }
         None => 1.0,
@@ -573,7 +729,13 @@ fn randomization(cx: &Ctx, r: RawRandomization, index: usize, at: Location) -> R
         Some(s) => Some(Seconds(positive(cx, s, "timeout")?)),
         None => None,
     };
-    let name = r.name.unwrap_or_else(|| if index == 0 { "randomization".into() } else { format!("randomization-{index}") });
+    let name = r.name.unwrap_or_else(|| {
+        if index == 0 {
+            "randomization".into()
+        } else {
+            format!("randomization-{index}")
+        }
+    });
     Ok(Randomization {
         name,
         data,

@@ -37,7 +37,11 @@ fn write_suite(dir: &Path, name: &str, text: &str) -> String {
 }
 
 fn lines(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("results.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(dir.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -57,10 +61,21 @@ fn a_small_suite_writes_results_tables_and_report() {
         assert_eq!(r["seed"], 3);
         assert_eq!(r["status"], "ok", "{r}");
         assert_eq!(r["train_accuracy"], 1.0);
-        for field in ["epochs_to_fit", "steps_to_fit", "seconds_to_fit", "test_accuracy", "peak_memory", "steps_per_second", "examples_per_second"] {
+        for field in [
+            "epochs_to_fit",
+            "steps_to_fit",
+            "seconds_to_fit",
+            "test_accuracy",
+            "peak_memory",
+            "steps_per_second",
+            "examples_per_second",
+        ] {
             assert!(!r[field].is_null(), "{field} missing in {r}");
         }
-        assert!(r["steps_per_second"]["q1"].as_f64().unwrap() <= r["steps_per_second"]["median"].as_f64().unwrap());
+        assert!(
+            r["steps_per_second"]["q1"].as_f64().unwrap()
+                <= r["steps_per_second"]["median"].as_f64().unwrap()
+        );
     }
     // Random labels take longer to fit than true labels, and generalize at chance.
     assert!(results[1]["epochs_to_fit"].as_u64() > results[0]["epochs_to_fit"].as_u64());
@@ -101,28 +116,71 @@ fn assert_bad_suite(name: &str, text: &str, expected: &[&str]) {
 #[test]
 fn bad_suites_get_one_line_with_file_line_and_column_and_exit_2() {
     assert_bad_suite("syntax", "seeds: [0\nworkloads: []\n", &["syntax.yaml:", "error:"]);
-    assert_bad_suite("unknown-key", &TINY.replace("max_epochs: 300", "max_epoch: 300"), &["unknown-key.yaml:14:7:", "unknown field `max_epoch`", "did you mean `max_epochs`?"]);
-    assert_bad_suite("wrong-type", &TINY.replace("batch: 50", "batch: fifty"), &["wrong-type.yaml:12:14:", "expected a whole number"]);
-    assert_bad_suite("unknown-backend", &TINY.replace("[candle-cpu]", "[candle-cpu, tpu-cpu]"), &["unknown-backend.yaml:3:24:", "unknown backend 'tpu-cpu'", "candle-cpu"]);
-    assert_bad_suite("unknown-condition", &TINY.replace("random_labels]", "random_label]"), &["unknown-condition.yaml:", "did you mean `random_labels`?"]);
-    assert_bad_suite("zero-epochs", &TINY.replace("max_epochs: 300", "max_epochs: 0"), &["zero-epochs.yaml:14:19:", "max_epochs must be at least 1"]);
-    assert_bad_suite("negative-lr", &TINY.replace("lr: 0.1", "lr: -0.1"), &["negative-lr.yaml:11:39:", "lr must be a positive number"]);
-    assert_bad_suite("big-batch", &TINY.replace("batch: 50", "batch: 500"), &["big-batch.yaml:12:14:", "larger than the 200 training examples"]);
-    assert_bad_suite("no-seeds", &TINY.replace("seeds: [3]", "seeds: []"), &["no-seeds.yaml:4:8:", "seed list is empty"]);
-    assert_bad_suite("stray-option", &TINY.replace("momentum: 0.9}", "momentum: 0.9, beta1: 0.5}"), &["stray-option.yaml:", "`beta1` does not apply to the momentum optimizer"]);
+    assert_bad_suite(
+        "unknown-key",
+        &TINY.replace("max_epochs: 300", "max_epoch: 300"),
+        &["unknown-key.yaml:14:7:", "unknown field `max_epoch`", "did you mean `max_epochs`?"],
+    );
+    assert_bad_suite(
+        "wrong-type",
+        &TINY.replace("batch: 50", "batch: fifty"),
+        &["wrong-type.yaml:12:14:", "expected a whole number"],
+    );
+    assert_bad_suite(
+        "unknown-backend",
+        &TINY.replace("[candle-cpu]", "[candle-cpu, tpu-cpu]"),
+        &["unknown-backend.yaml:3:24:", "unknown backend 'tpu-cpu'", "candle-cpu"],
+    );
+    assert_bad_suite(
+        "unknown-condition",
+        &TINY.replace("random_labels]", "random_label]"),
+        &["unknown-condition.yaml:", "did you mean `random_labels`?"],
+    );
+    assert_bad_suite(
+        "zero-epochs",
+        &TINY.replace("max_epochs: 300", "max_epochs: 0"),
+        &["zero-epochs.yaml:14:19:", "max_epochs must be at least 1"],
+    );
+    assert_bad_suite(
+        "negative-lr",
+        &TINY.replace("lr: 0.1", "lr: -0.1"),
+        &["negative-lr.yaml:11:39:", "lr must be a positive number"],
+    );
+    assert_bad_suite(
+        "big-batch",
+        &TINY.replace("batch: 50", "batch: 500"),
+        &["big-batch.yaml:12:14:", "larger than the 200 training examples"],
+    );
+    assert_bad_suite(
+        "no-seeds",
+        &TINY.replace("seeds: [3]", "seeds: []"),
+        &["no-seeds.yaml:4:8:", "seed list is empty"],
+    );
+    assert_bad_suite(
+        "stray-option",
+        &TINY.replace("momentum: 0.9}", "momentum: 0.9, beta1: 0.5}"),
+        &["stray-option.yaml:", "`beta1` does not apply to the momentum optimizer"],
+    );
 }
 
 // Tests are built without CUDA (scripts/test.sh), so candle-cuda is never compiled in here.
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn a_backend_not_compiled_in_is_a_clear_error() {
-    assert_bad_suite("not-compiled", &TINY.replace("[candle-cpu]", "[candle-cuda:0]"), &["not-compiled.yaml:3:12:", "not compiled into this binary", "--features cuda"]);
+    assert_bad_suite(
+        "not-compiled",
+        &TINY.replace("[candle-cpu]", "[candle-cuda:0]"),
+        &["not-compiled.yaml:3:12:", "not compiled into this binary", "--features cuda"],
+    );
 }
 
 #[cfg(feature = "ort")]
 #[test]
 fn a_missing_or_foreign_onnx_runtime_library_is_a_clear_error() {
-    for (lib, expected) in [("/nonexistent/libonnxruntime.so.1.31.1", "does not exist"), ("/lib/x86_64-linux-gnu/libc.so.6", "cannot load ONNX Runtime")] {
+    for (lib, expected) in [
+        ("/nonexistent/libonnxruntime.so.1.31.1", "does not exist"),
+        ("/lib/x86_64-linux-gnu/libc.so.6", "cannot load ONNX Runtime"),
+    ] {
         let o = Command::new(env!("CARGO_BIN_EXE_randbench"))
             .args(["run", "quick", "--backends", "ort-cpu", "--out", "/nonexistent-out"])
             .env("ORT_DYLIB_PATH", lib)
@@ -130,7 +188,12 @@ fn a_missing_or_foreign_onnx_runtime_library_is_a_clear_error() {
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{lib}: {err}");
-        assert!(err.contains(expected) && err.contains("scripts/setup-native.sh") && !err.contains("panicked"), "{lib}: {err}");
+        assert!(
+            err.contains(expected)
+                && err.contains("scripts/setup-native.sh")
+                && !err.contains("panicked"),
+            "{lib}: {err}"
+        );
     }
 }
 
@@ -139,7 +202,10 @@ fn unknown_backend_flag_lists_the_valid_ones() {
     let o = randbench(&["run", "quick", "--backends", "candle-gpu"]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("--backends") && err.contains("candle-gpu") && err.contains("candle-cpu"), "{err}");
+    assert!(
+        err.contains("--backends") && err.contains("candle-gpu") && err.contains("candle-cpu"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -147,7 +213,9 @@ fn list_names_workloads_suites_and_backends() {
     let o = randbench(&["list"]);
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
-    for want in ["randomization", "quick", "corruption-sweep", "candle-cpu", "usable", "tch-cpu", "ort-cpu"] {
+    for want in
+        ["randomization", "quick", "corruption-sweep", "candle-cpu", "usable", "tch-cpu", "ort-cpu"]
+    {
         assert!(text.contains(want), "`{want}` missing from:\n{text}");
     }
 }
@@ -164,7 +232,11 @@ fn every_shipped_suite_loads() {
 #[test]
 fn a_cnn_with_dropout_weight_decay_and_crops_trains_alike_on_every_backend() {
     let dir = scratch("cnn");
-    let backends: Vec<String> = randbench::backends::usable_here().iter().filter(|id| id.device == randbench_core::Device::Cpu).map(|id| id.to_string()).collect();
+    let backends: Vec<String> = randbench::backends::usable_here()
+        .iter()
+        .filter(|id| id.device == randbench_core::Device::Cpu)
+        .map(|id| id.to_string())
+        .collect();
     let suite = write_suite(
         &dir,
         "cnn.yaml",
@@ -199,12 +271,28 @@ workloads:
         assert!(r["test_accuracy"].as_f64().is_some());
     }
     for reg in ["none", "wd 0.001 + dropout 0.3 + augment 1px"] {
-        let cells: Vec<&serde_json::Value> = results.iter().filter(|r| r["regularizer"] == reg).collect();
-        let first: Vec<f64> = cells[0]["step_losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let cells: Vec<&serde_json::Value> =
+            results.iter().filter(|r| r["regularizer"] == reg).collect();
+        let first: Vec<f64> = cells[0]["step_losses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         for other in &cells[1..] {
-            let losses: Vec<f64> = other["step_losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let losses: Vec<f64> = other["step_losses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
             for (a, b) in first.iter().zip(&losses).take(4) {
-                assert!((a - b).abs() <= 1e-4 + 1e-3 * a.abs(), "{reg}: {} vs {}: {first:?} vs {losses:?}", cells[0]["backend"], other["backend"]);
+                assert!(
+                    (a - b).abs() <= 1e-4 + 1e-3 * a.abs(),
+                    "{reg}: {} vs {}: {first:?} vs {losses:?}",
+                    cells[0]["backend"],
+                    other["backend"]
+                );
             }
         }
     }

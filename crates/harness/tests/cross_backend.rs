@@ -25,7 +25,10 @@ fn values(t: &HostTensor) -> Vec<f64> {
 #[test]
 fn every_op_forward_and_gradient_agrees_with_candle() {
     let candle = BackendId { engine: Engine::Candle, device: Device::Cpu };
-    let others: Vec<BackendId> = usable_here().into_iter().filter(|id| id.engine != Engine::Candle && id.device == Device::Cpu).collect();
+    let others: Vec<BackendId> = usable_here()
+        .into_iter()
+        .filter(|id| id.engine != Engine::Candle && id.device == Device::Cpu)
+        .collect();
     assert!(!others.is_empty());
     let mut compared = 0;
     for seed in 0..3 {
@@ -36,7 +39,11 @@ fn every_op_forward_and_gradient_agrees_with_candle() {
                 let got = with_backend(id, GradMode::Native, Run(&g, &case.inputs)).unwrap();
                 for (k, (name, _)) in g.outputs().iter().enumerate() {
                     let err = max_rel_diff(&values(&got[k]), &values(&expected[k]));
-                    assert!(err < 1e-4, "{id} vs candle-cpu: {} (seed {seed}) output {name} differs by {err:e}", case.name);
+                    assert!(
+                        err < 1e-4,
+                        "{id} vs candle-cpu: {} (seed {seed}) output {name} differs by {err:e}",
+                        case.name
+                    );
                     compared += 1;
                 }
             }

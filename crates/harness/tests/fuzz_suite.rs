@@ -7,7 +7,10 @@ use randbench::suite::{parse, SuiteError};
 use std::path::Path;
 
 fn shipped() -> Vec<String> {
-    randbench::suite::available().into_iter().map(|(_, p)| std::fs::read_to_string(p).unwrap()).collect()
+    randbench::suite::available()
+        .into_iter()
+        .map(|(_, p)| std::fs::read_to_string(p).unwrap())
+        .collect()
 }
 
 fn check(text: &str) {

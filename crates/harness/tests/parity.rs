@@ -38,20 +38,39 @@ fn two_hundred_momentum_steps_agree_on_every_engine() {
     let Workload::Randomization(w) = &suite.workloads[0];
     let split = load_data(&w.data).unwrap();
     let run = |backend: &str| {
-        let plan = CellPlan { suite: "parity", workload: w, condition: Condition::TrueLabels, regularizer: Regularizer::default(), seed: 7, split: &split };
+        let plan = CellPlan {
+            suite: "parity",
+            workload: w,
+            condition: Condition::TrueLabels,
+            regularizer: Regularizer::default(),
+            seed: 7,
+            split: &split,
+        };
         run_cell_on(backend.parse::<BackendId>().unwrap(), GradMode::Native, &plan, &mut Quiet)
     };
     let candle = run("candle-cpu");
     assert_eq!(candle.steps, 200, "{:?}", candle.status);
-    assert!(candle.step_losses[199] < 0.8 * candle.step_losses[0], "the losses should fall: {:?}", candle.step_losses);
-    let others: Vec<String> = usable_here().iter().filter(|id| id.device == randbench_core::Device::Cpu && id.to_string() != "candle-cpu").map(|id| id.to_string()).collect();
+    assert!(
+        candle.step_losses[199] < 0.8 * candle.step_losses[0],
+        "the losses should fall: {:?}",
+        candle.step_losses
+    );
+    let others: Vec<String> = usable_here()
+        .iter()
+        .filter(|id| id.device == randbench_core::Device::Cpu && id.to_string() != "candle-cpu")
+        .map(|id| id.to_string())
+        .collect();
     assert!(!others.is_empty());
     for other in others {
         let r = run(&other);
         assert_eq!(r.steps, 200, "{other}: {:?}", r.status);
         for (step, (a, b)) in candle.step_losses.iter().zip(&r.step_losses).enumerate() {
             let (a, b) = (*a as f64, *b as f64);
-            assert!((a - b).abs() <= PARITY_ABS + PARITY_REL * a.abs(), "step {}: candle-cpu {a} vs {other} {b}", step + 1);
+            assert!(
+                (a - b).abs() <= PARITY_ABS + PARITY_REL * a.abs(),
+                "step {}: candle-cpu {a} vs {other} {b}",
+                step + 1
+            );
         }
     }
 }

@@ -40,7 +40,11 @@ workloads:
 }
 
 fn results(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("results.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(out.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn run_with_fault(name: &str, fault: &str, extra: &str) -> (Output, Vec<serde_json::Value>) {
@@ -57,7 +61,11 @@ fn run_with_fault(name: &str, fault: &str, extra: &str) -> (Output, Vec<serde_js
 
 #[test]
 fn a_segfault_an_abort_or_an_oom_costs_one_cell_and_the_run_goes_on() {
-    for (fault, status, words) in [("segfault", "crashed", "SIGSEGV"), ("abort", "crashed", "SIGABRT"), ("oom", "oom", "memory allocation")] {
+    for (fault, status, words) in [
+        ("segfault", "crashed", "SIGSEGV"),
+        ("abort", "crashed", "SIGABRT"),
+        ("oom", "oom", "memory allocation"),
+    ] {
         let (o, r) = run_with_fault(fault, fault, "");
         assert!(o.status.success(), "{fault}: {}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(r.len(), 2, "{fault}");
@@ -85,10 +93,14 @@ fn a_hanging_cell_is_killed_at_its_timeout() {
 #[test]
 fn divergence_and_an_unreached_target_are_reported_not_hidden() {
     let dir = scratch("diverge");
-    let text = std::fs::read_to_string(suite(&dir, "")).unwrap().replace("lr: 0.1", "lr: 1000000.0");
+    let text =
+        std::fs::read_to_string(suite(&dir, "")).unwrap().replace("lr: 0.1", "lr: 1000000.0");
     std::fs::write(dir.join("suite.yaml"), text).unwrap();
     let out = dir.join("out");
-    let o = randbench().args(["run", dir.join("suite.yaml").to_str().unwrap(), "--out", out.to_str().unwrap()]).output().unwrap();
+    let o = randbench()
+        .args(["run", dir.join("suite.yaml").to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(o.status.success());
     for r in results(&out) {
         assert_eq!(r["status"], "diverged", "{r}");
@@ -143,7 +155,8 @@ workloads:
 
 fn wait_for_first_line(child: &mut Child, out: &Path) {
     let start = Instant::now();
-    while !std::fs::read_to_string(out.join("results.jsonl")).is_ok_and(|t| t.lines().count() >= 1) {
+    while !std::fs::read_to_string(out.join("results.jsonl")).is_ok_and(|t| t.lines().count() >= 1)
+    {
         assert!(child.try_wait().unwrap().is_none(), "the run ended early");
         assert!(start.elapsed() < Duration::from_secs(60), "no result within a minute");
         std::thread::sleep(Duration::from_millis(50));
@@ -163,7 +176,12 @@ fn ctrl_c_once_writes_what_is_done_and_exits_130() {
         let dir = scratch(&format!("sigint-{isolate}"));
         let s = long_suite(&dir);
         let out = dir.join("out");
-        let mut child = randbench().args(["run", &s, "--isolate", isolate, "--out", out.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = randbench()
+            .args(["run", &s, "--isolate", isolate, "--out", out.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         wait_for_first_line(&mut child, &out);
         interrupt(&child);
         let status = child.wait().unwrap();
@@ -172,7 +190,10 @@ fn ctrl_c_once_writes_what_is_done_and_exits_130() {
         assert_eq!(r.len(), 2, "{isolate}: {r:?}");
         assert_eq!(r[0]["status"], "no_fit");
         assert_eq!(r[1]["status"], "interrupted", "{isolate}: {}", r[1]);
-        assert!(out.join("report.md").is_file(), "{isolate}: the report of what was done is written");
+        assert!(
+            out.join("report.md").is_file(),
+            "{isolate}: the report of what was done is written"
+        );
         let again = randbench().args(["report", out.to_str().unwrap()]).output().unwrap();
         assert!(again.status.success());
     }
@@ -183,7 +204,12 @@ fn ctrl_c_twice_exits_at_once() {
     let dir = scratch("sigint-twice");
     let s = long_suite(&dir);
     let out = dir.join("out");
-    let mut child = randbench().args(["run", &s, "--out", out.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = randbench()
+        .args(["run", &s, "--out", out.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_for_first_line(&mut child, &out);
     interrupt(&child);
     interrupt(&child);
@@ -202,7 +228,12 @@ fn a_second_run_on_the_same_directory_fails_clearly() {
     let dir = scratch("lock");
     let s = long_suite(&dir);
     let out = dir.join("out");
-    let mut first = randbench().args(["run", &s, "--out", out.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut first = randbench()
+        .args(["run", &s, "--out", out.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_for_first_line(&mut first, &out);
     let second = randbench().args(["run", &s, "--out", out.to_str().unwrap()]).output().unwrap();
     interrupt(&first);
@@ -218,10 +249,16 @@ fn a_truncated_last_line_is_skipped_with_a_warning() {
     let dir = scratch("truncated");
     let s = suite(&dir, "");
     let out = dir.join("out");
-    assert!(randbench().args(["run", &s, "--out", out.to_str().unwrap()]).output().unwrap().status.success());
+    assert!(randbench()
+        .args(["run", &s, "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap()
+        .status
+        .success());
     let text = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
     let first = text.lines().next().unwrap();
-    std::fs::write(out.join("results.jsonl"), format!("{first}\n{}", &first[..first.len() / 2])).unwrap();
+    std::fs::write(out.join("results.jsonl"), format!("{first}\n{}", &first[..first.len() / 2]))
+        .unwrap();
     let o = randbench().args(["report", out.to_str().unwrap()]).output().unwrap();
     assert!(o.status.success());
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -247,20 +284,28 @@ fn bad_data_files_are_named_before_anything_runs() {
         b.extend(bytes);
         b
     };
-    let write = |name: &str, b: Vec<u8>| std::fs::File::create(data.join(name)).unwrap().write_all(&b).unwrap();
+    let write = |name: &str, b: Vec<u8>| {
+        std::fs::File::create(data.join(name)).unwrap().write_all(&b).unwrap()
+    };
     write("train-images-idx3-ubyte", idx(&[4, 2, 2], &[0; 16]));
     write("train-labels-idx1-ubyte", idx(&[4], &[0, 1, 2, 3]));
     write("t10k-images-idx3-ubyte", idx(&[2, 2, 2], &[0; 8]));
     write("t10k-labels-idx1-ubyte", idx(&[2], &[0, 1]));
-    let text = std::fs::read_to_string(suite(&dir, "")).unwrap().replace(
-        "{source: synthetic, train: 200, test: 100, image: [1, 16, 16]}",
-        &format!("{{source: idx, path: {}}}", data.display()),
-    ).replace("batch: 50", "batch: 2");
+    let text = std::fs::read_to_string(suite(&dir, ""))
+        .unwrap()
+        .replace(
+            "{source: synthetic, train: 200, test: 100, image: [1, 16, 16]}",
+            &format!("{{source: idx, path: {}}}", data.display()),
+        )
+        .replace("batch: 50", "batch: 2");
     let s = dir.join("suite.yaml");
     std::fs::write(&s, text).unwrap();
     let check = |expect: &str| {
         let out = dir.join("out");
-        let o = randbench().args(["run", s.to_str().unwrap(), "--out", out.to_str().unwrap()]).output().unwrap();
+        let o = randbench()
+            .args(["run", s.to_str().unwrap(), "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{err}");
         assert!(err.contains(expect), "expected `{expect}` in {err}");
@@ -286,7 +331,10 @@ fn an_unwritable_output_directory_is_named() {
     let s = suite(&dir, "");
     let file = dir.join("a-file");
     std::fs::write(&file, "").unwrap();
-    let o = randbench().args(["run", &s, "--out", file.join("out").to_str().unwrap()]).output().unwrap();
+    let o = randbench()
+        .args(["run", &s, "--out", file.join("out").to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--out") && err.contains("a-file"), "{err}");

@@ -11,15 +11,18 @@
 
 mod lower;
 
+use ort::environment::GlobalThreadPoolOptions;
 #[cfg(feature = "cuda")]
 use ort::ep::{ExecutionProvider, CUDA};
-use ort::environment::GlobalThreadPoolOptions;
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{IoBinding, Session};
 use ort::value::{DynTensor, DynTensorValueType, Tensor};
 use randbench_core::autodiff::expand_grads;
-use randbench_core::backend::{check_inputs, BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, MemoryStats};
+use randbench_core::backend::{
+    check_inputs, BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine,
+    MemoryStats,
+};
 use randbench_core::graph::Graph;
 use randbench_core::tensor::{DType, HostData, HostTensor};
 use std::path::PathBuf;
@@ -76,7 +79,11 @@ struct Runtime {
 /// Threads of ONNX Runtime's one thread pool: `RANDBENCH_ORT_THREADS`, else one per logical CPU.
 fn thread_count() -> Result<usize, String> {
     match std::env::var("RANDBENCH_ORT_THREADS") {
-        Ok(v) => v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| format!("RANDBENCH_ORT_THREADS={v}: give a positive number of threads")),
+        Ok(v) => {
+            v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                format!("RANDBENCH_ORT_THREADS={v}: give a positive number of threads")
+            })
+        }
         Err(_) => Ok(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
     }
 }
@@ -86,22 +93,41 @@ fn thread_count() -> Result<usize, String> {
 fn runtime() -> BResult<&'static Runtime> {
     static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
     let r = RUNTIME.get_or_init(|| {
-        let library = library_path().ok_or_else(|| format!("ONNX Runtime's library was not found in {}: {SETUP_HINT}", env!("RANDBENCH_ORT_VENV")))?;
+        let library = library_path().ok_or_else(|| {
+            format!(
+                "ONNX Runtime's library was not found in {}: {SETUP_HINT}",
+                env!("RANDBENCH_ORT_VENV")
+            )
+        })?;
         if !library.is_file() {
-            return Err(format!("ONNX Runtime's library {} does not exist: {SETUP_HINT}", library.display()));
+            return Err(format!(
+                "ONNX Runtime's library {} does not exist: {SETUP_HINT}",
+                library.display()
+            ));
         }
         let threads = thread_count()?;
-        let builder = ort::init_from(&library).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}; {SETUP_HINT}", library.display()))?;
+        let builder = ort::init_from(&library).map_err(|e| {
+            format!("cannot load ONNX Runtime from {}: {e}; {SETUP_HINT}", library.display())
+        })?;
         // One thread pool for every session: a training step, its last smaller batch and the
         // evaluation are separate sessions, and pools of their own would spin against each
         // other on a small machine (it cost ort-cpu three quarters of its speed on 2 cores).
-        let started = |e: ort::Error| format!("ONNX Runtime from {} failed to start: {e}", library.display());
-        let pool = GlobalThreadPoolOptions::default().with_intra_threads(threads).and_then(|p| p.with_inter_threads(1)).map_err(started)?;
-        let env = builder.with_name("randbench").with_global_thread_pool(pool).build().map_err(started)?;
+        let started =
+            |e: ort::Error| format!("ONNX Runtime from {} failed to start: {e}", library.display());
+        let pool = GlobalThreadPoolOptions::default()
+            .with_intra_threads(threads)
+            .and_then(|p| p.with_inter_threads(1))
+            .map_err(started)?;
+        let env = builder
+            .with_name("randbench")
+            .with_global_thread_pool(pool)
+            .build()
+            .map_err(started)?;
         let version = version_of(&library);
         Ok(Runtime { env, library, version, threads })
     });
-    r.as_ref().map_err(|reason| BackendError::Library { backend: "ort".into(), message: reason.clone() })
+    r.as_ref()
+        .map_err(|reason| BackendError::Library { backend: "ort".into(), message: reason.clone() })
 }
 
 /// The version in the library's file name (libonnxruntime.so.1.31.1), else the build string.
@@ -109,7 +135,11 @@ fn version_of(library: &std::path::Path) -> String {
     let name = library.file_name().and_then(|n| n.to_str()).unwrap_or("");
     match name.strip_prefix("libonnxruntime.so.") {
         Some(v) if !v.is_empty() => v.to_string(),
-        _ => ort::info().split(',').find_map(|s| s.trim().strip_prefix("git-branch=rel-")).unwrap_or("unknown").to_string(),
+        _ => ort::info()
+            .split(',')
+            .find_map(|s| s.trim().strip_prefix("git-branch=rel-"))
+            .unwrap_or("unknown")
+            .to_string(),
     }
 }
 
@@ -165,14 +195,27 @@ impl OrtBackend {
 
     fn memory_info(&self) -> BResult<MemoryInfo<'static>> {
         match self.id.device {
-            Device::Cpu => MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default),
-            Device::Cuda(n) => MemoryInfo::new(AllocationDevice::CUDA, n as i32, AllocatorType::Device, MemoryType::Default),
+            Device::Cpu => MemoryInfo::new(
+                AllocationDevice::CPU,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            ),
+            Device::Cuda(n) => MemoryInfo::new(
+                AllocationDevice::CUDA,
+                n as i32,
+                AllocatorType::Device,
+                MemoryType::Default,
+            ),
         }
         .lib()
     }
 
     fn session(&self, model: ort::editor::Model) -> BResult<Session> {
-        let mut builder = Session::builder(&self.runtime.env).lib()?.with_optimization_level(GraphOptimizationLevel::All).lib()?;
+        let mut builder = Session::builder(&self.runtime.env)
+            .lib()?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .lib()?;
         // RANDBENCH_ORT_PROFILE=PREFIX writes ONNX Runtime's per-node profile of each session.
         if let Ok(prefix) = std::env::var("RANDBENCH_ORT_PROFILE") {
             builder = builder.with_profiling(prefix).lib()?;
@@ -181,8 +224,15 @@ impl OrtBackend {
         let builder = match self.id.device {
             // error_on_failure: a provider that fails to load is an error, never a CPU run.
             Device::Cuda(n) => builder
-                .with_execution_providers([CUDA::default().with_device_id(n as i32).build().error_on_failure()])
-                .map_err(|e| BackendError::DeviceUnavailable { backend: "ort".into(), device: format!("cuda:{n}"), reason: e.to_string() })?,
+                .with_execution_providers([CUDA::default()
+                    .with_device_id(n as i32)
+                    .build()
+                    .error_on_failure()])
+                .map_err(|e| BackendError::DeviceUnavailable {
+                    backend: "ort".into(),
+                    device: format!("cuda:{n}"),
+                    reason: e.to_string(),
+                })?,
             Device::Cpu => builder,
         };
         model.into_session(&builder).lib()
@@ -231,23 +281,38 @@ impl Backend for OrtBackend {
     }
 
     fn download(&self, t: &OrtTensor) -> BResult<HostTensor> {
-        let host = if t.0.memory_info().allocation_device() == AllocationDevice::CPU { None } else { Some(t.0.to(AllocationDevice::CPU, 0).lib()?) };
+        let host = if t.0.memory_info().allocation_device() == AllocationDevice::CPU {
+            None
+        } else {
+            Some(t.0.to(AllocationDevice::CPU, 0).lib()?)
+        };
         let v = host.as_ref().unwrap_or(&t.0);
         let shape: Vec<usize> = v.shape().iter().map(|&d| d as usize).collect();
         let data = match v.data_type() {
-            ort::value::TensorElementType::Int64 => HostData::I64(v.try_extract_tensor::<i64>().lib()?.1.to_vec()),
+            ort::value::TensorElementType::Int64 => {
+                HostData::I64(v.try_extract_tensor::<i64>().lib()?.1.to_vec())
+            }
             _ => HostData::F32(v.try_extract_tensor::<f32>().lib()?.1.to_vec()),
         };
-        HostTensor::new(shape, data).map_err(|e| BackendError::Library { backend: "ort".into(), message: e.to_string() })
+        HostTensor::new(shape, data)
+            .map_err(|e| BackendError::Library { backend: "ort".into(), message: e.to_string() })
     }
 
     fn compile(&self, g: &Graph) -> BResult<OrtProgram> {
         let graph = expand_grads(g)?;
-        let lowered = lower::lower(&graph).map_err(|message| BackendError::Library { backend: "ort".into(), message })?;
+        let lowered = lower::lower(&graph)
+            .map_err(|message| BackendError::Library { backend: "ort".into(), message })?;
         let session = self.session(lowered.model)?;
         let binding = session.create_binding().lib()?;
         let memory = self.memory_info()?;
-        Ok(OrtProgram { session, binding, memory, graph, inputs: lowered.inputs, outputs: lowered.outputs })
+        Ok(OrtProgram {
+            session,
+            binding,
+            memory,
+            graph,
+            inputs: lowered.inputs,
+            outputs: lowered.outputs,
+        })
     }
 
     fn run(&self, p: &mut OrtProgram, inputs: &[&OrtTensor]) -> BResult<Vec<OrtTensor>> {
@@ -268,7 +333,10 @@ impl Backend for OrtBackend {
         p.outputs
             .iter()
             .map(|name| {
-                let v = out.remove(name.as_str()).ok_or_else(|| BackendError::Library { backend: "ort".into(), message: format!("no output {name}") })?;
+                let v = out.remove(name.as_str()).ok_or_else(|| BackendError::Library {
+                    backend: "ort".into(),
+                    message: format!("no output {name}"),
+                })?;
                 Ok(OrtTensor(Arc::new(v.downcast::<DynTensorValueType>().lib()?)))
             })
             .collect()
@@ -286,6 +354,10 @@ impl Backend for OrtBackend {
 
 fn shape_dtype(t: &OrtTensor) -> (Vec<usize>, DType) {
     let shape = t.0.shape().iter().map(|&d| d as usize).collect();
-    let dtype = if *t.0.data_type() == ort::value::TensorElementType::Int64 { DType::I64 } else { DType::F32 };
+    let dtype = if *t.0.data_type() == ort::value::TensorElementType::Int64 {
+        DType::I64
+    } else {
+        DType::F32
+    };
     (shape, dtype)
 }

@@ -8,7 +8,10 @@
 use ort::editor::{Graph as OnnxGraph, Model, Node, Opset, ONNX_DOMAIN};
 use ort::memory::Allocator;
 use ort::operator::Attribute;
-use ort::value::{Outlet, PrimitiveTensorElementType, Shape, SymbolicDimensions, Tensor, TensorElementType, ValueType};
+use ort::value::{
+    Outlet, PrimitiveTensorElementType, Shape, SymbolicDimensions, Tensor, TensorElementType,
+    ValueType,
+};
 use randbench_core::graph::{broadcast_shapes, BinaryOp, CmpOp, Graph, NodeId, Op, UnaryOp};
 use randbench_core::tensor::{DType, HostData};
 use std::collections::HashMap;
@@ -72,19 +75,31 @@ impl Ctx {
         Ok(out)
     }
 
-    fn node_into(&mut self, op: &str, inputs: &[&str], out: &str, attrs: Vec<Attribute>) -> LResult<()> {
+    fn node_into(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        out: &str,
+        attrs: Vec<Attribute>,
+    ) -> LResult<()> {
         let name = self.fresh("node");
         let node = Node::new(op, ONNX_DOMAIN, name, inputs, [out], attrs).map_err(err)?;
         self.graph.add_node(node).map_err(err)
     }
 
     /// An initializer holding `values`; equal constants share one.
-    fn init<T: PrimitiveTensorElementType + Copy + std::fmt::Debug>(&mut self, shape: &[usize], values: &[T]) -> LResult<String> {
+    fn init<T: PrimitiveTensorElementType + Copy + std::fmt::Debug>(
+        &mut self,
+        shape: &[usize],
+        values: &[T],
+    ) -> LResult<String> {
         let key = format!("{}{shape:?}{values:?}", std::any::type_name::<T>());
         if let Some(n) = self.constants.get(&key) {
             return Ok(n.clone());
         }
-        let mut t = Tensor::<T>::new(&Allocator::default(), Shape::new(shape.iter().map(|&d| d as i64))).map_err(err)?;
+        let mut t =
+            Tensor::<T>::new(&Allocator::default(), Shape::new(shape.iter().map(|&d| d as i64)))
+                .map_err(err)?;
         t.extract_tensor_mut().1.copy_from_slice(values);
         let name = self.fresh("const");
         self.graph.add_initializer(&name, t, false).map_err(err)?;
@@ -110,7 +125,8 @@ impl Ctx {
                 Ok(n.to_string())
             }
             (Out::Node { op, inputs, attrs }, name) => {
-                let target = name.map(str::to_string).unwrap_or_else(|| self.fresh(&op.to_lowercase()));
+                let target =
+                    name.map(str::to_string).unwrap_or_else(|| self.fresh(&op.to_lowercase()));
                 let ins: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
                 self.node_into(op, &ins, &target, attrs)?;
                 Ok(target)
@@ -124,8 +140,7 @@ fn to_f32(x: &str) -> LResult<Out> {
     Ok(Out::node("Cast", &[x], vec![attr("to", 1i64)?]))
 }
 
-impl Ctx {
-}
+impl Ctx {}
 
 fn attr(name: &str, v: impl ort::operator::ToAttribute) -> LResult<Attribute> {
     Attribute::new(name, v).map_err(err)
@@ -148,7 +163,8 @@ fn operands(g: &Graph, node: NodeId) -> Vec<NodeId> {
         let source = a.args[0];
         let mut shapes: Vec<&[usize]> = args.iter().map(|x| g.shape(*x)).collect();
         shapes[i] = g.shape(source);
-        let joined = shapes.iter().skip(1).try_fold(shapes[0].to_vec(), |acc, s| broadcast_shapes(&acc, s));
+        let joined =
+            shapes.iter().skip(1).try_fold(shapes[0].to_vec(), |acc, s| broadcast_shapes(&acc, s));
         if joined.as_deref() == Some(n.shape.as_slice()) {
             args[i] = source;
         }
@@ -165,7 +181,8 @@ fn reads(g: &Graph, id: NodeId) -> Vec<NodeId> {
 }
 
 pub fn lower(g: &Graph) -> LResult<Lowered> {
-    let mut cx = Ctx { graph: OnnxGraph::new().map_err(err)?, counter: 0, constants: HashMap::new() };
+    let mut cx =
+        Ctx { graph: OnnxGraph::new().map_err(err)?, counter: 0, constants: HashMap::new() };
     let n = g.len();
     // Which nodes the outputs need, reading through the substitutions above.
     let mut needed = vec![false; n];
@@ -293,7 +310,9 @@ fn emit(cx: &mut Ctx, g: &Graph, id: NodeId, a: &[&str]) -> LResult<Out> {
             };
             cast(cx, op, a)?
         }
-        Op::MatMul { ta, tb } => Out::node("Gemm", a, vec![attr("transA", *ta as i64)?, attr("transB", *tb as i64)?]),
+        Op::MatMul { ta, tb } => {
+            Out::node("Gemm", a, vec![attr("transA", *ta as i64)?, attr("transB", *tb as i64)?])
+        }
         Op::Linear => Out::node("Gemm", a, vec![]),
         Op::Conv2d { stride, padding } => {
             let k = &in_shape(1)[2..];
@@ -302,7 +321,11 @@ fn emit(cx: &mut Ctx, g: &Graph, id: NodeId, a: &[&str]) -> LResult<Out> {
         Op::Conv2dBackwardInput { stride, padding } => {
             // ConvTranspose's output side is (i-1)·stride - 2·padding + k + output_padding.
             let (dy, w) = (in_shape(0), in_shape(1));
-            let extra = |axis: usize| shape[axis] as i64 - ((dy[axis] as i64 - 1) * *stride as i64 + w[axis] as i64 - 2 * *padding as i64);
+            let extra = |axis: usize| {
+                shape[axis] as i64
+                    - ((dy[axis] as i64 - 1) * *stride as i64 + w[axis] as i64
+                        - 2 * *padding as i64)
+            };
             let mut attrs = conv_attrs(&w[2..], *stride, *padding, 1)?;
             attrs.push(attr("output_padding", vec![extra(2), extra(3)])?);
             Out::node("ConvTranspose", a, attrs)
@@ -313,28 +336,39 @@ fn emit(cx: &mut Ctx, g: &Graph, id: NodeId, a: &[&str]) -> LResult<Out> {
             let dy = in_shape(1);
             let xt = cx.node("Transpose", &[a[0]], vec![attr("perm", vec![1i64, 0, 2, 3])?])?;
             let dyt = cx.node("Transpose", &[a[1]], vec![attr("perm", vec![1i64, 0, 2, 3])?])?;
-            let gw = cx.node("Conv", &[&xt, &dyt], vec![
-                attr("kernel_shape", ints(&dy[2..]))?,
-                attr("pads", vec![*padding as i64; 4])?,
-                attr("strides", vec![1i64, 1])?,
-                attr("dilations", vec![*stride as i64; 2])?,
-            ])?;
+            let gw = cx.node(
+                "Conv",
+                &[&xt, &dyt],
+                vec![
+                    attr("kernel_shape", ints(&dy[2..]))?,
+                    attr("pads", vec![*padding as i64; 4])?,
+                    attr("strides", vec![1i64, 1])?,
+                    attr("dilations", vec![*stride as i64; 2])?,
+                ],
+            )?;
             let gw = cx.node("Transpose", &[&gw], vec![attr("perm", vec![1i64, 0, 2, 3])?])?;
             let starts = cx.ints(&[0, 0])?;
             let ends = cx.ints(&shape[2..])?;
             let axes = cx.ints(&[2, 3])?;
             Out::node("Slice", &[&gw, &starts, &ends, &axes], vec![])
         }
-        Op::MaxPool2d { k } => Out::node("MaxPool", a, vec![attr("kernel_shape", vec![*k as i64; 2])?, attr("strides", vec![*k as i64; 2])?]),
+        Op::MaxPool2d { k } => Out::node(
+            "MaxPool",
+            a,
+            vec![attr("kernel_shape", vec![*k as i64; 2])?, attr("strides", vec![*k as i64; 2])?],
+        ),
         Op::Softmax => Out::node("Softmax", a, vec![attr("axis", -1i64)?]),
-        Op::SoftmaxCrossEntropy => Out::node("SoftmaxCrossEntropyLoss", a, vec![attr("reduction", "none".to_string())?]),
+        Op::SoftmaxCrossEntropy => {
+            Out::node("SoftmaxCrossEntropyLoss", a, vec![attr("reduction", "none".to_string())?])
+        }
         Op::OneHot { classes } => {
             let depth = cx.init(&[1], &[*classes as i64])?;
             let values = cx.init(&[2], &[0.0f32, 1.0])?;
             Out::node("OneHot", &[a[0], &depth, &values], vec![attr("axis", -1i64)?])
         }
         Op::CorrectPredictions => {
-            let arg = cx.node("ArgMax", &[a[0]], vec![attr("axis", 1i64)?, attr("keepdims", 0i64)?])?;
+            let arg =
+                cx.node("ArgMax", &[a[0]], vec![attr("axis", 1i64)?, attr("keepdims", 0i64)?])?;
             cast(cx, "Equal", &[&arg, a[1]])?
         }
         Op::Sum { axes, keep_dims } => {
@@ -356,7 +390,9 @@ fn emit(cx: &mut Ctx, g: &Graph, id: NodeId, a: &[&str]) -> LResult<Out> {
         Op::SumTo => {
             let from = in_shape(0);
             let off = from.len() - shape.len();
-            let axes: Vec<usize> = (0..from.len()).filter(|&i| i < off || (shape[i - off] == 1 && from[i] != 1)).collect();
+            let axes: Vec<usize> = (0..from.len())
+                .filter(|&i| i < off || (shape[i - off] == 1 && from[i] != 1))
+                .collect();
             let ax = cx.ints(&axes)?;
             let summed = cx.node("ReduceSum", &[a[0], &ax], vec![attr("keepdims", 1i64)?])?;
             let s = cx.ints(shape)?;
@@ -381,11 +417,18 @@ fn emit(cx: &mut Ctx, g: &Graph, id: NodeId, a: &[&str]) -> LResult<Out> {
         }
         Op::Concat { axis } => Out::node("Concat", a, vec![attr("axis", *axis as i64)?]),
         Op::Gather => Out::node("Gather", a, vec![attr("axis", 0i64)?]),
-        Op::Grad => return Err("a Grad node reached the ONNX lowering; expand gradients first".into()),
+        Op::Grad => {
+            return Err("a Grad node reached the ONNX lowering; expand gradients first".into())
+        }
     })
 }
 
-fn conv_attrs(kernel: &[usize], stride: usize, padding: usize, dilation: usize) -> LResult<Vec<Attribute>> {
+fn conv_attrs(
+    kernel: &[usize],
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> LResult<Vec<Attribute>> {
     Ok(vec![
         attr("kernel_shape", ints(kernel))?,
         attr("pads", vec![padding as i64; 4])?,

@@ -4,7 +4,9 @@
 //! an IR op has one (`addmm` for `Linear`, its cross-entropy). `Grad` nodes use libtorch's
 //! autograd in [`GradMode::Native`], or the core's symbolic expansion in [`GradMode::Symbolic`].
 
-use randbench_core::backend::{BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, GradMode, MemoryStats};
+use randbench_core::backend::{
+    BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, GradMode, MemoryStats,
+};
 use randbench_core::eager::{EagerOps, EagerProgram};
 use randbench_core::graph::{BinaryOp, CmpOp, Graph, Node, Op, UnaryOp};
 use randbench_core::tensor::{DType, HostData, HostTensor};
@@ -31,7 +33,10 @@ pub struct TchBackend {
 fn lib_err(e: TchError) -> BackendError {
     let message = e.to_string();
     if message.contains("out of memory") {
-        BackendError::OutOfMemory { backend: "tch".into(), message: message.lines().next().unwrap_or("").to_string() }
+        BackendError::OutOfMemory {
+            backend: "tch".into(),
+            message: message.lines().next().unwrap_or("").to_string(),
+        }
     } else {
         BackendError::Library { backend: "tch".into(), message }
     }
@@ -66,7 +71,11 @@ impl TchBackend {
                     } else {
                         format!("libtorch sees {count} CUDA device(s), numbered from 0")
                     };
-                    return Err(BackendError::DeviceUnavailable { backend: "tch".into(), device: format!("cuda:{n}"), reason });
+                    return Err(BackendError::DeviceUnavailable {
+                        backend: "tch".into(),
+                        device: format!("cuda:{n}"),
+                        reason,
+                    });
                 }
                 tch::Device::Cuda(n)
             }
@@ -85,22 +94,48 @@ fn f32_mask(t: Tensor) -> BResult<TchTensor> {
 
 /// The input gradient of a convolution: a transposed convolution, with the output padding
 /// that gives back the input's size (taking the larger for both sides and trimming).
-fn conv_backward_input(dy: &Tensor, w: &Tensor, x_shape: &[usize], stride: i64, padding: i64) -> BResult<Tensor> {
+fn conv_backward_input(
+    dy: &Tensor,
+    w: &Tensor,
+    x_shape: &[usize],
+    stride: i64,
+    padding: i64,
+) -> BResult<Tensor> {
     let size = |i: i64, k: i64| (i - 1) * stride + k - 2 * padding;
     let (dys, ws) = (dy.size(), w.size());
     let pad_h = x_shape[2] as i64 - size(dys[2], ws[2]);
     let pad_w = x_shape[3] as i64 - size(dys[3], ws[3]);
     let out_pad = pad_h.max(pad_w).max(0);
-    let dx = dy.f_conv_transpose2d(w, None::<Tensor>, [stride, stride], [padding, padding], [out_pad, out_pad], 1, [1, 1]).lib()?;
+    let dx = dy
+        .f_conv_transpose2d(
+            w,
+            None::<Tensor>,
+            [stride, stride],
+            [padding, padding],
+            [out_pad, out_pad],
+            1,
+            [1, 1],
+        )
+        .lib()?;
     dx.f_narrow(2, 0, x_shape[2] as i64).lib()?.f_narrow(3, 0, x_shape[3] as i64).lib()
 }
 
 /// The weight gradient: the transposed input convolved with the transposed output gradient,
 /// dilated by the stride.
-fn conv_backward_weight(x: &Tensor, dy: &Tensor, w_shape: &[usize], stride: i64, padding: i64) -> BResult<Tensor> {
+fn conv_backward_weight(
+    x: &Tensor,
+    dy: &Tensor,
+    w_shape: &[usize],
+    stride: i64,
+    padding: i64,
+) -> BResult<Tensor> {
     let xt = x.f_transpose(0, 1).lib()?;
     let dyt = dy.f_transpose(0, 1).lib()?;
-    let gw = xt.f_conv2d(&dyt, None::<Tensor>, [1, 1], [padding, padding], [stride, stride], 1).lib()?.f_transpose(0, 1).lib()?;
+    let gw = xt
+        .f_conv2d(&dyt, None::<Tensor>, [1, 1], [padding, padding], [stride, stride], 1)
+        .lib()?
+        .f_transpose(0, 1)
+        .lib()?;
     gw.f_narrow(2, 0, w_shape[2] as i64).lib()?.f_narrow(3, 0, w_shape[3] as i64).lib()
 }
 
@@ -130,8 +165,16 @@ impl EagerOps for TchBackend {
             }
             .lib()?,
             Op::Affine { mul, add } => {
-                let scaled = if *mul == 1.0 { a[0].shallow_clone() } else { a[0].f_mul_scalar(*mul).lib()? };
-                if *add == 0.0 { scaled } else { scaled.f_add_scalar(*add).lib()? }
+                let scaled = if *mul == 1.0 {
+                    a[0].shallow_clone()
+                } else {
+                    a[0].f_mul_scalar(*mul).lib()?
+                };
+                if *add == 0.0 {
+                    scaled
+                } else {
+                    scaled.f_add_scalar(*add).lib()?
+                }
             }
             Op::Clamp { min, max } => a[0].f_clamp(*min, *max).lib()?,
             Op::Binary(b) => match b {
@@ -161,27 +204,47 @@ impl EagerOps for TchBackend {
                 let (s, p) = (*stride as i64, *padding as i64);
                 a[0].f_conv2d(a[1], None::<Tensor>, [s, s], [p, p], [1, 1], 1).lib()?
             }
-            Op::Conv2dBackwardInput { stride, padding } => conv_backward_input(a[0], a[1], shape, *stride as i64, *padding as i64)?,
-            Op::Conv2dBackwardWeight { stride, padding } => conv_backward_weight(a[0], a[1], shape, *stride as i64, *padding as i64)?,
+            Op::Conv2dBackwardInput { stride, padding } => {
+                conv_backward_input(a[0], a[1], shape, *stride as i64, *padding as i64)?
+            }
+            Op::Conv2dBackwardWeight { stride, padding } => {
+                conv_backward_weight(a[0], a[1], shape, *stride as i64, *padding as i64)?
+            }
             Op::MaxPool2d { k } => {
                 let k = *k as i64;
                 a[0].f_max_pool2d([k, k], [k, k], [0, 0], [1, 1], false).lib()?
             }
             Op::Softmax => a[0].f_softmax(-1, Kind::Float).lib()?,
-            Op::SoftmaxCrossEntropy => a[0].f_cross_entropy_loss(a[1], None::<Tensor>, Reduction::None, -100, 0.0).lib()?,
+            Op::SoftmaxCrossEntropy => {
+                a[0].f_cross_entropy_loss(a[1], None::<Tensor>, Reduction::None, -100, 0.0).lib()?
+            }
             Op::OneHot { classes } => return f32_mask(a[0].f_one_hot(*classes as i64).lib()?),
-            Op::CorrectPredictions => return f32_mask(a[0].f_argmax(1, false).lib()?.f_eq_tensor(a[1]).lib()?),
-            Op::Sum { axes, .. } => a[0].f_sum_dim_intlist(dims(axes), false, Kind::Float).lib()?.f_reshape(dims(shape)).lib()?,
+            Op::CorrectPredictions => {
+                return f32_mask(a[0].f_argmax(1, false).lib()?.f_eq_tensor(a[1]).lib()?)
+            }
+            Op::Sum { axes, .. } => a[0]
+                .f_sum_dim_intlist(dims(axes), false, Kind::Float)
+                .lib()?
+                .f_reshape(dims(shape))
+                .lib()?,
             Op::BroadcastTo => a[0].f_expand(dims(shape), false).lib()?,
             Op::SumTo => {
                 let from = a[0].size();
                 let off = from.len() - shape.len();
-                let axes: Vec<i64> = (0..from.len()).filter(|&i| i < off || (shape[i - off] == 1 && from[i] != 1)).map(|i| i as i64).collect();
-                a[0].f_sum_dim_intlist(axes, false, Kind::Float).lib()?.f_reshape(dims(shape)).lib()?
+                let axes: Vec<i64> = (0..from.len())
+                    .filter(|&i| i < off || (shape[i - off] == 1 && from[i] != 1))
+                    .map(|i| i as i64)
+                    .collect();
+                a[0].f_sum_dim_intlist(axes, false, Kind::Float)
+                    .lib()?
+                    .f_reshape(dims(shape))
+                    .lib()?
             }
             Op::Reshape => a[0].f_reshape(dims(shape)).lib()?,
             Op::Permute { perm } => a[0].f_permute(dims(perm)).lib()?,
-            Op::Slice { axis, start, end } => a[0].f_narrow(*axis as i64, *start as i64, (end - start) as i64).lib()?,
+            Op::Slice { axis, start, end } => {
+                a[0].f_narrow(*axis as i64, *start as i64, (end - start) as i64).lib()?
+            }
             Op::Pad { axis, before, after } => {
                 // constant_pad_nd lists (before, after) pairs from the last axis backwards.
                 let rank = shape.len();
@@ -255,7 +318,11 @@ impl Backend for TchBackend {
             HostData::I64(v) => Tensor::f_from_slice(v).lib()?,
         };
         let shaped = host.f_reshape(dims(t.shape())).lib()?;
-        Ok(TchTensor(if self.device == tch::Device::Cpu { shaped } else { shaped.f_to(self.device).lib()? }))
+        Ok(TchTensor(if self.device == tch::Device::Cpu {
+            shaped
+        } else {
+            shaped.f_to(self.device).lib()?
+        }))
     }
 
     fn download(&self, t: &TchTensor) -> BResult<HostTensor> {

@@ -6,12 +6,16 @@ use randbench_tch::TchBackend;
 
 mod native {
     use super::*;
-    randbench_core::backend_conformance_tests!(TchBackend::new(Device::Cpu, GradMode::Native).unwrap());
+    randbench_core::backend_conformance_tests!(
+        TchBackend::new(Device::Cpu, GradMode::Native).unwrap()
+    );
 }
 
 mod symbolic {
     use super::*;
-    randbench_core::backend_conformance_tests!(TchBackend::new(Device::Cpu, GradMode::Symbolic).unwrap());
+    randbench_core::backend_conformance_tests!(
+        TchBackend::new(Device::Cpu, GradMode::Symbolic).unwrap()
+    );
 }
 
 #[test]

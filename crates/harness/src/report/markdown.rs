@@ -8,7 +8,13 @@ use comfy_table::presets::ASCII_MARKDOWN;
 pub struct Markdown;
 
 impl Reporter for Markdown {
-    fn render(&self, suite: &str, env: Option<&Environment>, tables: &[Table], warnings: &[String]) -> String {
+    fn render(
+        &self,
+        suite: &str,
+        env: Option<&Environment>,
+        tables: &[Table],
+        warnings: &[String],
+    ) -> String {
         let mut out = format!("# randbench report: {suite}\n\n");
         if let Some(e) = env {
             let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
@@ -26,7 +32,10 @@ impl Reporter for Markdown {
                 if e.git_dirty == Some(true) { " (with uncommitted changes)" } else { "" },
             );
             for (id, info) in &e.backends {
-                out += &format!("- {id}: {}, device {}, {} threads\n", info.library, info.device_name, info.threads);
+                out += &format!(
+                    "- {id}: {}, device {}, {} threads\n",
+                    info.library, info.device_name, info.threads
+                );
             }
             out += "\n";
         }

@@ -39,7 +39,13 @@ impl Column {
 }
 
 pub trait Reporter {
-    fn render(&self, suite: &str, env: Option<&Environment>, tables: &[Table], warnings: &[String]) -> String;
+    fn render(
+        &self,
+        suite: &str,
+        env: Option<&Environment>,
+        tables: &[Table],
+        warnings: &[String],
+    ) -> String;
 }
 
 /// Two backends' losses at a step agree when |a − b| ≤ PARITY_ABS + PARITY_REL·|a|.
@@ -71,14 +77,21 @@ fn fit_cell(cells: &[&CellResult]) -> String {
                 _ => label.to_string(),
             }
         }
-        (n, e) => format!("{} ep, {n}/{} ok", e.map(|e| format!("{e:.0}")).unwrap_or_default(), cells.len()),
+        (n, e) => format!(
+            "{} ep, {n}/{} ok",
+            e.map(|e| format!("{e:.0}")).unwrap_or_default(),
+            cells.len()
+        ),
     }
 }
 
 /// The report's tables: one comparison table per workload, then the parity table.
 pub fn tables(results: &[CellResult]) -> Vec<Table> {
     let workloads = first_appearance(results.iter().map(|r| r.workload.as_str()));
-    let mut out: Vec<Table> = workloads.into_iter().map(|w| workload_table(w, results.iter().filter(|r| r.workload == w).collect())).collect();
+    let mut out: Vec<Table> = workloads
+        .into_iter()
+        .map(|w| workload_table(w, results.iter().filter(|r| r.workload == w).collect()))
+        .collect();
     out.extend(parity_table(results));
     out
 }
@@ -107,12 +120,18 @@ fn workload_table(name: &str, rs: Vec<&CellResult>) -> Table {
         header.push(Column::plain("regularizer"));
     }
     for b in &backends {
-        header.extend(METRICS.iter().map(|m| Column { group: Some(b.to_string()), name: m.to_string() }));
+        header.extend(
+            METRICS.iter().map(|m| Column { group: Some(b.to_string()), name: m.to_string() }),
+        );
     }
     let cells = |cond: &str, reg: &str, b| -> Vec<&CellResult> {
-        rs.iter().copied().filter(|r| r.condition == cond && r.regularizer == reg && r.backend == b).collect()
+        rs.iter()
+            .copied()
+            .filter(|r| r.condition == cond && r.regularizer == reg && r.backend == b)
+            .collect()
     };
-    let fit_seconds = |cs: &[&CellResult]| median(cs.iter().filter_map(|c| c.seconds_to_fit.map(|s| s.0)));
+    let fit_seconds =
+        |cs: &[&CellResult]| median(cs.iter().filter_map(|c| c.seconds_to_fit.map(|s| s.0)));
     let mut table_rows = Vec::new();
     for (cond, reg) in &rows {
         let mut row = vec![cond.clone()];
@@ -126,7 +145,10 @@ fn workload_table(name: &str, rs: Vec<&CellResult>) -> Table {
                 continue;
             }
             let secs = fit_seconds(&cs);
-            let baseline = rows.iter().find(|(c, r)| is_baseline(c) && r == reg).and_then(|(c, r)| fit_seconds(&cells(c, r, b)));
+            let baseline = rows
+                .iter()
+                .find(|(c, r)| is_baseline(c) && r == reg)
+                .and_then(|(c, r)| fit_seconds(&cells(c, r, b)));
             let ratio = match (secs, baseline) {
                 (Some(s), Some(base)) if base > 0.0 => format!("{:.2}×", s / base),
                 _ => "-".into(),
@@ -136,7 +158,11 @@ fn workload_table(name: &str, rs: Vec<&CellResult>) -> Table {
             row.push(ratio);
             row.push(percent(median(cs.iter().filter_map(|c| c.train_accuracy))));
             row.push(percent(median(cs.iter().filter_map(|c| c.test_accuracy))));
-            row.push(median(cs.iter().filter_map(|c| c.steps_per_second.map(|s| s.median))).map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into()));
+            row.push(
+                median(cs.iter().filter_map(|c| c.steps_per_second.map(|s| s.median)))
+                    .map(|v| format!("{v:.0}"))
+                    .unwrap_or_else(|| "-".into()),
+            );
         }
         table_rows.push(row);
     }
@@ -160,7 +186,15 @@ fn workload_table(name: &str, rs: Vec<&CellResult>) -> Table {
         notes.push(format!("{b}: {} of training in all.", Seconds(total)));
     }
     for r in rs.iter().filter(|r| r.error.is_some()) {
-        notes.push(format!("{} {} {} seed {}: {}: {}", r.backend, r.condition, r.regularizer, r.seed, r.status.label(), r.error.as_deref().unwrap_or("")));
+        notes.push(format!(
+            "{} {} {} seed {}: {}: {}",
+            r.backend,
+            r.condition,
+            r.regularizer,
+            r.seed,
+            r.status.label(),
+            r.error.as_deref().unwrap_or("")
+        ));
     }
     Table { title: name.to_string(), caption, header, rows: table_rows, notes }
 }
@@ -169,17 +203,28 @@ fn workload_table(name: &str, rs: Vec<&CellResult>) -> Table {
 /// largest per-step loss difference from the first backend, and the first step where the
 /// difference exceeds the tolerance. `None` when no cell ran on two backends.
 pub fn parity_table(results: &[CellResult]) -> Option<Table> {
-    let keys = first_appearance(results.iter().map(|r| (r.workload.clone(), r.condition.clone(), r.regularizer.clone(), r.seed)));
+    let keys = first_appearance(
+        results
+            .iter()
+            .map(|r| (r.workload.clone(), r.condition.clone(), r.regularizer.clone(), r.seed)),
+    );
     let mut rows = Vec::new();
     for (w, c, reg, seed) in keys {
-        let group: Vec<&CellResult> = results.iter().filter(|r| r.workload == w && r.condition == c && r.regularizer == reg && r.seed == seed).collect();
+        let group: Vec<&CellResult> = results
+            .iter()
+            .filter(|r| {
+                r.workload == w && r.condition == c && r.regularizer == reg && r.seed == seed
+            })
+            .collect();
         let Some((reference, others)) = group.split_first() else { continue };
         for other in others {
             let n = reference.step_losses.len().min(other.step_losses.len());
             let (a, b) = (&reference.step_losses[..n], &other.step_losses[..n]);
-            let diffs: Vec<(f64, f64)> = a.iter().zip(b).map(|(&x, &y)| (x as f64, (x as f64 - y as f64).abs())).collect();
+            let diffs: Vec<(f64, f64)> =
+                a.iter().zip(b).map(|(&x, &y)| (x as f64, (x as f64 - y as f64).abs())).collect();
             let max_abs = diffs.iter().map(|d| d.1).fold(0.0, f64::max);
-            let max_rel = diffs.iter().map(|(x, d)| d / x.abs().max(f64::MIN_POSITIVE)).fold(0.0, f64::max);
+            let max_rel =
+                diffs.iter().map(|(x, d)| d / x.abs().max(f64::MIN_POSITIVE)).fold(0.0, f64::max);
             let first = diffs.iter().position(|(x, d)| *d > PARITY_ABS + PARITY_REL * x.abs());
             let mut row = vec![w.clone(), c.clone()];
             row.push(reg.clone());
@@ -197,10 +242,20 @@ pub fn parity_table(results: &[CellResult]) -> Option<Table> {
     if rows.is_empty() {
         return None;
     }
-    let header = ["workload", "condition", "regularizer", "seed", "backends", "steps", "max abs Δ loss", "max rel Δ", "first step over tolerance"]
-        .iter()
-        .map(|h| Column::plain(h))
-        .collect();
+    let header = [
+        "workload",
+        "condition",
+        "regularizer",
+        "seed",
+        "backends",
+        "steps",
+        "max abs Δ loss",
+        "max rel Δ",
+        "first step over tolerance",
+    ]
+    .iter()
+    .map(|h| Column::plain(h))
+    .collect();
     Some(Table {
         title: "parity".into(),
         caption: "per-step training loss of each backend against the first, same seed, same initial weights, same data order".into(),

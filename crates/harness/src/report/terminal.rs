@@ -6,21 +6,35 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArra
 
 pub struct Terminal;
 
-pub fn grid(t: &Table, style: comfy_table::TableStyle, header_cell: impl Fn(&super::Column) -> String) -> String {
+pub fn grid(
+    t: &Table,
+    style: comfy_table::TableStyle,
+    header_cell: impl Fn(&super::Column) -> String,
+) -> String {
     let mut table = comfy_table::Table::new();
     table.load_style(style).set_content_arrangement(ContentArrangement::Disabled);
     table.set_header(t.header.iter().map(|c| Cell::new(header_cell(c))));
     for row in &t.rows {
         table.add_row(row.iter().enumerate().map(|(i, v)| {
             let cell = Cell::new(v);
-            if t.header[i].group.is_some() { cell.set_alignment(CellAlignment::Right) } else { cell }
+            if t.header[i].group.is_some() {
+                cell.set_alignment(CellAlignment::Right)
+            } else {
+                cell
+            }
         }));
     }
     table.to_string()
 }
 
 impl Reporter for Terminal {
-    fn render(&self, suite: &str, _env: Option<&Environment>, tables: &[Table], warnings: &[String]) -> String {
+    fn render(
+        &self,
+        suite: &str,
+        _env: Option<&Environment>,
+        tables: &[Table],
+        warnings: &[String],
+    ) -> String {
         let mut out = String::new();
         for w in warnings {
             out += &format!("warning: {w}\n");
