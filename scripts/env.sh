@@ -1,15 +1,14 @@
-# Sourced by the other scripts: points the build at the project's Python environment
-# (.venv, made by setup-native.sh) and sets FEATURES to the backends whose libraries are there.
+# Sourced by the other scripts: sets FEATURES to the backends whose libraries the project's
+# Python environment (.venv, made by setup-native.sh) holds. Nothing else is needed to build:
+# .cargo/config.toml points torch-sys at .venv/libtorch, and crates/ort/build.rs finds ONNX
+# Runtime in .venv, so scripts and plain cargo build the same way (no rebuilds between them).
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 FEATURES=""
 if [ -x "$ROOT/.venv/bin/python" ]; then
-  export VIRTUAL_ENV="$ROOT/.venv"
-  export PATH="$VIRTUAL_ENV/bin:$PATH"
-  if "$VIRTUAL_ENV/bin/python" -c 'import torch' 2>/dev/null; then
-    export LIBTORCH_USE_PYTORCH=1
+  if [ -e "$ROOT/.venv/libtorch/lib/libtorch.so" ]; then
     FEATURES="${FEATURES:+$FEATURES,}tch"
   fi
-  if "$VIRTUAL_ENV/bin/python" -c 'import onnxruntime' 2>/dev/null; then
+  if "$ROOT/.venv/bin/python" -c 'import onnxruntime' 2>/dev/null; then
     FEATURES="${FEATURES:+$FEATURES,}ort"
   fi
 fi

@@ -14,6 +14,12 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check \
   "torch==${TORCH_VERSION}" "onnxruntime==${ORT_VERSION}"
 .venv/bin/python - <<'PY'
-import torch, onnxruntime
+import os, torch, onnxruntime
+# torch-sys builds against LIBTORCH (.cargo/config.toml points it here): the wheel's torch
+# package has the include/ and lib/ it expects, at a path that names no Python version.
+link = ".venv/libtorch"
+if os.path.islink(link):
+    os.remove(link)
+os.symlink(os.path.relpath(os.path.dirname(torch.__file__), ".venv"), link)
 print(f"torch {torch.__version__} and onnxruntime {onnxruntime.__version__} installed in .venv")
 PY

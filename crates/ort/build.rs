@@ -27,10 +27,8 @@ fn find(venv: &Path) -> Option<PathBuf> {
 }
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");
-    let venv = std::env::var_os("VIRTUAL_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
+    // The project's own environment, whichever Python environment the shell has active.
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv");
     println!("cargo:rerun-if-changed={}", venv.display());
     let found = find(&venv).map(|p| p.display().to_string()).unwrap_or_default();
     println!("cargo:rustc-env=RANDBENCH_ORT_DYLIB={found}");

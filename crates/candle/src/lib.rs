@@ -190,11 +190,23 @@ impl EagerOps for CandleBackend {
             Op::MaxPool2d { k } => {
                 if a[0].track_op() {
                     // candle 0.11's own max_pool2d backward scales the gradient by 1/k² (it
-                    // multiplies by the window's average of the max mask); max over the window
-                    // axes has the right one.
+                    // multiplies by the window's average of the max mask), and a max over
+                    // window axes passes it to every tied input. The window sum of x times a
+                    // constant one-hot of the first maximum (argmax keeps the first) is the
+                    // maximum, and its gradient goes to that one input, as in PyTorch.
                     let (n, c, h, w) = a[0].dims4().lib()?;
-                    let windows = a[0].reshape((n, c, h / k, *k, w / k, *k)).lib()?;
-                    windows.max_keepdim(5).lib()?.max_keepdim(3).lib()?.reshape(shape).lib()?
+                    let (hh, ww) = (h / k, w / k);
+                    let windows = a[0]
+                        .reshape((n, c, hh, *k, ww, *k))
+                        .lib()?
+                        .permute((0, 1, 2, 4, 3, 5))
+                        .lib()?
+                        .reshape((n, c, hh, ww, k * k))
+                        .lib()?;
+                    let first = windows.detach().argmax_keepdim(4).lib()?;
+                    let positions = Tensor::arange(0u32, (k * k) as u32, &self.device).lib()?;
+                    let one_hot = mask(first.broadcast_eq(&positions).lib()?)?;
+                    (windows * one_hot).lib()?.sum(4).lib()?.reshape(shape).lib()?
                 } else {
                     a[0].max_pool2d(*k).lib()?
                 }

@@ -153,6 +153,42 @@ fn upsample(g: &mut Graph, t: NodeId, k: usize) -> GResult<NodeId> {
     g.reshape(b, &[s[0], s[1], s[2] * k, s[3] * k])
 }
 
+/// 1 at the first maximum (row-major window order) of each k×k window of x [n,c,h,w], whose
+/// window maxima are y; 0 elsewhere. Written with comparisons, slices and concatenations, so
+/// every engine computes it, and it is constant (no gradient flows through it).
+fn first_max_mask(g: &mut Graph, x: NodeId, y: NodeId, k: usize) -> GResult<NodeId> {
+    let s = g.shape(x).to_vec();
+    let (hh, ww) = (s[2] / k, s[3] / k);
+    let windows = g.reshape(x, &[s[0], s[1], hh, k, ww, k])?;
+    let top = g.reshape(y, &[s[0], s[1], hh, 1, ww, 1])?;
+    let top = g.broadcast_to(top, &[s[0], s[1], hh, k, ww, k])?;
+    let equal = g.compare(CmpOp::Eq, windows, top)?;
+    let mut seen: Option<NodeId> = None;
+    let mut rows = Vec::with_capacity(k);
+    for a in 0..k {
+        let mut row = Vec::with_capacity(k);
+        for b in 0..k {
+            let at_a = g.slice(equal, 3, a, a + 1)?;
+            let e = g.slice(at_a, 5, b, b + 1)?;
+            let first = match seen {
+                None => e,
+                Some(sn) => {
+                    let unseen = g.affine(sn, -1.0, 1.0)?;
+                    g.mul(e, unseen)?
+                }
+            };
+            seen = Some(match seen {
+                None => first,
+                Some(sn) => g.add(sn, first)?,
+            });
+            row.push(first);
+        }
+        rows.push(g.concat(&row, 5)?);
+    }
+    let mask = g.concat(&rows, 3)?;
+    g.reshape(mask, &s)
+}
+
 /// The vector-Jacobian product of node `y`'s output gradient `dy` for its argument `k`.
 /// `None` means no gradient flows to that argument.
 fn vjp(g: &mut Graph, y: NodeId, k: usize, dy: NodeId) -> GResult<Option<NodeId>> {
@@ -267,9 +303,10 @@ fn vjp(g: &mut Graph, y: NodeId, k: usize, dy: NodeId) -> GResult<Option<NodeId>
             }
         }
         Op::MaxPool2d { k: win } => {
-            // The gradient goes to every input equal to its window's maximum.
-            let up_y = upsample(g, y, *win)?;
-            let mask = g.compare(CmpOp::Eq, x(0), up_y)?;
+            // The gradient goes to one input per window: the first equal to the window's
+            // maximum in window order, as PyTorch routes it (to every tied input, a window of
+            // equal values would pass on k times the gradient).
+            let mask = first_max_mask(g, x(0), y, *win)?;
             let up_dy = upsample(g, dy, *win)?;
             g.mul(up_dy, mask)?
         }

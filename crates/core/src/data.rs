@@ -20,6 +20,13 @@ pub enum DataError {
     Invalid(String),
 }
 
+impl DataError {
+    /// The error with `what` (the setting it concerns) in front.
+    pub fn context(self, what: &str) -> DataError {
+        DataError::Invalid(format!("{what}: {self}"))
+    }
+}
+
 fn format_err(path: &Path, detail: impl Into<String>) -> DataError {
     DataError::Format { path: path.to_path_buf(), detail: detail.into() }
 }
@@ -32,6 +39,9 @@ pub struct Dataset {
     /// (channels, height, width) of one image.
     pub shape: [usize; 3],
     pub classes: usize,
+    /// Per channel, the value a black (0) pixel has as the images are now scaled: 0, or its
+    /// standardized value after [`Split::standardize`]. Padding fills with it.
+    pub background: Vec<f32>,
 }
 
 impl Dataset {
@@ -52,7 +62,7 @@ impl Dataset {
         if let Some(bad) = labels.iter().find(|&&l| l < 0 || l as usize >= classes) {
             return Err(DataError::Invalid(format!("label {bad} is outside 0..{classes}")));
         }
-        Ok(Self { images, labels, shape, classes })
+        Ok(Self { images, labels, shape, classes, background: vec![0.0; shape[0]] })
     }
 
     pub fn len(&self) -> usize {
@@ -85,6 +95,7 @@ impl Dataset {
             labels: self.labels[..n].to_vec(),
             shape: self.shape,
             classes: self.classes,
+            background: self.background.clone(),
         })
     }
 
@@ -147,16 +158,20 @@ impl Split {
         let stats = channel_stats(&self.train);
         let [c, h, w] = self.train.shape;
         let plane = h * w;
+        let scale = |ch: usize, v: f64| {
+            let (mean, std) = stats[ch];
+            let inv = if std > 0.0 { 1.0 / std } else { 1.0 };
+            ((v - mean) * inv) as f32
+        };
         for set in [&mut self.train, &mut self.test] {
             for img in set.images.chunks_mut(c * plane) {
                 for (ch, px) in img.chunks_mut(plane).enumerate() {
-                    let (mean, std) = stats[ch];
-                    let inv = if std > 0.0 { 1.0 / std } else { 1.0 };
                     for p in px {
-                        *p = ((*p as f64 - mean) * inv) as f32;
+                        *p = scale(ch, *p as f64);
                     }
                 }
             }
+            set.background = (0..c).map(|ch| scale(ch, set.background[ch] as f64)).collect();
         }
         stats
     }
@@ -402,9 +417,17 @@ pub fn synthetic(train: usize, test: usize, shape: [usize; 3], classes: usize, s
 
 // ---- augmentation ----
 
-/// Random translation by up to `pad` pixels each way, zero-filled (a random crop of the image
-/// padded by `pad`), one offset per example, drawn from `rng`.
-pub fn translate_batch(images: &mut [f32], shape: [usize; 3], pad: usize, rng: &mut Rng) {
+/// Random translation by up to `pad` pixels each way (a random crop of the image padded by
+/// `pad`), one offset per example, drawn from `rng`. Uncovered pixels take each channel's
+/// `fill` value: the data set's background, as torchvision's RandomCrop before Normalize pads
+/// with black.
+pub fn translate_batch(
+    images: &mut [f32],
+    shape: [usize; 3],
+    pad: usize,
+    fill: &[f32],
+    rng: &mut Rng,
+) {
     let [c, h, w] = shape;
     let size = c * h * w;
     let mut src = vec![0f32; size];
@@ -417,8 +440,11 @@ pub fn translate_batch(images: &mut [f32], shape: [usize; 3], pad: usize, rng: &
                 for x in 0..w {
                     let (sy, sx) = (y as isize + dy, x as isize + dx);
                     let inside = sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w;
-                    img[(ch * h + y) * w + x] =
-                        if inside { src[(ch * h + sy as usize) * w + sx as usize] } else { 0.0 };
+                    img[(ch * h + y) * w + x] = if inside {
+                        src[(ch * h + sy as usize) * w + sx as usize]
+                    } else {
+                        fill[ch]
+                    };
                 }
             }
         }

@@ -33,20 +33,29 @@ pub enum Rule {
     },
 }
 
+/// torch.optim's defaults, for every place that fills in a rule's unset hyperparameters.
+pub mod defaults {
+    pub const MOMENTUM: f64 = 0.9;
+    pub const ALPHA: f64 = 0.99;
+    pub const EPS: f64 = 1e-8;
+    pub const BETA1: f64 = 0.9;
+    pub const BETA2: f64 = 0.999;
+}
+
 fn default_momentum() -> f64 {
-    0.9
+    defaults::MOMENTUM
 }
 fn default_alpha() -> f64 {
-    0.99
+    defaults::ALPHA
 }
 fn default_eps() -> f64 {
-    1e-8
+    defaults::EPS
 }
 fn default_beta1() -> f64 {
-    0.9
+    defaults::BETA1
 }
 fn default_beta2() -> f64 {
-    0.999
+    defaults::BETA2
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -106,7 +115,14 @@ impl Optimizer {
     }
 
     /// The updated step counter, and scalars the rule needs once per step (not per parameter).
-    pub fn begin_step(&self, g: &mut Graph, counter: Option<NodeId>) -> GResult<StepScalars> {
+    /// `lr`: a scalar input holding the learning rate, where it changes during training (a
+    /// schedule), so that the program need not be rebuilt; else the rate is a constant.
+    pub fn begin_step(
+        &self,
+        g: &mut Graph,
+        counter: Option<NodeId>,
+        lr: Option<NodeId>,
+    ) -> GResult<StepScalars> {
         match (self.rule, counter) {
             (Rule::Adam { beta1, beta2, .. }, Some(t)) => {
                 let t1 = g.affine(t, 1.0, 1.0)?;
@@ -119,9 +135,9 @@ impl Optimizer {
                 let bc1 = bc(g, beta1)?;
                 let bc2 = bc(g, beta2)?;
                 let sqrt_bc2 = g.sqrt(bc2)?;
-                Ok(StepScalars { counter: Some(t1), adam: Some((bc1, sqrt_bc2)) })
+                Ok(StepScalars { counter: Some(t1), adam: Some((bc1, sqrt_bc2)), lr })
             }
-            _ => Ok(StepScalars { counter: None, adam: None }),
+            _ => Ok(StepScalars { counter: None, adam: None, lr }),
         }
     }
 
@@ -141,9 +157,11 @@ impl Optimizer {
         } else {
             grad
         };
-        let lr = self.lr;
         let descend = |g: &mut Graph, direction: NodeId| -> GResult<NodeId> {
-            let d = g.scale(direction, lr)?;
+            let d = match step.lr {
+                Some(lr) => g.mul(direction, lr)?,
+                None => g.scale(direction, self.lr)?,
+            };
             g.sub(p, d)
         };
         Ok(match self.rule {
@@ -197,4 +215,5 @@ pub struct StepScalars {
     /// The incremented step counter, an output of the step.
     pub counter: Option<NodeId>,
     adam: Option<(NodeId, NodeId)>,
+    lr: Option<NodeId>,
 }

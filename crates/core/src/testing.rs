@@ -383,6 +383,54 @@ pub fn check_gradients<B: Backend>(b: &B, seeds: std::ops::Range<u64>, tol: f64)
     }
 }
 
+/// A max-pooling input with ties: 2×2 windows of four equal values, of two tied maxima, and
+/// of one maximum; the gradient of Σ w·maxpool(x) and the gradient expected, which goes to the
+/// first maximum of each window in row-major order (as PyTorch routes it).
+pub fn max_pool_ties() -> (Graph, Vec<HostTensor>, Vec<f64>) {
+    #[rustfmt::skip]
+    let x: Vec<f32> = vec![
+        0.0, 0.0,   1.0, 3.0,   -2.0, 5.0,
+        0.0, 0.0,   3.0, 3.0,    5.0, 5.0,
+
+        7.0, 1.0,   4.0, 4.0,    0.5, 0.5,
+        2.0, 7.0,   1.0, 0.0,    0.5, 0.25,
+    ];
+    let w: Vec<f32> = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    #[rustfmt::skip]
+    let expected = vec![
+        1.0, 0.0,   0.0, 2.0,    0.0, 3.0,
+        0.0, 0.0,   0.0, 0.0,    0.0, 0.0,
+
+        4.0, 0.0,   5.0, 0.0,    6.0, 0.0,
+        0.0, 0.0,   0.0, 0.0,    0.0, 0.0,
+    ];
+    let mut g = Graph::new();
+    let xi = g.input("x", &[1, 1, 4, 6], DType::F32);
+    let wi = g.input("w", &[1, 1, 2, 3], DType::F32);
+    let build = |g: &mut Graph| -> GResult<()> {
+        let y = g.max_pool2d(xi, 2)?;
+        let weighted = g.mul(y, wi)?;
+        let total = g.sum_all(weighted)?;
+        let grads = g.grads(total, &[xi])?;
+        g.output("grad.x", grads[0]);
+        Ok(())
+    };
+    build(&mut g).expect("well-formed");
+    let inputs = vec![
+        HostTensor::f32(vec![1, 1, 4, 6], x).expect("shape"),
+        HostTensor::f32(vec![1, 1, 2, 3], w).expect("shape"),
+    ];
+    (g, inputs, expected)
+}
+
+/// Max-pooling with tied window values gives each window's gradient to one input, the first
+/// maximum, on this backend.
+pub fn check_max_pool_ties<B: Backend>(b: &B) {
+    let (g, inputs, expected) = max_pool_ties();
+    let got = to_f64(&run_on(b, &g, &inputs)[0]);
+    assert_eq!(got, expected, "{}: max-pool gradient with ties", b.id());
+}
+
 /// Inputs of the unrolled quadratic meta-graph: φ, the problem, zero LSTM state.
 pub fn meta_inputs(opt: &LstmOptimizer, q: &Quadratics, seed: u64) -> Vec<HostTensor> {
     let mut inputs = init_params(&opt.params(), seed);
@@ -538,6 +586,10 @@ macro_rules! backend_conformance_tests {
         #[test]
         fn gradients_match_reference() {
             $crate::testing::check_gradients(&$make, 0..4, 1e-4);
+        }
+        #[test]
+        fn max_pool_ties_route_the_gradient_to_the_first_maximum() {
+            $crate::testing::check_max_pool_ties(&$make);
         }
         #[test]
         fn meta_gradient_of_two_step_unroll_matches_reference() {

@@ -1,7 +1,8 @@
 //! A whole training step as one graph, and the matching evaluation graph.
 //!
 //! Step inputs, in order: parameters, optimizer state (slots by parameter, then the step
-//! counter where the rule has one), the batch (see [`Feed`]), then dropout masks.
+//! counter where the rule has one), the batch (see [`Feed`]), dropout masks, then the learning
+//! rate where it is an input ([`LearningRate::Input`]).
 //! Step outputs: updated parameters, updated state, `loss` and `accuracy` of the batch.
 
 use crate::graph::{GResult, Graph, NodeId};
@@ -17,6 +18,15 @@ pub enum Feed {
     /// The whole data set is an input that stays on the device (`data` [N, c, h, w], `labels`
     /// [N]); the step picks rows by `indices` [b].
     Gather { examples: usize },
+}
+
+/// Whether the learning rate is a constant of the step program or an input of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LearningRate {
+    /// The optimizer's `lr`, built into the program.
+    Constant,
+    /// A scalar input `lr` (the last input): a schedule changes it without a new program.
+    Input,
 }
 
 #[derive(Clone, Debug)]
@@ -60,13 +70,26 @@ fn param_inputs(g: &mut Graph, model: &Model) -> GResult<Vec<NodeId>> {
     Ok(model.params()?.iter().map(|p| g.input(p.name.clone(), &p.shape, DType::F32)).collect())
 }
 
-/// The graph of one training step of `model` with `optimizer` on batches of `batch`.
+/// The graph of one training step of `model` with `optimizer` on batches of `batch`, with a
+/// constant learning rate.
 pub fn training_step(
     model: &Model,
     optimizer: &Optimizer,
     batch: usize,
     feed: Feed,
     dropout: bool,
+) -> GResult<TrainStep> {
+    training_step_with(model, optimizer, batch, feed, dropout, LearningRate::Constant)
+}
+
+/// [`training_step`] with the learning rate as `lr` says.
+pub fn training_step_with(
+    model: &Model,
+    optimizer: &Optimizer,
+    batch: usize,
+    feed: Feed,
+    dropout: bool,
+    lr: LearningRate,
 ) -> GResult<TrainStep> {
     let mut g = Graph::new();
     let specs = model.params()?;
@@ -97,7 +120,8 @@ pub fn training_step(
     let correct = g.correct_predictions(logits, y)?;
     let accuracy = g.mean_all(correct)?;
     let grads = g.grads(loss, &params)?;
-    let scalars = optimizer.begin_step(&mut g, counter)?;
+    let lr = (lr == LearningRate::Input).then(|| g.input("lr", &[], DType::F32));
+    let scalars = optimizer.begin_step(&mut g, counter, lr)?;
     let mut new_params = Vec::new();
     let mut new_slots = Vec::new();
     for ((&p, &grad), s) in params.iter().zip(&grads).zip(&slots) {

@@ -245,14 +245,48 @@ fn synthetic_data_is_seeded_and_class_structured() {
     assert!(correct as f64 / a.test.len() as f64 > 0.6, "{correct}/50");
 }
 
+/// `img` (one channel, h×w) moved by (dy, dx), uncovered pixels `fill`.
+fn shifted(img: &[f32], h: usize, w: usize, dy: isize, dx: isize, fill: f32) -> Vec<f32> {
+    let mut out = vec![fill; h * w];
+    for y in 0..h as isize {
+        for x in 0..w as isize {
+            let (sy, sx) = (y + dy, x + dx);
+            if (0..h as isize).contains(&sy) && (0..w as isize).contains(&sx) {
+                out[(y * w as isize + x) as usize] = img[(sy * w as isize + sx) as usize];
+            }
+        }
+    }
+    out
+}
+
 #[test]
-fn translation_moves_pixels_and_fills_zeros() {
-    let mut img: Vec<f32> = (1..=16).map(|v| v as f32).collect();
-    let orig = img.clone();
+fn translation_moves_each_image_by_its_own_offset_and_fills_with_the_background() {
+    let orig: Vec<f32> = (1..=16).map(|v| v as f32).collect();
+    let copies = 40;
+    let mut batch: Vec<f32> = orig.iter().copied().cycle().take(16 * copies).collect();
+    let fill = -0.42;
     let mut rng = Rng::new(1);
-    translate_batch(&mut img, [1, 4, 4], 1, &mut rng);
-    let kept = img.iter().filter(|&&v| v != 0.0).count();
-    assert!(kept >= 9 && img.iter().all(|v| *v == 0.0 || orig.contains(v)));
+    translate_batch(&mut batch, [1, 4, 4], 1, &[fill], &mut rng);
+    let mut offsets = std::collections::HashSet::new();
+    for img in batch.chunks(16) {
+        let offset = (-1..=1)
+            .flat_map(|dy| (-1..=1).map(move |dx| (dy, dx)))
+            .find(|&(dy, dx)| shifted(&orig, 4, 4, dy, dx, fill) == img)
+            .unwrap_or_else(|| panic!("not a translation of the image by at most 1: {img:?}"));
+        offsets.insert(offset);
+    }
+    // Nine offsets are possible; an identity (or one offset for the batch) gives one.
+    assert!(offsets.len() >= 7, "offsets drawn: {offsets:?}");
+}
+
+#[test]
+fn standardizing_sets_the_background_that_padding_fills_with() {
+    let mut s = synthetic(200, 50, [1, 8, 8], 10, 1);
+    assert_eq!(s.train.background, vec![0.0]);
+    let (mean, sd) = s.standardize()[0];
+    let expected = (-mean / sd) as f32;
+    assert!((s.train.background[0] - expected).abs() < 1e-6);
+    assert_eq!(s.test.background, s.train.background, "the test set is scaled alike");
 }
 
 #[test]

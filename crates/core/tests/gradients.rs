@@ -202,3 +202,10 @@ fn same_seed_gives_same_initial_weights() {
     assert!(w.iter().all(|v| v.abs() <= bound));
     assert!(w.iter().any(|v| v.abs() > 0.9 * bound));
 }
+
+#[test]
+fn max_pool_ties_send_the_gradient_to_the_first_maximum_only() {
+    let (g, inputs, expected) = randbench_core::testing::max_pool_ties();
+    let got = randbench_core::reference::evaluate(&expand_grads(&g).unwrap(), &inputs).unwrap();
+    assert_eq!(got[0].data, expected);
+}

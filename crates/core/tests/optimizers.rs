@@ -24,7 +24,7 @@ fn graph_step(
     let prod = g.mul(pi, ci).unwrap();
     let loss = g.sum_all(prod).unwrap();
     let grad = g.grad(loss, pi).unwrap();
-    let scalars = opt.begin_step(&mut g, counter).unwrap();
+    let scalars = opt.begin_step(&mut g, counter, None).unwrap();
     let (np, ns) = opt.update(&mut g, pi, grad, &slots, &scalars).unwrap();
     g.output("p", np);
     for (k, s) in ns.iter().enumerate() {

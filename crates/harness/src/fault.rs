@@ -1,17 +1,18 @@
-//! Faults on purpose, for the robustness tests only: `RANDBENCH_TEST_FAULT=KIND[:CONDITION]`
-//! makes a cell (of that condition only, where one is given) die the way native libraries
-//! die — `segfault`, `abort`, `oom` (a failed allocation) — or `hang`.
+//! Faults on purpose, for the robustness tests only (compiled in with the `test-faults`
+//! feature, which only the tests enable): `RANDBENCH_TEST_FAULT=KIND[:VARIANT]` makes a cell
+//! (of that variant only, as the tables name it, where one is given) die the way native
+//! libraries die — `segfault`, `abort`, `oom` (a failed allocation) — or `hang`.
 
-use crate::randomization::CellPlan;
+use crate::cell::Cell;
 use std::time::Duration;
 
-pub fn inject(plan: &CellPlan) {
+pub fn inject(cell: &Cell) {
     let Ok(spec) = std::env::var("RANDBENCH_TEST_FAULT") else { return };
-    let (kind, condition) = match spec.split_once(':') {
-        Some((k, c)) => (k, Some(c)),
+    let (kind, variant) = match spec.split_once(':') {
+        Some((k, v)) => (k, Some(v)),
         None => (spec.as_str(), None),
     };
-    if condition.is_some_and(|c| c != plan.condition.to_string()) {
+    if variant.is_some_and(|v| v != cell.variant.to_string()) {
         return;
     }
     match kind {

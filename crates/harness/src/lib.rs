@@ -1,10 +1,13 @@
 //! randbench: runs the workloads of suites on every backend, writes results and reports.
 
 pub mod backends;
+pub mod cell;
+pub mod datasets;
 pub mod env;
+pub mod executor;
+pub mod families;
+#[cfg(feature = "test-faults")]
 pub mod fault;
-pub mod isolate;
-pub mod randomization;
 pub mod report;
 pub mod results;
 pub mod runner;

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use randbench::backends::{self, Availability};
-use randbench::isolate::{child_main, CellRef};
+use randbench::executor::child_main;
 use randbench::runner::{self, Isolation, RunError, RunOptions, STOP};
 use randbench::suite;
 use randbench_core::backend::{BackendId, Device, Engine, GradMode};
@@ -62,23 +62,10 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         isolate: Isolate,
     },
-    /// Run one cell of a suite and print its result (what `run` starts in child processes).
+    /// Run one cell, sent as JSON on stdin, and write its progress and result as JSON lines
+    /// (what `run` starts in child processes).
     #[command(hide = true)]
-    Cell {
-        suite: PathBuf,
-        #[arg(long)]
-        workload: String,
-        #[arg(long)]
-        condition: usize,
-        #[arg(long)]
-        regularizer: usize,
-        #[arg(long)]
-        seed: u64,
-        #[arg(long)]
-        backend: String,
-        #[arg(long, value_enum)]
-        grad: Grad,
-    },
+    Cell,
     /// Workloads, suites, and backends: compiled in, usable here, or what to do to get them.
     List,
     /// Re-render the tables and report.md of a finished run from its directory.
@@ -87,7 +74,7 @@ enum Command {
 
 fn list() -> String {
     let mut out = String::from("Workloads:\n");
-    for (name, about) in suite::WORKLOADS {
+    for (name, about) in randbench::families::FAMILIES {
         out += &format!("  {name:<16} {about}\n");
     }
     out += "\nSuites (bench-suites/):\n";
@@ -128,27 +115,14 @@ fn handle_interrupts() {
 
 fn main() -> ExitCode {
     randbench::sys::tune_allocator();
+    // A file-size limit then fails a write with an error we report, instead of killing us.
+    // SAFETY: sets the disposition of one signal before any threads start.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     handle_interrupts();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Cell { suite, workload, condition, regularizer, seed, backend, grad } => {
-            let backend = match backend.parse() {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let cell = CellRef {
-                suite,
-                workload,
-                condition,
-                regularizer,
-                seed,
-                backend,
-                grad: grad_mode(grad),
-            };
-            return match child_main(&cell) {
+        Command::Cell => {
+            return match child_main() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

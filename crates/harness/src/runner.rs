@@ -2,15 +2,16 @@
 //! soon as it exists, then the tables.
 
 use crate::backends::{self, Availability, BackendVisitor};
+use crate::cell::{CellResult, Observer, Progress, Status};
 use crate::env::{self, Environment, ENV_FILE};
-use crate::isolate::{run_in_child, CellRef};
-use crate::randomization::{run_cell_on, CellPlan, Observer};
+use crate::executor::{CellJob, ChildProcess, Executor, InProcess};
+use crate::families::Data;
 use crate::report::{self, Markdown, Reporter, Terminal};
-use crate::results::{self, CellResult};
-use crate::suite::{self, DataSource, DataSpec, Randomization, Suite, Workload};
+use crate::results;
+use crate::suite::{self, Suite};
 use indicatif::{ProgressBar, ProgressStyle};
 use randbench_core::backend::{Backend, BackendId, GradMode};
-use randbench_core::data::{self, Split};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -95,44 +96,12 @@ pub fn parse_backends(names: &[String]) -> Result<Vec<BackendId>, RunError> {
         .collect()
 }
 
-/// Loads a workload's data as its suite describes it (before any corruption).
-pub fn load_data(spec: &DataSpec) -> Result<Split, String> {
-    let mut split = match spec.source {
-        DataSource::Synthetic => {
-            let train = spec.train.expect("validated: synthetic data has a size");
-            // The data are a fixed set (seed 0): seeds vary initialisation, order and corruption.
-            data::synthetic(train, spec.test.unwrap_or(1000), spec.image, spec.classes, 0)
-        }
-        DataSource::FashionMnist => {
-            let dir = spec.path.clone().unwrap_or_else(|| PathBuf::from(data::FASHION_MNIST_DIR));
-            data::load_mnist_dir(&dir, 10).map_err(|e| e.to_string())?
-        }
-        DataSource::Idx => {
-            data::load_mnist_dir(spec.path.as_deref().expect("validated"), spec.classes)
-                .map_err(|e| e.to_string())?
-        }
-        DataSource::Cifar10 => data::load_cifar10_dir(spec.path.as_deref().expect("validated"))
-            .map_err(|e| e.to_string())?,
-    };
-    // Statistics of the whole training set, before taking a subset (as torchvision users do).
-    if spec.normalize {
-        split.standardize();
-    }
-    if let Some(n) = spec.train {
-        split.train = split.train.take(n).map_err(|e| format!("data.train: {e}"))?;
-    }
-    if let Some(n) = spec.test {
-        split.test = split.test.take(n).map_err(|e| format!("data.test: {e}"))?;
-    }
-    Ok(split)
-}
-
-/// Checks everything a run needs before it starts: the backends exist and work here, the data
-/// load and fit the batch size. Returns the backends to run on and each workload's data.
+/// Checks everything a run needs before it starts: the backends exist and work here, every
+/// workload's inputs load and fit it. Returns the backends to run on and each workload's data.
 pub fn preflight(
     suite: &Suite,
     requested: Option<Vec<BackendId>>,
-) -> Result<(Vec<BackendId>, Vec<Split>), RunError> {
+) -> Result<(Vec<BackendId>, Vec<Data>), RunError> {
     let ids = match requested.or_else(|| suite.backends.clone()) {
         Some(ids) => ids,
         None => backends::usable_here(),
@@ -155,23 +124,16 @@ pub fn preflight(
             }
         }
     }
-    let mut splits = Vec::new();
-    for w in &suite.workloads {
-        let Workload::Randomization(r) = w;
-        let at = format!("{}:{}:{}", suite.path.display(), r.location.0, r.location.1);
-        let split = load_data(&r.data)
-            .map_err(|e| RunError::Input(format!("{at}: workload {}: {e}", r.name)))?;
-        if r.batch > split.train.len() {
-            return Err(RunError::Input(format!(
-                "{at}: workload {}: batch {} is larger than the {} training examples",
-                r.name,
-                r.batch,
-                split.train.len()
-            )));
-        }
-        splits.push(split);
-    }
-    Ok((ids, splits))
+    let data = suite
+        .workloads
+        .iter()
+        .map(|w| {
+            w.prepare().map_err(|e| {
+                RunError::Input(format!("{}: workload {}: {e}", w.at(&suite.path), w.name()))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((ids, data))
 }
 
 fn default_out(suite: &str) -> PathBuf {
@@ -180,22 +142,37 @@ fn default_out(suite: &str) -> PathBuf {
     PathBuf::from("reports").join(format!("{suite}-{stamp}"))
 }
 
-/// Writes a file whole or not at all: to a temporary file, then renamed over the target.
+/// Writes a file whole or not at all: to a temporary file, synced to the disk, renamed over
+/// the target, and the directory synced so the rename itself survives a power cut.
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
 }
 
 struct ProgressObserver<'a> {
     bar: &'a ProgressBar,
     label: String,
-    max_epochs: usize,
 }
 
 impl Observer for ProgressObserver<'_> {
-    fn epoch(&mut self, epoch: usize, train_accuracy: f64) {
-        self.bar.set_message(epoch_message(&self.label, epoch, self.max_epochs, train_accuracy));
+    fn progress(&mut self, p: Progress) {
+        self.bar.set_message(match p {
+            Progress::Compiling => format!("{} compiling", self.label),
+            Progress::Epoch { epoch, of, score } => {
+                format!("{} epoch {epoch}/{of}, {:.1}%", self.label, 100.0 * score)
+            }
+        });
     }
     fn should_stop(&self) -> bool {
         STOP.load(Ordering::SeqCst)
@@ -208,17 +185,17 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     let path = suite::resolve(&opts.suite).map_err(|e| RunError::Input(e.to_string()))?;
     let suite = suite::load(&path).map_err(|e| RunError::Input(e.to_string()))?;
     let requested = opts.backends.as_deref().map(parse_backends).transpose()?;
-    let (ids, splits) = preflight(&suite, requested)?;
+    let (ids, data) = preflight(&suite, requested)?;
     let grad = opts.grad.unwrap_or(suite.grad);
     let out = opts.out.clone().unwrap_or_else(|| default_out(&suite.name));
     std::fs::create_dir_all(&out).map_err(|e| {
         RunError::Input(format!("--out {}: cannot create the directory: {e}", out.display()))
     })?;
     let _lock = lock_dir(&out)?;
-    let isolate = match opts.isolate {
-        Isolation::Auto => ids.len() > 1,
-        Isolation::Process => true,
-        Isolation::None => false,
+    let mut executor: Box<dyn Executor> = match opts.isolate {
+        Isolation::Auto if ids.len() > 1 => Box::new(ChildProcess),
+        Isolation::Process => Box::new(ChildProcess),
+        Isolation::Auto | Isolation::None => Box::new(InProcess),
     };
     let infos = ids
         .iter()
@@ -229,131 +206,57 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     write_atomic(&out.join(ENV_FILE), &env_json)
         .map_err(|e| RunError::Input(format!("--out {}: not writable: {e}", out.display())))?;
 
-    let total: usize = suite
-        .workloads
-        .iter()
-        .map(|w| {
-            let Workload::Randomization(r) = w;
-            r.conditions.len() * r.regularizers.len()
-        })
-        .sum::<usize>()
-        * suite.seeds.len()
-        * ids.len();
-    let bar = ProgressBar::new(total as u64);
+    let cells = suite.cells(&ids);
+    let bar = ProgressBar::new(cells.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("[{pos}/{len}] {elapsed_precise} {msg}")
             .expect("valid template"),
     );
     let mut done = Vec::new();
     let mut interrupted = false;
-    'all: for (w, split) in suite.workloads.iter().zip(&splits) {
-        let Workload::Randomization(r) = w;
-        for &seed in &suite.seeds {
-            for (ci, &condition) in r.conditions.iter().enumerate() {
-                // A child corrupts the data itself; here a copy is needed only to train in
-                // this process (a failed child's result line reads just the sizes).
-                let corrupted = (!isolate).then(|| {
-                    let mut c = split.clone();
-                    condition.apply(&mut c, seed);
-                    c
-                });
-                let data = corrupted.as_ref().unwrap_or(split);
-                for (ri, &regularizer) in r.regularizers.iter().enumerate() {
-                    for &id in &ids {
-                        if STOP.load(Ordering::SeqCst) {
-                            interrupted = true;
-                            break 'all;
-                        }
-                        let plan = CellPlan {
-                            suite: &suite.name,
-                            workload: r,
-                            condition,
-                            regularizer,
-                            seed,
-                            split: data,
-                        };
-                        let result = if isolate {
-                            let cell = CellRef {
-                                suite: suite.path.clone(),
-                                workload: r.name.clone(),
-                                condition: ci,
-                                regularizer: ri,
-                                seed,
-                                backend: id,
-                                grad,
-                            };
-                            let label = cell_label(r, condition, regularizer, seed, id);
-                            bar.set_message(format!("{label} starting"));
-                            let timeout =
-                                r.timeout.map(|t| std::time::Duration::from_secs_f64(t.0));
-                            run_in_child(&cell, &plan, timeout, &mut |e, a| {
-                                bar.set_message(epoch_message(&label, e, r.max_epochs, a))
-                            })
-                        } else {
-                            run_one(plan, id, grad, &bar)
-                        };
-                        results::append(&out, &result).map_err(|e| {
-                            RunError::Failed(format!(
-                                "{}: cannot append the result: {e}",
-                                out.join(results::RESULTS_FILE).display()
-                            ))
-                        })?;
-                        bar.println(cell_line(&result));
-                        bar.inc(1);
-                        interrupted |= result.status == results::Status::Interrupted;
-                        done.push(result);
-                    }
-                }
-            }
+    for cell in &cells {
+        if STOP.load(Ordering::SeqCst) {
+            interrupted = true;
+            break;
         }
+        let index = suite.workloads.iter().position(|w| w.name() == cell.workload);
+        let index = index.expect("cells come from the suite's workloads");
+        let job = CellJob {
+            suite: &suite,
+            workload: &suite.workloads[index],
+            data: &data[index],
+            cell,
+            grad,
+        };
+        let label = cell.to_string();
+        bar.set_message(format!("{label} starting"));
+        let result = executor.execute(&job, &mut ProgressObserver { bar: &bar, label });
+        results::append(&out, &result).map_err(|e| {
+            RunError::Failed(format!(
+                "{}: cannot append the result: {e}",
+                out.join(results::RESULTS_FILE).display()
+            ))
+        })?;
+        bar.println(cell_line(&result));
+        bar.inc(1);
+        interrupted |= result.status == Status::Interrupted;
+        done.push(result);
     }
     // A Ctrl-C during the last cell may leave that cell finished normally; the run still stops
     // as interrupted.
     interrupted |= STOP.load(Ordering::SeqCst);
     bar.finish_and_clear();
-    let text =
-        render(&out, Some(&environment), &done, &[], &suite.name).map_err(RunError::Failed)?;
+    let text = render(&out, Some(&environment), &done, &[], &suite.name)?;
     print!("{text}");
     Ok(RunSummary { out, results: done, interrupted })
 }
 
-fn cell_label(
-    r: &Randomization,
-    condition: randbench_core::corrupt::Condition,
-    regularizer: suite::Regularizer,
-    seed: u64,
-    id: BackendId,
-) -> String {
-    format!(
-        "{id} {} {}{} seed {seed}",
-        r.name,
-        condition,
-        if regularizer.is_none() { String::new() } else { format!(" [{}]", regularizer.label()) }
-    )
-}
-
-fn epoch_message(label: &str, epoch: usize, max_epochs: usize, train_accuracy: f64) -> String {
-    format!("{label} epoch {epoch}/{max_epochs}, train acc {:.1}%", 100.0 * train_accuracy)
-}
-
-/// Runs a cell in this process.
-fn run_one(plan: CellPlan, id: BackendId, grad: GradMode, bar: &ProgressBar) -> CellResult {
-    let label = cell_label(plan.workload, plan.condition, plan.regularizer, plan.seed, id);
-    bar.set_message(format!("{label} compiling"));
-    let max_epochs = plan.workload.max_epochs;
-    run_cell_on(id, grad, &plan, &mut ProgressObserver { bar, label, max_epochs })
-}
-
 fn cell_line(r: &CellResult) -> String {
-    let fit = match (r.epochs_to_fit, r.seconds_to_fit) {
-        (Some(e), Some(s)) => format!("fit in {e} epochs, {s}"),
-        _ => format!("{} after {} epochs", r.status.label(), r.epochs),
+    let what = match &r.error {
+        Some(e) => format!("{}: {e}", r.status.label()),
+        None => report::headline(r),
     };
-    let test = r.test_accuracy.map(|a| format!(", test acc {:.1}%", 100.0 * a)).unwrap_or_default();
-    format!(
-        "{} {} {} [{}] seed {}: {fit}{test}",
-        r.backend, r.workload, r.condition, r.regularizer, r.seed
-    )
+    format!("{}: {what}", r.cell)
 }
 
 struct InfoOf;
@@ -371,17 +274,17 @@ pub fn render(
     results: &[CellResult],
     warnings: &[String],
     suite: &str,
-) -> Result<String, String> {
+) -> Result<String, RunError> {
     let tables = report::tables(results);
     let md = Markdown.render(suite, env, &tables, warnings);
     write_atomic(&out.join(REPORT_FILE), &md)
-        .map_err(|e| format!("{}: {e}", out.join(REPORT_FILE).display()))?;
+        .map_err(|e| RunError::Failed(format!("{}: {e}", out.join(REPORT_FILE).display())))?;
     Ok(Terminal.render(suite, env, &tables, warnings))
 }
 
 /// Re-renders a finished (or interrupted) run's report from its files.
 pub fn report(dir: &Path) -> Result<String, RunError> {
-    let (results, warnings) = results::read(dir).map_err(RunError::Input)?;
+    let (results, warnings) = results::read(dir).map_err(|e| RunError::Input(e.to_string()))?;
     if results.is_empty() {
         return Err(RunError::Input(format!(
             "{}: no results yet",
@@ -392,5 +295,5 @@ pub fn report(dir: &Path) -> Result<String, RunError> {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
     let suite = results[0].suite.clone();
-    render(dir, env.as_ref(), &results, &warnings, &suite).map_err(RunError::Failed)
+    render(dir, env.as_ref(), &results, &warnings, &suite)
 }

@@ -21,7 +21,14 @@ fn status_kib(field: &str) -> Option<u64> {
 }
 
 /// Starts a new peak-memory measurement (Linux: resets the resident-set high-water mark).
+/// Freed heap is returned to the OS first: [`tune_allocator`] keeps glibc from doing so by
+/// itself, and an in-process cell would otherwise start from the earlier cells' freed memory.
 pub fn reset_peak_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory at the top of the heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

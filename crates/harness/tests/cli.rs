@@ -36,6 +36,11 @@ fn write_suite(dir: &Path, name: &str, text: &str) -> String {
     p.display().to_string()
 }
 
+/// A randomization result's own metrics.
+fn metrics(r: &serde_json::Value) -> &serde_json::Value {
+    &r["metrics"]["randomization"]
+}
+
 fn lines(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("results.jsonl"))
         .unwrap()
@@ -54,40 +59,49 @@ fn a_small_suite_writes_results_tables_and_report() {
     let results = lines(&out);
     assert_eq!(results.len(), 2);
     for (r, cond) in results.iter().zip(["true_labels", "random_labels"]) {
-        assert_eq!(r["condition"], cond);
-        assert_eq!(r["backend"], "candle-cpu");
-        assert_eq!(r["workload"], "tiny");
-        assert_eq!(r["model"], "mlp-256-32-10");
-        assert_eq!(r["seed"], 3);
+        let (cell, m) = (&r["cell"], metrics(r));
+        assert_eq!(cell["variant"]["randomization"]["condition"], cond);
+        assert_eq!(cell["backend"], "candle-cpu");
+        assert_eq!(cell["workload"], "tiny");
+        assert_eq!(cell["seed"], 3);
+        assert_eq!(m["model"], "mlp-256-32-10");
         assert_eq!(r["status"], "ok", "{r}");
-        assert_eq!(r["train_accuracy"], 1.0);
+        assert_eq!(r["grad"], "native");
+        assert_eq!(m["train_accuracy"], 1.0);
         for field in [
             "epochs_to_fit",
             "steps_to_fit",
             "seconds_to_fit",
             "test_accuracy",
-            "peak_memory",
             "steps_per_second",
             "examples_per_second",
         ] {
-            assert!(!r[field].is_null(), "{field} missing in {r}");
+            assert!(!m[field].is_null(), "{field} missing in {r}");
         }
+        for field in ["compile_seconds", "first_step_seconds"] {
+            assert!(r[field].as_f64().unwrap() > 0.0, "{field} missing in {r}");
+        }
+        assert!(r["memory"]["host_peak"].as_u64().unwrap() > 0, "{r}");
         assert!(
-            r["steps_per_second"]["q1"].as_f64().unwrap()
-                <= r["steps_per_second"]["median"].as_f64().unwrap()
+            m["steps_per_second"]["q1"].as_f64().unwrap()
+                <= m["steps_per_second"]["median"].as_f64().unwrap()
         );
+        // Warm-up runs before the clock: every step of the cell is timed.
+        assert_eq!(m["steps_per_second"]["n"], m["steps"], "{r}");
     }
     // Random labels take longer to fit than true labels, and generalize at chance.
-    assert!(results[1]["epochs_to_fit"].as_u64() > results[0]["epochs_to_fit"].as_u64());
-    assert!(results[0]["test_accuracy"].as_f64().unwrap() > 0.5);
-    assert!(results[1]["test_accuracy"].as_f64().unwrap() < 0.3);
+    let (t, rl) = (metrics(&results[0]), metrics(&results[1]));
+    assert!(rl["epochs_to_fit"].as_u64() > t["epochs_to_fit"].as_u64());
+    assert!(t["test_accuracy"].as_f64().unwrap() > 0.5);
+    assert!(rl["test_accuracy"].as_f64().unwrap() < 0.3);
     assert!(out.join("environment.json").is_file() && out.join("report.md").is_file());
 
     // The same seed trains the same way: epochs are part of the snapshot.
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
     insta::with_settings!({filters => vec![
         (r"\d+(\.\d+)? (µs|ms|s)\b", "[time]"),
-        (r"┆ +\d+ │", "┆ [rate] │"),
+        (r"┆ +\d+ ┆", "┆ [rate] ┆"),
+        (r"\d+(\.\d+)? (B|KiB|MiB|GiB)\b", "[bytes]"),
         (r"\d+\.\d+×", "[ratio]"),
     ]}, {
         insta::assert_snapshot!("tiny_suite_table", stdout);
@@ -266,13 +280,16 @@ workloads:
     assert_eq!(results.len(), 2 * backends.len());
     for r in &results {
         assert!(r["status"] == "no_fit" || r["status"] == "ok", "{r}");
-        assert_eq!(r["model"], "cnn-4-8-16");
-        assert_eq!(r["steps"], 8, "{r}");
-        assert!(r["test_accuracy"].as_f64().is_some());
+        assert_eq!(metrics(r)["model"], "cnn-4-8-16");
+        assert_eq!(metrics(r)["steps"], 8, "{r}");
+        assert!(metrics(r)["test_accuracy"].as_f64().is_some());
     }
-    for reg in ["none", "wd 0.001 + dropout 0.3 + augment 1px"] {
-        let cells: Vec<&serde_json::Value> =
-            results.iter().filter(|r| r["regularizer"] == reg).collect();
+    for dropout in [0.0, 0.3] {
+        let reg = format!("dropout {dropout}");
+        let cells: Vec<&serde_json::Value> = results
+            .iter()
+            .filter(|r| r["cell"]["variant"]["randomization"]["regularizer"]["dropout"] == dropout)
+            .collect();
         let first: Vec<f64> = cells[0]["step_losses"]
             .as_array()
             .unwrap()
@@ -290,8 +307,8 @@ workloads:
                 assert!(
                     (a - b).abs() <= 1e-4 + 1e-3 * a.abs(),
                     "{reg}: {} vs {}: {first:?} vs {losses:?}",
-                    cells[0]["backend"],
-                    other["backend"]
+                    cells[0]["cell"]["backend"],
+                    other["cell"]["backend"]
                 );
             }
         }

@@ -3,11 +3,11 @@
 #![cfg(all(feature = "candle", any(feature = "tch", feature = "ort")))]
 
 use randbench::backends::usable_here;
-use randbench::randomization::{run_cell_on, CellPlan, Observer};
+use randbench::cell::{Observer, Progress};
+use randbench::executor::{CellJob, Executor, InProcess};
+use randbench::families::Metrics;
 use randbench::report::{PARITY_ABS, PARITY_REL};
-use randbench::runner::load_data;
-use randbench::suite::{parse, Regularizer, Workload};
-use randbench_core::corrupt::Condition;
+use randbench::suite::parse;
 use randbench_core::{BackendId, GradMode};
 
 /// 2,560 synthetic 28×28 images, batch 128: 20 steps an epoch, 10 epochs, 200 steps; a small
@@ -26,7 +26,7 @@ workloads:
 
 struct Quiet;
 impl Observer for Quiet {
-    fn epoch(&mut self, _: usize, _: f64) {}
+    fn progress(&mut self, _: Progress) {}
     fn should_stop(&self) -> bool {
         false
     }
@@ -34,22 +34,21 @@ impl Observer for Quiet {
 
 #[test]
 fn two_hundred_momentum_steps_agree_on_every_engine() {
-    let suite = parse(SUITE, std::path::Path::new("parity.yaml")).unwrap();
-    let Workload::Randomization(w) = &suite.workloads[0];
-    let split = load_data(&w.data).unwrap();
+    let mut suite = parse(SUITE, std::path::Path::new("parity.yaml")).unwrap();
+    suite.seeds = vec![7];
+    let workload = &suite.workloads[0];
+    let data = workload.prepare().unwrap();
     let run = |backend: &str| {
-        let plan = CellPlan {
-            suite: "parity",
-            workload: w,
-            condition: Condition::TrueLabels,
-            regularizer: Regularizer::default(),
-            seed: 7,
-            split: &split,
-        };
-        run_cell_on(backend.parse::<BackendId>().unwrap(), GradMode::Native, &plan, &mut Quiet)
+        let id: BackendId = backend.parse().unwrap();
+        let cell = suite.cells(&[id]).remove(0);
+        let job =
+            CellJob { suite: &suite, workload, data: &data, cell: &cell, grad: GradMode::Native };
+        let r = InProcess.execute(&job, &mut Quiet);
+        let Metrics::Randomization(m) = &r.metrics;
+        assert_eq!(m.steps, 200, "{backend}: {:?} {:?}", r.status, r.error);
+        r
     };
     let candle = run("candle-cpu");
-    assert_eq!(candle.steps, 200, "{:?}", candle.status);
     assert!(
         candle.step_losses[199] < 0.8 * candle.step_losses[0],
         "the losses should fall: {:?}",
@@ -63,7 +62,6 @@ fn two_hundred_momentum_steps_agree_on_every_engine() {
     assert!(!others.is_empty());
     for other in others {
         let r = run(&other);
-        assert_eq!(r.steps, 200, "{other}: {:?}", r.status);
         for (step, (a, b)) in candle.step_losses.iter().zip(&r.step_losses).enumerate() {
             let (a, b) = (*a as f64, *b as f64);
             assert!(
