@@ -162,17 +162,19 @@ fn compare_suite() {
     );
     let (mut sums_p, mut sums_r) = ((0.0, 0.0), (0.0, 0.0));
     for r in &results {
-        let p = &peer[&r.condition];
+        let randbench::families::Metrics::Randomization(m) = &r.metrics;
+        let condition = r.cell.variant.to_string();
+        let p = &peer[&condition];
         let (ps, pn) = (p["train_seconds"].as_f64().unwrap(), p["steps"].as_f64().unwrap());
-        let (rs, rn) = (r.train_seconds.0, r.steps as f64);
+        let (rs, rn) = (m.train_seconds.0, m.steps as f64);
         sums_p = (sums_p.0 + ps, sums_p.1 + pn);
         sums_r = (sums_r.0 + rs, sums_r.1 + rn);
         let pe =
             p["epochs_to_fit"].as_u64().map(|e| e.to_string()).unwrap_or_else(|| "no fit".into());
-        let re = r.epochs_to_fit.map(|e| e.to_string()).unwrap_or_else(|| "no fit".into());
+        let re = m.epochs_to_fit.map(|e| e.to_string()).unwrap_or_else(|| "no fit".into());
         println!(
             "  {:<16} {:>6} ep {:>7.2} s {:>5.0}/s {:>6} ep {:>7.2} s {:>5.0}/s {:>13.2}×",
-            r.condition,
+            condition,
             pe,
             ps,
             pn / ps,

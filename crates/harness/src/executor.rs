@@ -322,8 +322,8 @@ pub enum ChildError {
     Suite(#[from] suite::SuiteError),
     #[error("no workload {workload} in {suite}")]
     NoWorkload { workload: String, suite: String },
-    #[error("{0}")]
-    Data(String),
+    #[error(transparent)]
+    Data(#[from] families::PrepareError),
     #[error("cannot write the result: {0}")]
     Write(#[from] std::io::Error),
 }
@@ -339,7 +339,7 @@ pub fn child_main() -> Result<(), ChildError> {
         workload: req.cell.workload.clone(),
         suite: req.suite.display().to_string(),
     })?;
-    let data = workload.prepare().map_err(ChildError::Data)?;
+    let data = workload.prepare()?;
     let job = CellJob { suite: &suite, workload, data: &data, cell: &req.cell, grad: req.grad };
     let result = InProcess.execute(&job, &mut MessageObserver);
     send(&Message::Result(Box::new(result)))?;

@@ -314,3 +314,58 @@ workloads:
         }
     }
 }
+
+/// What the pre-flight finds in the data and the model, before anything runs: a CNN too deep
+/// for the images, and an empty test set.
+#[test]
+fn a_model_that_does_not_fit_the_images_or_an_empty_test_set_is_named_before_the_run() {
+    let workload = |data: &str, model: &str| {
+        format!(
+            r#"
+backends: [candle-cpu]
+workloads:
+  - randomization:
+      name: w
+      data: {data}
+      model:
+        {model}
+      optimizer: {{kind: sgd, lr: 0.1}}
+      batch: 8
+      conditions: [true_labels]
+      max_epochs: 1
+"#
+        )
+    };
+    assert_bad_suite(
+        "deep-cnn",
+        &workload(
+            "{source: synthetic, train: 16, test: 8, image: [1, 4, 4]}",
+            "cnn: {channels: [2, 2, 2], kernel: 3, hidden: 4}",
+        ),
+        &[
+            "deep-cnn.yaml:4:5: workload w: the model does not fit [1, 4, 4] images",
+            "divisible by 8",
+        ],
+    );
+    let dir = scratch("empty-test-data");
+    let data = dir.join("mnist");
+    std::fs::create_dir_all(&data).unwrap();
+    let idx = |dims: &[u32], bytes: &[u8]| {
+        let mut b = vec![0, 0, 8, dims.len() as u8];
+        for d in dims {
+            b.extend(d.to_be_bytes());
+        }
+        b.extend(bytes);
+        b
+    };
+    std::fs::write(data.join("train-images-idx3-ubyte"), idx(&[8, 2, 2], &[0; 32])).unwrap();
+    std::fs::write(data.join("train-labels-idx1-ubyte"), idx(&[8], &[0, 1, 2, 3, 0, 1, 2, 3]))
+        .unwrap();
+    std::fs::write(data.join("t10k-images-idx3-ubyte"), idx(&[0, 2, 2], &[])).unwrap();
+    std::fs::write(data.join("t10k-labels-idx1-ubyte"), idx(&[0], &[])).unwrap();
+    assert_bad_suite(
+        "empty-test",
+        &workload(&format!("{{source: idx, path: {}}}", data.display()), "mlp: {hidden: [4]}"),
+        &["workload w: the test set is empty"],
+    );
+}

@@ -24,6 +24,16 @@ pub trait WorkloadSpec {
     fn location(&self) -> (u64, u64);
 }
 
+/// Why a workload's inputs do not do: the pre-flight's error, before anything runs.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Data(#[from] randbench_core::data::DataError),
+    /// The data load but do not fit the workload (batch, model, test set).
+    #[error("{0}")]
+    Mismatch(String),
+}
+
 /// Measurements every family's cell fills in as it goes, next to its own metrics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
@@ -93,7 +103,7 @@ pub trait WorkloadFamily {
         at: Location,
     ) -> Result<Self::Workload, SuiteError>;
     /// Loads and checks the workload's inputs: the pre-flight, and each child process again.
-    fn prepare(w: &Self::Workload) -> Result<Self::Data, String>;
+    fn prepare(w: &Self::Workload) -> Result<Self::Data, PrepareError>;
     fn variants(w: &Self::Workload) -> Vec<Self::Variant>;
     /// Runs one cell; `record` takes the measurements common to every family.
     fn run<B: Backend>(
@@ -164,7 +174,7 @@ macro_rules! families {
                 }
             }
 
-            pub fn prepare(&self) -> Result<Data, String> {
+            pub fn prepare(&self) -> Result<Data, PrepareError> {
                 match self {
                     $(Workload::$variant(w) => <$module::Family as WorkloadFamily>::prepare(w).map(Data::$variant),)*
                 }

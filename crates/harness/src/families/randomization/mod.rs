@@ -6,7 +6,7 @@
 mod tables;
 mod train;
 
-use super::{Entry, Job, Record, WorkloadFamily, WorkloadSpec};
+use super::{Entry, Job, PrepareError, Record, WorkloadFamily, WorkloadSpec};
 use crate::cell::{CellResult, Observer};
 use crate::datasets::{load_data, DataSpec, RawData};
 use crate::report::Table;
@@ -17,6 +17,7 @@ use randbench_core::data::Split;
 use randbench_core::models::{Activation, CnnSpec, Model};
 use randbench_core::optim::Optimizer;
 use randbench_core::stats::Summary;
+use randbench_core::train::{eval_graph, Feed};
 use randbench_core::units::Seconds;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::{Location, Spanned};
@@ -361,26 +362,31 @@ impl WorkloadFamily for Family {
         })
     }
 
-    fn prepare(w: &Randomization) -> Result<Split, String> {
-        let split = load_data(&w.data).map_err(|e| e.to_string())?;
+    fn prepare(w: &Randomization) -> Result<Split, PrepareError> {
+        let split = load_data(&w.data)?;
         if w.batch > split.train.len() {
-            return Err(format!(
+            return Err(PrepareError::Mismatch(format!(
                 "batch {} is larger than the {} training examples",
                 w.batch,
                 split.train.len()
-            ));
+            )));
         }
         if split.test.is_empty() {
-            return Err("the test set is empty: give `data.test` of at least 1, or data with a \
-                        test split"
-                .into());
+            return Err(PrepareError::Mismatch(
+                "the test set is empty: give `data.test` of at least 1, or data with a test \
+                 split"
+                    .into(),
+            ));
         }
         // The model's shapes against the images: a CNN too deep for them fails here, not in
         // every cell.
-        w.model
-            .model(split.train.shape, split.train.classes)
-            .params()
-            .map_err(|e| format!("the model does not fit {:?} images: {e}", split.train.shape))?;
+        let model = w.model.model(split.train.shape, split.train.classes);
+        eval_graph(&model, 1, Feed::Batch).map_err(|e| {
+            PrepareError::Mismatch(format!(
+                "the model does not fit {:?} images: {e}",
+                split.train.shape
+            ))
+        })?;
         Ok(split)
     }
 
