@@ -1,5 +1,7 @@
 //! The randbench binary end to end: a small suite on synthetic data, bad suites, list, report.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -8,10 +10,7 @@ fn randbench(args: &[&str]) -> Output {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("randbench-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::scratch("cli", name)
 }
 
 const TINY: &str = r#"
@@ -350,14 +349,7 @@ workloads:
     let dir = scratch("empty-test-data");
     let data = dir.join("mnist");
     std::fs::create_dir_all(&data).unwrap();
-    let idx = |dims: &[u32], bytes: &[u8]| {
-        let mut b = vec![0, 0, 8, dims.len() as u8];
-        for d in dims {
-            b.extend(d.to_be_bytes());
-        }
-        b.extend(bytes);
-        b
-    };
+    let idx = common::idx;
     std::fs::write(data.join("train-images-idx3-ubyte"), idx(&[8, 2, 2], &[0; 32])).unwrap();
     std::fs::write(data.join("train-labels-idx1-ubyte"), idx(&[8], &[0, 1, 2, 3, 0, 1, 2, 3]))
         .unwrap();

@@ -1,6 +1,8 @@
 //! Faults and bad input never lose results: crashing, aborting, out-of-memory and hanging
 //! cells, divergence, Ctrl-C, concurrent runs, damaged result files, bad data files.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -11,10 +13,7 @@ fn randbench() -> Command {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("randbench-robust-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::scratch("robust", name)
 }
 
 /// Two quick cells on synthetic data; `extra` lines go into the workload.
@@ -281,14 +280,7 @@ fn bad_data_files_are_named_before_anything_runs() {
     let dir = scratch("bad-data");
     let data = dir.join("mnist");
     std::fs::create_dir_all(&data).unwrap();
-    let idx = |dims: &[u32], bytes: &[u8]| {
-        let mut b = vec![0, 0, 8, dims.len() as u8];
-        for d in dims {
-            b.extend(d.to_be_bytes());
-        }
-        b.extend(bytes);
-        b
-    };
+    let idx = common::idx;
     let write = |name: &str, b: Vec<u8>| {
         std::fs::File::create(data.join(name)).unwrap().write_all(&b).unwrap()
     };
