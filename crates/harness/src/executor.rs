@@ -43,11 +43,13 @@ pub struct InProcess;
 /// Each cell in a child process of its own.
 pub struct ChildProcess;
 
+/// Cells come from their suite's workloads, so a cell's variant and data are its workload's.
+const MATCHED: &str = "the pre-flight matched every cell to its workload's family";
+
 /// The result of a cell that measured nothing: its backend did not open, or its process died.
 pub fn failed(job: &CellJob, info: BackendInfo, status: Status, error: String) -> CellResult {
     let c = job.cell;
-    let metrics = families::unmeasured(job.workload, job.data, c.seed, &c.variant, &job.suite.name)
-        .expect("the pre-flight matched every cell to its workload's family");
+    let metrics = families::unmeasured(job).expect(MATCHED);
     CellResult {
         suite: job.suite.name.clone(),
         cell: c.clone(),
@@ -90,17 +92,7 @@ impl Executor for InProcess {
                 sys::reset_peak_memory();
                 let mut record = Record::default();
                 let c = job.cell;
-                let outcome = families::run_cell(
-                    b,
-                    &job.suite.name,
-                    job.workload,
-                    job.data,
-                    c.seed,
-                    &c.variant,
-                    &mut record,
-                    self.obs,
-                )
-                .expect("the pre-flight matched every cell to its workload's family");
+                let outcome = families::run_cell(b, job, &mut record, self.obs).expect(MATCHED);
                 let memory =
                     MemoryUse { device_peak: b.memory().peak, host_peak: sys::peak_memory() };
                 let info = b.info();
@@ -108,15 +100,7 @@ impl Executor for InProcess {
                     Ok(m) => (m, None),
                     Err(e) => {
                         record.status = status_of(&e);
-                        let m = families::unmeasured(
-                            job.workload,
-                            job.data,
-                            c.seed,
-                            &c.variant,
-                            &job.suite.name,
-                        )
-                        .expect("matched");
-                        (m, Some(e.to_string()))
+                        (families::unmeasured(job).expect(MATCHED), Some(e.to_string()))
                     }
                 };
                 CellResult {

@@ -5,7 +5,7 @@ use crate::backends::{self, Availability, BackendVisitor};
 use crate::cell::{CellResult, Observer, Progress, Status};
 use crate::env::{self, Environment, ENV_FILE};
 use crate::executor::{CellJob, ChildProcess, Executor, InProcess};
-use crate::families::Data;
+use crate::families::{self, Data};
 use crate::report::{self, Markdown, Reporter, Terminal};
 use crate::results;
 use crate::suite::{self, Suite};
@@ -254,7 +254,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
 fn cell_line(r: &CellResult) -> String {
     let what = match &r.error {
         Some(e) => format!("{}: {e}", r.status.label()),
-        None => report::headline(r),
+        None => families::headline(r),
     };
     format!("{}: {what}", r.cell)
 }

@@ -6,6 +6,7 @@
 pub mod randomization;
 
 use crate::cell::{CellResult, Observer, Status};
+use crate::executor::CellJob;
 use crate::report::Table;
 use crate::suite::{Ctx, SuiteError};
 use randbench_core::backend::{BResult, Backend};
@@ -198,35 +199,30 @@ macro_rules! families {
             }
         }
 
-        /// Runs one cell of `workload` on `b`; `None` when the variant or data belong to another
-        /// family (a caller's mistake).
-        #[allow(clippy::too_many_arguments)]
+        /// Runs the cell `job` on `b`; `None` when its variant or data belong to another
+        /// family than its workload (a caller's mistake).
         pub fn run_cell<B: Backend>(
             b: &B,
-            suite: &str,
-            workload: &Workload,
-            data: &Data,
-            seed: u64,
-            variant: &Variant,
+            job: &CellJob,
             record: &mut Record,
             obs: &mut dyn Observer,
         ) -> Option<BResult<Metrics>> {
             #[allow(unreachable_patterns)]
-            match (workload, data, variant) {
+            match (job.workload, job.data, &job.cell.variant) {
                 $((Workload::$variant(w), Data::$variant(d), Variant::$variant(v)) => {
-                    let job = Job { suite, workload: w, data: d, seed, variant: v };
+                    let job = Job { suite: &job.suite.name, workload: w, data: d, seed: job.cell.seed, variant: v };
                     Some(<$module::Family as WorkloadFamily>::run(b, &job, record, obs).map(Metrics::$variant))
                 })*
                 _ => None,
             }
         }
 
-        /// The metrics of a cell that measured nothing; `None` on mismatched families.
-        pub fn unmeasured(workload: &Workload, data: &Data, seed: u64, variant: &Variant, suite: &str) -> Option<Metrics> {
+        /// The metrics of the cell `job` when it measured nothing; `None` on mismatched families.
+        pub fn unmeasured(job: &CellJob) -> Option<Metrics> {
             #[allow(unreachable_patterns)]
-            match (workload, data, variant) {
+            match (job.workload, job.data, &job.cell.variant) {
                 $((Workload::$variant(w), Data::$variant(d), Variant::$variant(v)) => {
-                    let job = Job { suite, workload: w, data: d, seed, variant: v };
+                    let job = Job { suite: &job.suite.name, workload: w, data: d, seed: job.cell.seed, variant: v };
                     Some(Metrics::$variant(<$module::Family as WorkloadFamily>::unmeasured(&job)))
                 })*
                 _ => None,

@@ -65,11 +65,6 @@ pub fn tables(results: &[CellResult]) -> Vec<Table> {
     out
 }
 
-/// One line about a finished cell, for the progress output.
-pub fn headline(r: &CellResult) -> String {
-    families::headline(r)
-}
-
 pub fn first_appearance<T: PartialEq + Clone>(items: impl Iterator<Item = T>) -> Vec<T> {
     let mut out: Vec<T> = Vec::new();
     for i in items {

@@ -6,6 +6,7 @@ use super::{EpochRecord, Metrics, Randomization};
 use crate::cell::{Observer, Progress, Status, TRACE_STEPS};
 use crate::families::{Job, Record, WorkloadFamily};
 use randbench_core::backend::{BResult, Backend};
+use randbench_core::corrupt::Condition;
 use randbench_core::data::{translate_batch, Dataset, Split};
 use randbench_core::models::{dropout_masks, init_params, Model};
 use randbench_core::optim::Optimizer;
@@ -14,6 +15,7 @@ use randbench_core::stats::Summary;
 use randbench_core::train::{eval_graph, training_step_with, Feed, LearningRate, TrainStep};
 use randbench_core::units::Seconds;
 use randbench_core::HostTensor;
+use std::borrow::Cow;
 use std::time::Instant;
 
 /// Steps run before the clock starts, on a throwaway copy of the state: the first runs pay
@@ -137,8 +139,15 @@ pub fn run<B: Backend>(
 ) -> BResult<Metrics> {
     let w: &Randomization = job.workload;
     let reg = job.variant.regularizer;
-    let mut split: Split = job.data.clone();
-    job.variant.condition.apply(&mut split, job.seed);
+    // True labels leave the data as prepared: no copy of the whole data set for them.
+    let split: Cow<Split> = match job.variant.condition {
+        Condition::TrueLabels => Cow::Borrowed(job.data),
+        condition => {
+            let mut corrupted = job.data.clone();
+            condition.apply(&mut corrupted, job.seed);
+            Cow::Owned(corrupted)
+        }
+    };
     let (train, test) = (&split.train, &split.test);
     let n = train.len();
     let cell_start = Instant::now();
