@@ -98,10 +98,11 @@ fn a_small_suite_writes_results_tables_and_report() {
     // The same seed trains the same way: epochs are part of the snapshot.
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
     insta::with_settings!({filters => vec![
-        (r"\d+(\.\d+)? (µs|ms|s)\b", "[time]"),
+        // Right-aligned figures: the padding before them varies with their width.
+        (r" *\d+(\.\d+)? (µs|ms|s)\b", " [time]"),
         (r"┆ +\d+ ┆", "┆ [rate] ┆"),
-        (r"\d+(\.\d+)? (B|KiB|MiB|GiB)\b", "[bytes]"),
-        (r"\d+\.\d+×", "[ratio]"),
+        (r" *\d+(\.\d+)? (B|KiB|MiB|GiB)\b", " [bytes]"),
+        (r" *\d+\.\d+×", " [ratio]"),
     ]}, {
         insta::assert_snapshot!("tiny_suite_table", stdout);
     });
@@ -360,4 +361,36 @@ workloads:
         &workload(&format!("{{source: idx, path: {}}}", data.display()), "mlp: {hidden: [4]}"),
         &["workload w: the test set is empty"],
     );
+}
+
+#[test]
+fn every_cpu_engine_computes_with_the_thread_count_asked_for() {
+    let dir = scratch("threads");
+    let suite = write_suite(&dir, "one.yaml", &TINY.replace("max_epochs: 300", "max_epochs: 1"));
+    let cpu: Vec<String> = randbench::backends::usable_here()
+        .into_iter()
+        .filter(|id| id.device == randbench_core::Device::Cpu)
+        .map(|id| id.to_string())
+        .collect();
+    let out = dir.join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_randbench"))
+        .args(["run", &suite, "--backends", &cpu.join(","), "--out", out.to_str().unwrap()])
+        .env("RANDBENCH_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let results = lines(&out);
+    assert_eq!(results.len(), 2 * cpu.len());
+    for r in &results {
+        assert_eq!(r["backend_info"]["threads"], 1, "{}", r["cell"]["backend"]);
+    }
+
+    let o = Command::new(env!("CARGO_BIN_EXE_randbench"))
+        .args(["run", &suite, "--out", dir.join("zero").to_str().unwrap()])
+        .env("RANDBENCH_THREADS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("RANDBENCH_THREADS=0: give a positive number"), "{stderr}");
 }
