@@ -9,7 +9,9 @@ use randbench_core::backend::{
     BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, GradMode, MemoryStats,
 };
 use randbench_core::eager::{EagerOps, EagerProgram};
-use randbench_core::graph::{BinaryOp, CmpOp, Graph, Node, Op, UnaryOp};
+use randbench_core::graph::{
+    conv_transpose_output_padding, sum_to_axes, BinaryOp, CmpOp, Graph, Node, Op, UnaryOp,
+};
 use randbench_core::tensor::{DType, HostData, HostTensor};
 
 pub const CANDLE_VERSION: &str = "0.11.1";
@@ -20,22 +22,14 @@ pub struct CandleBackend {
     mode: GradMode,
 }
 
-fn lib_err(e: candle_core::Error) -> BackendError {
-    let message = e.to_string();
-    if message.contains("out of memory") || message.contains("OUT_OF_MEMORY") {
-        BackendError::OutOfMemory { backend: "candle".into(), message }
-    } else {
-        BackendError::Library { backend: "candle".into(), message }
-    }
-}
-
+/// candle's errors as the backend's, classified by the core.
 trait OrLib<T> {
-    fn lib(self) -> BResult<T>;
+    fn lib(self, backend: BackendId) -> BResult<T>;
 }
 
 impl<T> OrLib<T> for candle_core::Result<T> {
-    fn lib(self) -> BResult<T> {
-        self.map_err(lib_err)
+    fn lib(self, backend: BackendId) -> BResult<T> {
+        self.map_err(|e| BackendError::library(backend, e.to_string()))
     }
 }
 
@@ -46,25 +40,21 @@ impl CandleBackend {
         let id = BackendId { engine: Engine::Candle, device };
         let device = match device {
             Device::Cpu => candle_core::Device::Cpu,
-            Device::Cuda(n) => Self::cuda(n)?,
+            Device::Cuda(n) => Self::cuda(id, n)?,
         };
         Ok(Self { device, id, mode })
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda(n: usize) -> BResult<candle_core::Device> {
-        candle_core::Device::new_cuda(n).map_err(|e| BackendError::DeviceUnavailable {
-            backend: "candle".into(),
-            device: format!("cuda:{n}"),
-            reason: e.to_string(),
-        })
+    fn cuda(id: BackendId, n: usize) -> BResult<candle_core::Device> {
+        candle_core::Device::new_cuda(n)
+            .map_err(|e| BackendError::DeviceUnavailable { backend: id, reason: e.to_string() })
     }
 
     #[cfg(not(feature = "cuda"))]
-    fn cuda(n: usize) -> BResult<candle_core::Device> {
+    fn cuda(id: BackendId, _: usize) -> BResult<candle_core::Device> {
         Err(BackendError::DeviceUnavailable {
-            backend: "candle".into(),
-            device: format!("cuda:{n}"),
+            backend: id,
             reason: "this binary was built without CUDA support for candle; rebuild with `--features cuda`".into(),
         })
     }
@@ -90,15 +80,12 @@ impl CandleBackend {
         stride: usize,
         padding: usize,
     ) -> BResult<Tensor> {
-        // conv_transpose2d's output side is (i-1)·stride - 2·padding + k + output_padding; one
-        // output_padding serves both sides, so take the larger and trim the other side.
-        let side = |i: usize, k: usize| ((i - 1) * stride + k) as isize - 2 * padding as isize;
-        let (kh, kw) = (w.dims()[2], w.dims()[3]);
-        let pad_h = x_shape[2] as isize - side(dy.dims()[2], kh);
-        let pad_w = x_shape[3] as isize - side(dy.dims()[3], kw);
-        let out_pad = pad_h.max(pad_w).max(0) as usize;
-        let dx = dy.conv_transpose2d(w, padding, out_pad, stride, 1).lib()?;
-        dx.narrow(2, 0, x_shape[2]).lib()?.narrow(3, 0, x_shape[3]).lib()
+        // One output_padding serves both sides: take the larger and trim the other side.
+        let [pad_h, pad_w] =
+            conv_transpose_output_padding(dy.dims(), w.dims(), x_shape, stride, padding);
+        let out_pad = pad_h.max(pad_w);
+        let dx = dy.conv_transpose2d(w, padding, out_pad, stride, 1).lib(self.id)?;
+        dx.narrow(2, 0, x_shape[2]).lib(self.id)?.narrow(3, 0, x_shape[3]).lib(self.id)
     }
 
     fn conv_backward_weight(
@@ -113,12 +100,12 @@ impl CandleBackend {
         // transposed output gradient, dilated by the stride.
         let gw = x
             .transpose(0, 1)
-            .lib()?
-            .conv2d(&dy.transpose(0, 1).lib()?, padding, 1, stride, 1)
-            .lib()?
+            .lib(self.id)?
+            .conv2d(&dy.transpose(0, 1).lib(self.id)?, padding, 1, stride, 1)
+            .lib(self.id)?
             .transpose(0, 1)
-            .lib()?;
-        gw.narrow(2, 0, w_shape[2]).lib()?.narrow(3, 0, w_shape[3]).lib()
+            .lib(self.id)?;
+        gw.narrow(2, 0, w_shape[2]).lib(self.id)?.narrow(3, 0, w_shape[3]).lib(self.id)
     }
 }
 
@@ -129,8 +116,8 @@ fn to_core_dtype(d: CDType) -> DType {
     }
 }
 
-fn mask(t: Tensor) -> BResult<Tensor> {
-    t.to_dtype(CDType::F32).lib()
+fn mask(id: BackendId, t: Tensor) -> BResult<Tensor> {
+    t.to_dtype(CDType::F32).lib(id)
 }
 
 impl EagerOps for CandleBackend {
@@ -154,33 +141,36 @@ impl EagerOps for CandleBackend {
                 UnaryOp::Abs => a[0].abs(),
                 UnaryOp::Sign => a[0].sign(),
                 UnaryOp::Square => a[0].sqr(),
-                UnaryOp::Step => return mask(a[0].gt(0f64).lib()?),
+                UnaryOp::Step => return mask(self.id, a[0].gt(0f64).lib(self.id)?),
             }
-            .lib()?,
-            Op::Affine { mul, add } => a[0].affine(*mul, *add).lib()?,
-            Op::Clamp { min, max } => a[0].clamp(*min, *max).lib()?,
+            .lib(self.id)?,
+            Op::Affine { mul, add } => a[0].affine(*mul, *add).lib(self.id)?,
+            Op::Clamp { min, max } => a[0].clamp(*min, *max).lib(self.id)?,
             Op::Binary(b) => match b {
                 BinaryOp::Add => a[0].add(a[1]),
                 BinaryOp::Sub => a[0].sub(a[1]),
                 BinaryOp::Mul => a[0].mul(a[1]),
                 BinaryOp::Div => a[0].div(a[1]),
             }
-            .lib()?,
+            .lib(self.id)?,
             Op::Compare(c) => mask(
+                self.id,
                 match c {
                     CmpOp::Eq => a[0].eq(a[1]),
                     CmpOp::Ge => a[0].ge(a[1]),
                     CmpOp::Gt => a[0].gt(a[1]),
                 }
-                .lib()?,
+                .lib(self.id)?,
             )?,
             Op::MatMul { ta, tb } => {
-                let l = if *ta { a[0].t().lib()? } else { a[0].clone() };
-                let r = if *tb { a[1].t().lib()? } else { a[1].clone() };
-                l.matmul(&r).lib()?
+                let l = if *ta { a[0].t().lib(self.id)? } else { a[0].clone() };
+                let r = if *tb { a[1].t().lib(self.id)? } else { a[1].clone() };
+                l.matmul(&r).lib(self.id)?
             }
-            Op::Linear => a[0].matmul(a[1]).lib()?.broadcast_add(a[2]).lib()?,
-            Op::Conv2d { stride, padding } => a[0].conv2d(a[1], *padding, *stride, 1, 1).lib()?,
+            Op::Linear => a[0].matmul(a[1]).lib(self.id)?.broadcast_add(a[2]).lib(self.id)?,
+            Op::Conv2d { stride, padding } => {
+                a[0].conv2d(a[1], *padding, *stride, 1, 1).lib(self.id)?
+            }
             Op::Conv2dBackwardInput { stride, padding } => {
                 self.conv_backward_input(a[0], a[1], shape, *stride, *padding)?
             }
@@ -194,64 +184,76 @@ impl EagerOps for CandleBackend {
                     // window axes passes it to every tied input. The window sum of x times a
                     // constant one-hot of the first maximum (argmax keeps the first) is the
                     // maximum, and its gradient goes to that one input, as in PyTorch.
-                    let (n, c, h, w) = a[0].dims4().lib()?;
+                    let (n, c, h, w) = a[0].dims4().lib(self.id)?;
                     let (hh, ww) = (h / k, w / k);
                     let windows = a[0]
                         .reshape((n, c, hh, *k, ww, *k))
-                        .lib()?
+                        .lib(self.id)?
                         .permute((0, 1, 2, 4, 3, 5))
-                        .lib()?
+                        .lib(self.id)?
                         .reshape((n, c, hh, ww, k * k))
-                        .lib()?;
-                    let first = windows.detach().argmax_keepdim(4).lib()?;
-                    let positions = Tensor::arange(0u32, (k * k) as u32, &self.device).lib()?;
-                    let one_hot = mask(first.broadcast_eq(&positions).lib()?)?;
-                    (windows * one_hot).lib()?.sum(4).lib()?.reshape(shape).lib()?
+                        .lib(self.id)?;
+                    let first = windows.detach().argmax_keepdim(4).lib(self.id)?;
+                    let positions =
+                        Tensor::arange(0u32, (k * k) as u32, &self.device).lib(self.id)?;
+                    let one_hot = mask(self.id, first.broadcast_eq(&positions).lib(self.id)?)?;
+                    (windows * one_hot)
+                        .lib(self.id)?
+                        .sum(4)
+                        .lib(self.id)?
+                        .reshape(shape)
+                        .lib(self.id)?
                 } else {
-                    a[0].max_pool2d(*k).lib()?
+                    a[0].max_pool2d(*k).lib(self.id)?
                 }
             }
             Op::Softmax => {
                 // The fused kernel has no backward; tracked values take the composite path.
                 if a[0].track_op() {
-                    candle_nn::ops::softmax(a[0], D::Minus1).lib()?
+                    candle_nn::ops::softmax(a[0], D::Minus1).lib(self.id)?
                 } else {
-                    candle_nn::ops::softmax_last_dim(&a[0].contiguous().lib()?).lib()?
+                    candle_nn::ops::softmax_last_dim(&a[0].contiguous().lib(self.id)?)
+                        .lib(self.id)?
                 }
             }
             Op::SoftmaxCrossEntropy => {
-                let logp = candle_nn::ops::log_softmax(a[0], D::Minus1).lib()?;
-                logp.gather(&a[1].unsqueeze(1).lib()?, 1).lib()?.squeeze(1).lib()?.neg().lib()?
+                let logp = candle_nn::ops::log_softmax(a[0], D::Minus1).lib(self.id)?;
+                logp.gather(&a[1].unsqueeze(1).lib(self.id)?, 1)
+                    .lib(self.id)?
+                    .squeeze(1)
+                    .lib(self.id)?
+                    .neg()
+                    .lib(self.id)?
             }
             Op::OneHot { classes } => {
                 let range = Tensor::arange(0i64, *classes as i64, &self.device)
-                    .lib()?
+                    .lib(self.id)?
                     .unsqueeze(0)
-                    .lib()?;
-                mask(a[0].unsqueeze(1).lib()?.broadcast_eq(&range).lib()?)?
+                    .lib(self.id)?;
+                mask(self.id, a[0].unsqueeze(1).lib(self.id)?.broadcast_eq(&range).lib(self.id)?)?
             }
             Op::CorrectPredictions => {
-                let pred = a[0].argmax(1).lib()?.to_dtype(CDType::I64).lib()?;
-                mask(pred.eq(a[1]).lib()?)?
+                let pred = a[0].argmax(1).lib(self.id)?.to_dtype(CDType::I64).lib(self.id)?;
+                mask(self.id, pred.eq(a[1]).lib(self.id)?)?
             }
             Op::Sum { axes, .. } => {
-                a[0].sum_keepdim(axes.as_slice()).lib()?.reshape(shape).lib()?
+                a[0].sum_keepdim(axes.as_slice()).lib(self.id)?.reshape(shape).lib(self.id)?
             }
-            Op::BroadcastTo => a[0].broadcast_as(shape).lib()?,
+            Op::BroadcastTo => a[0].broadcast_as(shape).lib(self.id)?,
             Op::SumTo => {
-                let from = a[0].dims();
-                let off = from.len() - shape.len();
-                let axes: Vec<usize> = (0..from.len())
-                    .filter(|&i| i < off || (shape[i - off] == 1 && from[i] != 1))
-                    .collect();
-                a[0].sum_keepdim(axes.as_slice()).lib()?.reshape(shape).lib()?
+                let axes = sum_to_axes(a[0].dims(), shape);
+                a[0].sum_keepdim(axes.as_slice()).lib(self.id)?.reshape(shape).lib(self.id)?
             }
-            Op::Reshape => a[0].reshape(shape).lib()?,
-            Op::Permute { perm } => a[0].permute(perm.as_slice()).lib()?,
-            Op::Slice { axis, start, end } => a[0].narrow(*axis, *start, end - start).lib()?,
-            Op::Pad { axis, before, after } => a[0].pad_with_zeros(*axis, *before, *after).lib()?,
-            Op::Concat { axis } => Tensor::cat(a, *axis).lib()?,
-            Op::Gather => a[0].index_select(a[1], 0).lib()?,
+            Op::Reshape => a[0].reshape(shape).lib(self.id)?,
+            Op::Permute { perm } => a[0].permute(perm.as_slice()).lib(self.id)?,
+            Op::Slice { axis, start, end } => {
+                a[0].narrow(*axis, *start, end - start).lib(self.id)?
+            }
+            Op::Pad { axis, before, after } => {
+                a[0].pad_with_zeros(*axis, *before, *after).lib(self.id)?
+            }
+            Op::Concat { axis } => Tensor::cat(a, *axis).lib(self.id)?,
+            Op::Gather => a[0].index_select(a[1], 0).lib(self.id)?,
             Op::Input { .. } | Op::Const(_) | Op::StopGradient | Op::Grad => {
                 unreachable!("EagerProgram handles {:?} itself", node.op)
             }
@@ -259,7 +261,7 @@ impl EagerOps for CandleBackend {
     }
 
     fn track(&self, t: &Tensor) -> BResult<Tensor> {
-        Ok(Var::from_tensor(t).lib()?.into_inner())
+        Ok(Var::from_tensor(t).lib(self.id)?.into_inner())
     }
 
     fn detach(&self, t: &Tensor) -> BResult<Tensor> {
@@ -267,12 +269,12 @@ impl EagerOps for CandleBackend {
     }
 
     fn grads(&self, of: &Tensor, wrt: &[&Tensor]) -> BResult<Vec<Option<Tensor>>> {
-        let store = of.backward().lib()?;
+        let store = of.backward().lib(self.id)?;
         Ok(wrt.iter().map(|w| store.get(w).cloned()).collect())
     }
 
     fn zeros(&self, shape: &[usize]) -> BResult<Tensor> {
-        Tensor::zeros(shape, CDType::F32, &self.device).lib()
+        Tensor::zeros(shape, CDType::F32, &self.device).lib(self.id)
     }
 
     fn shape_dtype(&self, t: &Tensor) -> (Vec<usize>, DType) {
@@ -302,18 +304,19 @@ impl Backend for CandleBackend {
             HostData::F32(v) => Tensor::from_slice(v, t.shape(), &self.device),
             HostData::I64(v) => Tensor::from_slice(v, t.shape(), &self.device),
         }
-        .lib()
+        .lib(self.id)
     }
 
     fn download(&self, t: &Tensor) -> BResult<HostTensor> {
         let shape = t.dims().to_vec();
-        let flat = t.flatten_all().lib()?;
+        let flat = t.flatten_all().lib(self.id)?;
         let data = match t.dtype() {
-            CDType::I64 => HostData::I64(flat.to_vec1::<i64>().lib()?),
-            _ => HostData::F32(flat.to_dtype(CDType::F32).lib()?.to_vec1::<f32>().lib()?),
+            CDType::I64 => HostData::I64(flat.to_vec1::<i64>().lib(self.id)?),
+            _ => HostData::F32(
+                flat.to_dtype(CDType::F32).lib(self.id)?.to_vec1::<f32>().lib(self.id)?,
+            ),
         };
-        HostTensor::new(shape, data)
-            .map_err(|e| BackendError::Library { backend: "candle".into(), message: e.to_string() })
+        HostTensor::new(shape, data).map_err(|e| BackendError::library(self.id, e.to_string()))
     }
 
     fn compile(&self, g: &Graph) -> BResult<Self::Program> {
@@ -325,7 +328,7 @@ impl Backend for CandleBackend {
     }
 
     fn sync(&self) -> BResult<()> {
-        self.device.synchronize().lib()
+        self.device.synchronize().lib(self.id)
     }
 
     fn memory(&self) -> MemoryStats {

@@ -59,31 +59,7 @@ pub fn expand_grads_where(g: &Graph, select: impl Fn(NodeId) -> bool) -> GResult
 /// Appends to `g` the gradients of the scalar `of` with respect to each of `wrt`.
 pub fn backward(g: &mut Graph, of: NodeId, wrt: &[NodeId]) -> GResult<Vec<NodeId>> {
     let n = of.index() + 1;
-    // Nodes through which a derivative can flow from some wrt to `of`. A StopGradient blocks
-    // the flow; ops whose output is piecewise constant (masks, labels) carry none either.
-    let mut depends = vec![false; n];
-    for w in wrt {
-        if w.index() < n {
-            depends[w.index()] = true;
-        }
-    }
-    let first = wrt.iter().map(|w| w.index()).min().unwrap_or(n);
-    for i in first..n {
-        let node = &g.nodes()[i];
-        if !depends[i] && !is_constant_valued(&node.op) {
-            depends[i] = node.args.iter().any(|a| depends[a.index()]);
-        }
-    }
-    let mut feeds_of = vec![false; n];
-    feeds_of[of.index()] = true;
-    for i in (0..n).rev() {
-        if feeds_of[i] && g.nodes()[i].op != Op::StopGradient {
-            for a in g.nodes()[i].args.clone() {
-                feeds_of[a.index()] = true;
-            }
-        }
-    }
-    let relevant: Vec<bool> = (0..n).map(|i| depends[i] && feeds_of[i]).collect();
+    let relevant = gradient_path(g, wrt, of);
 
     let mut grads: HashMap<usize, NodeId> = HashMap::new();
     let mut results: HashMap<usize, NodeId> = HashMap::new();
@@ -101,7 +77,7 @@ pub fn backward(g: &mut Graph, of: NodeId, wrt: &[NodeId]) -> GResult<Vec<NodeId
         let node = g.nodes()[i].clone();
         if node.op == Op::Grad {
             return Err(GraphError::GradUnsupported {
-                op: "Grad".into(),
+                op: "Grad",
                 arg: 0,
                 why: "a Grad node on the path must be expanded first (higher-order derivative)"
                     .into(),
@@ -129,6 +105,29 @@ pub fn backward(g: &mut Graph, of: NodeId, wrt: &[NodeId]) -> GResult<Vec<NodeId
             }
         })
         .collect()
+}
+
+/// The nodes, up to `of`, through which a derivative flows from some of `wrt` to `of`: those
+/// that depend on a `wrt` and that `of` reads. A StopGradient blocks the flow; ops whose output
+/// is piecewise constant (masks, labels) carry none either.
+pub fn gradient_path(g: &Graph, wrt: &[NodeId], of: NodeId) -> Vec<bool> {
+    let n = of.index() + 1;
+    let mut depends = vec![false; n];
+    for w in wrt.iter().filter(|w| w.index() < n) {
+        depends[w.index()] = true;
+    }
+    let first = wrt.iter().map(|w| w.index()).min().unwrap_or(n);
+    for i in first..n {
+        let node = &g.nodes()[i];
+        if !depends[i] && !is_constant_valued(&node.op) {
+            depends[i] = node.args.iter().any(|a| depends[a.index()]);
+        }
+    }
+    let feeds_of = g.needed_by([of], |id| match g.node(id).op {
+        Op::StopGradient => vec![],
+        _ => g.node(id).args.clone(),
+    });
+    (0..n).map(|i| depends[i] && feeds_of[i]).collect()
 }
 
 /// Ops whose output does not change under small changes of their inputs.
@@ -389,17 +388,7 @@ fn vjp(g: &mut Graph, y: NodeId, k: usize, dy: NodeId) -> GResult<Option<NodeId>
 /// Removes nodes that no output needs (inputs always stay, so a program's signature does not
 /// change) and merges nodes that compute the same op on the same arguments.
 pub fn simplify(g: &Graph) -> Graph {
-    let mut live = vec![false; g.len()];
-    for (_, id) in g.outputs() {
-        live[id.index()] = true;
-    }
-    for i in (0..g.len()).rev() {
-        if live[i] {
-            for a in &g.nodes()[i].args {
-                live[a.index()] = true;
-            }
-        }
-    }
+    let live = g.needed_by(g.output_ids(), |id| g.node(id).args.clone());
     let mut ng = Graph::new();
     let mut map: Vec<Option<NodeId>> = vec![None; g.len()];
     let mut seen: HashMap<String, NodeId> = HashMap::new();

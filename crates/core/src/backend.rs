@@ -127,20 +127,49 @@ pub struct MemoryStats {
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("{backend} does not support {what}")]
-    Unsupported { backend: String, what: String },
-    #[error("{backend}: device {device} is not available: {reason}")]
-    DeviceUnavailable { backend: String, device: String, reason: String },
+    Unsupported { backend: BackendId, what: String },
+    #[error("{backend}: the device is not available: {reason}")]
+    DeviceUnavailable { backend: BackendId, reason: String },
     #[error("{backend}: out of memory: {message}")]
-    OutOfMemory { backend: String, message: String },
+    OutOfMemory { backend: BackendId, message: String },
     #[error("{backend}: {message}")]
-    Library { backend: String, message: String },
+    Library { backend: BackendId, message: String },
     #[error("program input {index} ({name}): {detail}")]
     Input { index: usize, name: String, detail: String },
     #[error(transparent)]
     Graph(#[from] GraphError),
 }
 
+/// How the engines and the CUDA stack say that an allocation failed: candle and libtorch
+/// ("CUDA out of memory", "DefaultCPUAllocator: can't allocate memory"), ONNX Runtime
+/// ("Failed to allocate memory"), the CUDA driver (`CUDA_ERROR_OUT_OF_MEMORY`) and Rust's
+/// allocator ("memory allocation of N bytes failed", printed before it aborts).
+const OUT_OF_MEMORY_PHRASES: [&str; 6] = [
+    "out of memory",
+    "OUT_OF_MEMORY",
+    "can't allocate memory",
+    "Failed to allocate",
+    "failed to allocate",
+    "memory allocation of",
+];
+
+/// Whether an engine's or a process's error text reports a failed allocation.
+pub fn reports_out_of_memory(message: &str) -> bool {
+    OUT_OF_MEMORY_PHRASES.iter().any(|p| message.contains(p))
+}
+
 impl BackendError {
+    /// An error from an engine's library: [`BackendError::OutOfMemory`] where its text reports
+    /// a failed allocation, else [`BackendError::Library`]. Every adapter classifies here.
+    pub fn library(backend: BackendId, message: impl Into<String>) -> Self {
+        let message = message.into();
+        if reports_out_of_memory(&message) {
+            BackendError::OutOfMemory { backend, message }
+        } else {
+            BackendError::Library { backend, message }
+        }
+    }
+
     pub fn is_unsupported(&self) -> bool {
         matches!(self, BackendError::Unsupported { .. })
     }

@@ -16,6 +16,8 @@ pub enum DataError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {detail}")]
     Format { path: PathBuf, detail: String },
+    #[error("{path}: {source}")]
+    Idx { path: PathBuf, source: IdxError },
     #[error("{0}")]
     Invalid(String),
 }
@@ -203,42 +205,51 @@ fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
 /// Reads an IDX file of unsigned bytes, gzipped or not.
 pub fn read_idx(path: &Path) -> Result<Idx, DataError> {
     let bytes = read_file(path)?;
-    parse_idx(&bytes).map_err(|detail| format_err(path, detail))
+    parse_idx(&bytes).map_err(|source| DataError::Idx { path: path.to_path_buf(), source })
 }
 
-fn parse_idx(b: &[u8]) -> Result<Idx, String> {
+/// What is wrong with the bytes of an IDX file.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum IdxError {
+    #[error("too short for an IDX header ({0} bytes)")]
+    ShortHeader(usize),
+    #[error("wrong magic number {0:02x?}: not an IDX file")]
+    Magic([u8; 4]),
+    #[error("element type 0x{0:02x} is not supported (only unsigned bytes, 0x08)")]
+    ElementType(u8),
+    #[error("header of {0} dimensions is truncated")]
+    TruncatedHeader(usize),
+    #[error("truncated: dimensions {dims:?} need {need} bytes of data, the file has {have}")]
+    TruncatedData { dims: Vec<usize>, need: usize, have: usize },
+    #[error("{extra} bytes of trailing data after dimensions {dims:?}")]
+    TrailingData { dims: Vec<usize>, extra: usize },
+}
+
+fn parse_idx(b: &[u8]) -> Result<Idx, IdxError> {
     if b.len() < 4 {
-        return Err(format!("too short for an IDX header ({} bytes)", b.len()));
+        return Err(IdxError::ShortHeader(b.len()));
     }
     if b[0] != 0 || b[1] != 0 {
-        return Err(format!(
-            "wrong magic number {:02x}{:02x}{:02x}{:02x}: not an IDX file",
-            b[0], b[1], b[2], b[3]
-        ));
+        return Err(IdxError::Magic([b[0], b[1], b[2], b[3]]));
     }
     if b[2] != 0x08 {
-        return Err(format!(
-            "element type 0x{:02x} is not supported (only unsigned bytes, 0x08)",
-            b[2]
-        ));
+        return Err(IdxError::ElementType(b[2]));
     }
     let ndim = b[3] as usize;
     let header = 4 + 4 * ndim;
     if ndim == 0 || b.len() < header {
-        return Err(format!("header of {ndim} dimensions is truncated"));
+        return Err(IdxError::TruncatedHeader(ndim));
     }
     let dims: Vec<usize> = (0..ndim)
         .map(|i| u32::from_be_bytes(b[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
         .collect();
-    let n = numel(&dims);
+    let need = numel(&dims);
     let have = b.len() - header;
-    if have < n {
-        return Err(format!(
-            "truncated: dimensions {dims:?} need {n} bytes of data, the file has {have}"
-        ));
+    if have < need {
+        return Err(IdxError::TruncatedData { dims, need, have });
     }
-    if have > n {
-        return Err(format!("{} bytes of trailing data after dimensions {dims:?}", have - n));
+    if have > need {
+        return Err(IdxError::TrailingData { dims, extra: have - need });
     }
     Ok(Idx { dims, data: b[header..].to_vec() })
 }

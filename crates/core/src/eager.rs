@@ -15,7 +15,7 @@
 //!   scalar of another `Grad` needs a higher-order derivative. The core expands those
 //!   symbolically before planning, so the engines only ever take first derivatives.
 
-use crate::autodiff::{expand_grads, expand_grads_where};
+use crate::autodiff::{expand_grads, expand_grads_where, gradient_path};
 use crate::backend::{check_inputs, BResult, GradMode};
 use crate::graph::{Graph, Node, NodeId, Op};
 use crate::tensor::{DType, HostTensor};
@@ -296,28 +296,9 @@ fn plan_groups(g: &Graph) -> Vec<GradGroup> {
 
 /// Nodes through which a derivative flows from `wrt` to `of`, and the other values they read.
 fn segment_between(g: &Graph, wrt: &[NodeId], of: NodeId) -> (Vec<NodeId>, Vec<NodeId>) {
-    let n = of.index() + 1;
-    let mut depends = vec![false; n];
-    for w in wrt {
-        depends[w.index()] = true;
-    }
-    for i in 0..n {
-        let node = &g.nodes()[i];
-        if !depends[i] && node.op != Op::StopGradient {
-            depends[i] = node.args.iter().any(|a| depends[a.index()]);
-        }
-    }
-    let mut feeds = vec![false; n];
-    feeds[of.index()] = true;
-    for i in (0..n).rev() {
-        if feeds[i] && g.nodes()[i].op != Op::StopGradient {
-            for a in &g.nodes()[i].args {
-                feeds[a.index()] = true;
-            }
-        }
-    }
-    let segment: Vec<NodeId> = (0..n)
-        .filter(|&i| depends[i] && feeds[i] && !wrt.contains(&NodeId(i as u32)))
+    let path = gradient_path(g, wrt, of);
+    let segment: Vec<NodeId> = (0..path.len())
+        .filter(|&i| path[i] && !wrt.contains(&NodeId(i as u32)))
         .map(|i| NodeId(i as u32))
         .collect();
     let inside: HashSet<NodeId> = segment.iter().chain(wrt).copied().collect();

@@ -151,16 +151,57 @@ pub enum Op {
 
 impl Op {
     /// A short name for error messages and dumps.
-    pub fn name(&self) -> String {
+    pub fn name(&self) -> &'static str {
         match self {
-            Op::Unary(u) => format!("{u:?}"),
-            Op::Binary(b) => format!("{b:?}"),
-            Op::Compare(c) => format!("Compare{c:?}"),
-            Op::Input { name } => format!("Input({name})"),
-            other => {
-                let s = format!("{other:?}");
-                s.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("?").to_string()
-            }
+            Op::Input { .. } => "Input",
+            Op::Const(_) => "Const",
+            Op::Unary(u) => match u {
+                UnaryOp::Neg => "Neg",
+                UnaryOp::Relu => "Relu",
+                UnaryOp::Sigmoid => "Sigmoid",
+                UnaryOp::Tanh => "Tanh",
+                UnaryOp::Exp => "Exp",
+                UnaryOp::Log => "Log",
+                UnaryOp::Sqrt => "Sqrt",
+                UnaryOp::Abs => "Abs",
+                UnaryOp::Sign => "Sign",
+                UnaryOp::Square => "Square",
+                UnaryOp::Step => "Step",
+            },
+            Op::Affine { .. } => "Affine",
+            Op::Clamp { .. } => "Clamp",
+            Op::Binary(b) => match b {
+                BinaryOp::Add => "Add",
+                BinaryOp::Sub => "Sub",
+                BinaryOp::Mul => "Mul",
+                BinaryOp::Div => "Div",
+            },
+            Op::Compare(c) => match c {
+                CmpOp::Eq => "CompareEq",
+                CmpOp::Ge => "CompareGe",
+                CmpOp::Gt => "CompareGt",
+            },
+            Op::MatMul { .. } => "MatMul",
+            Op::Linear => "Linear",
+            Op::Conv2d { .. } => "Conv2d",
+            Op::Conv2dBackwardInput { .. } => "Conv2dBackwardInput",
+            Op::Conv2dBackwardWeight { .. } => "Conv2dBackwardWeight",
+            Op::MaxPool2d { .. } => "MaxPool2d",
+            Op::Softmax => "Softmax",
+            Op::SoftmaxCrossEntropy => "SoftmaxCrossEntropy",
+            Op::OneHot { .. } => "OneHot",
+            Op::CorrectPredictions => "CorrectPredictions",
+            Op::Sum { .. } => "Sum",
+            Op::BroadcastTo => "BroadcastTo",
+            Op::SumTo => "SumTo",
+            Op::Reshape => "Reshape",
+            Op::Permute { .. } => "Permute",
+            Op::Slice { .. } => "Slice",
+            Op::Pad { .. } => "Pad",
+            Op::Concat { .. } => "Concat",
+            Op::Gather => "Gather",
+            Op::StopGradient => "StopGradient",
+            Op::Grad => "Grad",
         }
     }
 }
@@ -175,18 +216,85 @@ pub struct Node {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum GraphError {
-    #[error("{op}: {detail}")]
-    Shape { op: String, detail: String },
+    /// Operands whose shapes the op cannot take; `operands` are their shapes, in order.
+    #[error("{op}: {detail}{}", ShapeList(.operands))]
+    Shape { op: &'static str, operands: Vec<Vec<usize>>, detail: String },
     #[error("{op}: expected {expected} operand, found {actual}")]
-    DType { op: String, expected: DType, actual: DType },
+    DType { op: &'static str, expected: DType, actual: DType },
     #[error("cannot differentiate {op} with respect to its argument {arg}: {why}")]
-    GradUnsupported { op: String, arg: usize, why: String },
+    GradUnsupported { op: &'static str, arg: usize, why: String },
     #[error("{0}")]
     Invalid(String),
 }
 
-fn shape_err(op: &str, detail: impl Into<String>) -> GraphError {
-    GraphError::Shape { op: op.to_string(), detail: detail.into() }
+/// Shapes in an error message: ` (shapes [2, 3], [4])`, nothing when there are none.
+struct ShapeList<'a>(&'a [Vec<usize>]);
+
+impl fmt::Display for ShapeList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let shapes: Vec<String> = self.0.iter().map(|s| format!("{s:?}")).collect();
+        write!(f, " (shapes {})", shapes.join(", "))
+    }
+}
+
+fn shape_err(op: &'static str, operands: &[&[usize]], detail: impl Into<String>) -> GraphError {
+    GraphError::Shape {
+        op,
+        operands: operands.iter().map(|s| s.to_vec()).collect(),
+        detail: detail.into(),
+    }
+}
+
+/// The output shape of a convolution of `x[n,c,h,w]` by `w[o,c,kh,kw]`.
+pub fn conv2d_output_shape(
+    x: &[usize],
+    w: &[usize],
+    stride: usize,
+    padding: usize,
+) -> GResult<Vec<usize>> {
+    const OP: &str = "Conv2d";
+    if x.len() != 4 || w.len() != 4 {
+        return Err(shape_err(OP, &[x, w], "the input and the kernel must have rank 4"));
+    }
+    if stride == 0 {
+        return Err(shape_err(OP, &[x, w], "stride must be at least 1"));
+    }
+    if x[1] != w[1] {
+        return Err(shape_err(OP, &[x, w], "the input's channels differ from the kernel's"));
+    }
+    let side = |len: usize, k: usize| (len + 2 * padding).checked_sub(k).map(|d| d / stride + 1);
+    match (side(x[2], w[2]), side(x[3], w[3])) {
+        (Some(h), Some(wd)) => Ok(vec![x[0], w[0], h, wd]),
+        _ => {
+            Err(shape_err(OP, &[x, w], format!("kernel larger than the input padded by {padding}")))
+        }
+    }
+}
+
+/// The output padding per spatial axis that makes a transposed convolution of the output
+/// gradient `dy` by the kernel `w` give back the convolution's input size `x`: the transposed
+/// convolution's side is (i-1)·stride - 2·padding + k, short of the input by what the forward
+/// stride dropped.
+pub fn conv_transpose_output_padding(
+    dy: &[usize],
+    w: &[usize],
+    x: &[usize],
+    stride: usize,
+    padding: usize,
+) -> [usize; 2] {
+    let extra =
+        |axis: usize| (x[axis] + 2 * padding).saturating_sub((dy[axis] - 1) * stride + w[axis]);
+    [extra(2), extra(3)]
+}
+
+/// The axes of `from` that summing down to `to` (which broadcasts to `from`) removes or
+/// reduces to 1: the leading axes `to` lacks, then those where `to` has 1 and `from` not.
+pub fn sum_to_axes(from: &[usize], to: &[usize]) -> Vec<usize> {
+    let lead = from.len() - to.len();
+    (0..from.len()).filter(|&i| i < lead || (to[i - lead] == 1 && from[i] != 1)).collect()
 }
 
 pub type GResult<T> = Result<T, GraphError>;
@@ -308,18 +416,47 @@ impl Graph {
         self.outputs = outputs;
     }
 
-    fn expect_f32(&self, op: &str, id: NodeId) -> GResult<()> {
+    /// Marks the nodes that `roots` need: the roots and, transitively, what `reads` says each
+    /// needed node reads. One backward pass, as the node order is topological.
+    pub fn needed_by(
+        &self,
+        roots: impl IntoIterator<Item = NodeId>,
+        reads: impl Fn(NodeId) -> Vec<NodeId>,
+    ) -> Vec<bool> {
+        let mut needed = vec![false; self.len()];
+        for id in roots {
+            needed[id.index()] = true;
+        }
+        for i in (0..self.len()).rev() {
+            if needed[i] {
+                for a in reads(NodeId::from_index(i)) {
+                    needed[a.index()] = true;
+                }
+            }
+        }
+        needed
+    }
+
+    fn expect_f32(&self, op: &'static str, id: NodeId) -> GResult<()> {
         let actual = self.dtype(id);
         if actual != DType::F32 {
-            return Err(GraphError::DType { op: op.to_string(), expected: DType::F32, actual });
+            return Err(GraphError::DType { op, expected: DType::F32, actual });
         }
         Ok(())
     }
 
-    fn expect_rank(&self, op: &str, id: NodeId, rank: usize, what: &str) -> GResult<()> {
+    fn expect_dtype(&self, op: &'static str, id: NodeId, expected: DType) -> GResult<()> {
+        let actual = self.dtype(id);
+        if actual != expected {
+            return Err(GraphError::DType { op, expected, actual });
+        }
+        Ok(())
+    }
+
+    fn expect_rank(&self, op: &'static str, id: NodeId, rank: usize, what: &str) -> GResult<()> {
         let s = self.shape(id);
         if s.len() != rank {
-            return Err(shape_err(op, format!("{what} must have rank {rank}, found shape {s:?}")));
+            return Err(shape_err(op, &[s], format!("{what} must have rank {rank}")));
         }
         Ok(())
     }
@@ -348,7 +485,7 @@ impl Graph {
     // ---- elementwise ----
 
     pub fn unary(&mut self, op: UnaryOp, x: NodeId) -> GResult<NodeId> {
-        self.expect_f32(&format!("{op:?}"), x)?;
+        self.expect_f32(Op::Unary(op).name(), x)?;
         let shape = self.shape(x).to_vec();
         Ok(self.push(Op::Unary(op), vec![x], shape, DType::F32))
     }
@@ -408,24 +545,29 @@ impl Graph {
     pub fn clamp(&mut self, x: NodeId, min: f64, max: f64) -> GResult<NodeId> {
         self.expect_f32("Clamp", x)?;
         if min > max {
-            return Err(shape_err("Clamp", format!("min {min} exceeds max {max}")));
+            return Err(shape_err("Clamp", &[], format!("min {min} exceeds max {max}")));
         }
         let shape = self.shape(x).to_vec();
         Ok(self.push(Op::Clamp { min, max }, vec![x], shape, DType::F32))
     }
 
     /// Broadcasts both operands to a common shape.
-    fn broadcast_pair(&mut self, op: &str, a: NodeId, b: NodeId) -> GResult<(NodeId, NodeId)> {
+    fn broadcast_pair(
+        &mut self,
+        op: &'static str,
+        a: NodeId,
+        b: NodeId,
+    ) -> GResult<(NodeId, NodeId)> {
         self.expect_f32(op, a)?;
         self.expect_f32(op, b)?;
         let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
         let out = broadcast_shapes(&sa, &sb)
-            .ok_or_else(|| shape_err(op, format!("shapes {sa:?} and {sb:?} do not broadcast")))?;
+            .ok_or_else(|| shape_err(op, &[&sa, &sb], "the operands do not broadcast together"))?;
         Ok((self.broadcast_to(a, &out)?, self.broadcast_to(b, &out)?))
     }
 
     pub fn binary(&mut self, op: BinaryOp, a: NodeId, b: NodeId) -> GResult<NodeId> {
-        let (a, b) = self.broadcast_pair(&format!("{op:?}"), a, b)?;
+        let (a, b) = self.broadcast_pair(Op::Binary(op).name(), a, b)?;
         let shape = self.shape(a).to_vec();
         Ok(self.push(Op::Binary(op), vec![a, b], shape, DType::F32))
     }
@@ -444,7 +586,7 @@ impl Graph {
     }
 
     pub fn compare(&mut self, op: CmpOp, a: NodeId, b: NodeId) -> GResult<NodeId> {
-        let (a, b) = self.broadcast_pair(&format!("Compare{op:?}"), a, b)?;
+        let (a, b) = self.broadcast_pair(Op::Compare(op).name(), a, b)?;
         let shape = self.shape(a).to_vec();
         Ok(self.push(Op::Compare(op), vec![a, b], shape, DType::F32))
     }
@@ -461,14 +603,8 @@ impl Graph {
         let (m, k1) = if ta { (sa[1], sa[0]) } else { (sa[0], sa[1]) };
         let (k2, n) = if tb { (sb[1], sb[0]) } else { (sb[0], sb[1]) };
         if k1 != k2 {
-            return Err(shape_err(
-                OP,
-                format!(
-                    "inner sizes differ: {sa:?}{} · {sb:?}{}",
-                    if ta { "ᵀ" } else { "" },
-                    if tb { "ᵀ" } else { "" }
-                ),
-            ));
+            let detail = format!("inner sizes differ (transposed: left {ta}, right {tb})");
+            return Err(shape_err(OP, &[sa, sb], detail));
         }
         Ok(self.push(Op::MatMul { ta, tb }, vec![a, b], vec![m, n], DType::F32))
     }
@@ -487,10 +623,7 @@ impl Graph {
         self.expect_rank(OP, bias, 1, "the bias")?;
         let (sx, sw, sb) = (self.shape(x), self.shape(w), self.shape(bias));
         if sx[1] != sw[0] || sb[0] != sw[1] {
-            return Err(shape_err(
-                OP,
-                format!("input {sx:?}, weight {sw:?} and bias {sb:?} do not fit"),
-            ));
+            return Err(shape_err(OP, &[sx, sw, sb], "the input, weight and bias do not fit"));
         }
         let shape = vec![sx[0], sw[1]];
         Ok(self.push(Op::Linear, vec![x, w, bias], shape, DType::F32))
@@ -508,27 +641,7 @@ impl Graph {
         self.expect_f32(OP, w)?;
         self.expect_rank(OP, x, 4, "the input")?;
         self.expect_rank(OP, w, 4, "the kernel")?;
-        if stride == 0 {
-            return Err(shape_err(OP, "stride must be at least 1"));
-        }
-        let (sx, sw) = (self.shape(x).to_vec(), self.shape(w).to_vec());
-        if sx[1] != sw[1] {
-            return Err(shape_err(
-                OP,
-                format!("input {sx:?} has {} channels, kernel {sw:?} expects {}", sx[1], sw[1]),
-            ));
-        }
-        let out = |len: usize, k: usize| -> GResult<usize> {
-            let padded = len + 2 * padding;
-            if padded < k {
-                return Err(shape_err(
-                    OP,
-                    format!("kernel {sw:?} larger than padded input {sx:?}"),
-                ));
-            }
-            Ok((padded - k) / stride + 1)
-        };
-        let shape = vec![sx[0], sw[0], out(sx[2], sw[2])?, out(sx[3], sw[3])?];
+        let shape = conv2d_output_shape(self.shape(x), self.shape(w), stride, padding)?;
         Ok(self.push(Op::Conv2d { stride, padding }, vec![x, w], shape, DType::F32))
     }
 
@@ -541,15 +654,10 @@ impl Graph {
         stride: usize,
         padding: usize,
     ) -> GResult<NodeId> {
-        let fwd_out = self.conv_out_shape(input_shape, self.shape(w), stride, padding)?;
+        let fwd_out = conv2d_output_shape(input_shape, self.shape(w), stride, padding)?;
         if self.shape(dy) != fwd_out.as_slice() {
-            return Err(shape_err(
-                "Conv2dBackwardInput",
-                format!(
-                    "gradient {:?} does not match the convolution's output {fwd_out:?}",
-                    self.shape(dy)
-                ),
-            ));
+            let detail = "the gradient does not match the convolution's output";
+            return Err(shape_err("Conv2dBackwardInput", &[self.shape(dy), &fwd_out], detail));
         }
         Ok(self.push(
             Op::Conv2dBackwardInput { stride, padding },
@@ -568,15 +676,10 @@ impl Graph {
         stride: usize,
         padding: usize,
     ) -> GResult<NodeId> {
-        let fwd_out = self.conv_out_shape(self.shape(x), kernel_shape, stride, padding)?;
+        let fwd_out = conv2d_output_shape(self.shape(x), kernel_shape, stride, padding)?;
         if self.shape(dy) != fwd_out.as_slice() {
-            return Err(shape_err(
-                "Conv2dBackwardWeight",
-                format!(
-                    "gradient {:?} does not match the convolution's output {fwd_out:?}",
-                    self.shape(dy)
-                ),
-            ));
+            let detail = "the gradient does not match the convolution's output";
+            return Err(shape_err("Conv2dBackwardWeight", &[self.shape(dy), &fwd_out], detail));
         }
         Ok(self.push(
             Op::Conv2dBackwardWeight { stride, padding },
@@ -586,30 +689,13 @@ impl Graph {
         ))
     }
 
-    fn conv_out_shape(
-        &self,
-        x: &[usize],
-        w: &[usize],
-        stride: usize,
-        padding: usize,
-    ) -> GResult<Vec<usize>> {
-        if x.len() != 4 || w.len() != 4 || x[1] != w[1] || stride == 0 {
-            return Err(shape_err("Conv2d", format!("input {x:?} and kernel {w:?} do not fit")));
-        }
-        let o = |len: usize, k: usize| (len + 2 * padding).checked_sub(k).map(|d| d / stride + 1);
-        match (o(x[2], w[2]), o(x[3], w[3])) {
-            (Some(h), Some(wd)) => Ok(vec![x[0], w[0], h, wd]),
-            _ => Err(shape_err("Conv2d", format!("kernel {w:?} larger than padded input {x:?}"))),
-        }
-    }
-
     pub fn max_pool2d(&mut self, x: NodeId, k: usize) -> GResult<NodeId> {
         const OP: &str = "MaxPool2d";
         self.expect_f32(OP, x)?;
         self.expect_rank(OP, x, 4, "the input")?;
         let s = self.shape(x).to_vec();
         if k == 0 || !s[2].is_multiple_of(k) || !s[3].is_multiple_of(k) {
-            return Err(shape_err(OP, format!("window {k} must divide the spatial size of {s:?}")));
+            return Err(shape_err(OP, &[&s], format!("window {k} must divide the spatial size")));
         }
         Ok(self.push(
             Op::MaxPool2d { k },
@@ -624,26 +710,29 @@ impl Graph {
     pub fn softmax(&mut self, x: NodeId) -> GResult<NodeId> {
         self.expect_f32("Softmax", x)?;
         if self.shape(x).is_empty() {
-            return Err(shape_err("Softmax", "needs at least one axis"));
+            return Err(shape_err("Softmax", &[&[]], "needs at least one axis"));
         }
         let shape = self.shape(x).to_vec();
         Ok(self.push(Op::Softmax, vec![x], shape, DType::F32))
     }
 
-    fn check_logits_labels(&self, op: &str, logits: NodeId, labels: NodeId) -> GResult<usize> {
+    fn check_logits_labels(
+        &self,
+        op: &'static str,
+        logits: NodeId,
+        labels: NodeId,
+    ) -> GResult<usize> {
         self.expect_f32(op, logits)?;
         self.expect_rank(op, logits, 2, "the logits")?;
         self.expect_rank(op, labels, 1, "the labels")?;
-        if self.dtype(labels) != DType::I64 {
-            return Err(GraphError::DType {
-                op: op.to_string(),
-                expected: DType::I64,
-                actual: self.dtype(labels),
-            });
-        }
+        self.expect_dtype(op, labels, DType::I64)?;
         let (sl, sy) = (self.shape(logits), self.shape(labels));
         if sl[0] != sy[0] {
-            return Err(shape_err(op, format!("{} logits but {} labels", sl[0], sy[0])));
+            return Err(shape_err(
+                op,
+                &[sl, sy],
+                "the logits' rows and the labels differ in number",
+            ));
         }
         Ok(sl[0])
     }
@@ -660,13 +749,7 @@ impl Graph {
 
     pub fn one_hot(&mut self, labels: NodeId, classes: usize) -> GResult<NodeId> {
         self.expect_rank("OneHot", labels, 1, "the labels")?;
-        if self.dtype(labels) != DType::I64 {
-            return Err(GraphError::DType {
-                op: "OneHot".into(),
-                expected: DType::I64,
-                actual: self.dtype(labels),
-            });
-        }
+        self.expect_dtype("OneHot", labels, DType::I64)?;
         let b = self.shape(labels)[0];
         Ok(self.push(Op::OneHot { classes }, vec![labels], vec![b, classes], DType::F32))
     }
@@ -680,7 +763,7 @@ impl Graph {
         axes.sort_unstable();
         axes.dedup();
         if let Some(&a) = axes.iter().find(|&&a| a >= s.len()) {
-            return Err(shape_err("Sum", format!("axis {a} out of range for shape {s:?}")));
+            return Err(shape_err("Sum", &[&s], format!("axis {a} out of range")));
         }
         if axes.is_empty() {
             return Ok(x);
@@ -716,7 +799,11 @@ impl Graph {
             return Ok(x);
         }
         if !broadcasts_to(s, shape) {
-            return Err(shape_err("BroadcastTo", format!("{s:?} does not broadcast to {shape:?}")));
+            return Err(shape_err(
+                "BroadcastTo",
+                &[s, shape],
+                "the first does not broadcast to the second",
+            ));
         }
         let dtype = self.dtype(x);
         Ok(self.push(Op::BroadcastTo, vec![x], shape.to_vec(), dtype))
@@ -730,7 +817,11 @@ impl Graph {
             return Ok(x);
         }
         if !broadcasts_to(shape, s) {
-            return Err(shape_err("SumTo", format!("{shape:?} does not broadcast to {s:?}")));
+            return Err(shape_err(
+                "SumTo",
+                &[s, shape],
+                "the target does not broadcast to the operand",
+            ));
         }
         Ok(self.push(Op::SumTo, vec![x], shape.to_vec(), DType::F32))
     }
@@ -741,10 +832,7 @@ impl Graph {
             return Ok(x);
         }
         if numel(s) != numel(shape) {
-            return Err(shape_err(
-                "Reshape",
-                format!("{s:?} has {} elements, {shape:?} has {}", numel(s), numel(shape)),
-            ));
+            return Err(shape_err("Reshape", &[s, shape], "the element counts differ"));
         }
         if let Op::Reshape = self.node(x).op {
             let inner = self.node(x).args[0];
@@ -759,10 +847,8 @@ impl Graph {
         let mut seen = perm.to_vec();
         seen.sort_unstable();
         if seen != (0..s.len()).collect::<Vec<_>>() {
-            return Err(shape_err(
-                "Permute",
-                format!("{perm:?} is not a permutation of the axes of {s:?}"),
-            ));
+            let detail = format!("{perm:?} is not a permutation of the axes");
+            return Err(shape_err("Permute", &[&s], detail));
         }
         if perm.iter().enumerate().all(|(i, &p)| i == p) {
             return Ok(x);
@@ -780,10 +866,8 @@ impl Graph {
     pub fn slice(&mut self, x: NodeId, axis: usize, start: usize, end: usize) -> GResult<NodeId> {
         let s = self.shape(x).to_vec();
         if axis >= s.len() || start > end || end > s[axis] {
-            return Err(shape_err(
-                "Slice",
-                format!("[{start}..{end}] on axis {axis} is out of range for shape {s:?}"),
-            ));
+            let detail = format!("[{start}..{end}] on axis {axis} is out of range");
+            return Err(shape_err("Slice", &[&s], detail));
         }
         if start == 0 && end == s[axis] {
             return Ok(x);
@@ -798,7 +882,7 @@ impl Graph {
         self.expect_f32("Pad", x)?;
         let s = self.shape(x).to_vec();
         if axis >= s.len() {
-            return Err(shape_err("Pad", format!("axis {axis} out of range for shape {s:?}")));
+            return Err(shape_err("Pad", &[&s], format!("axis {axis} out of range")));
         }
         if before == 0 && after == 0 {
             return Ok(x);
@@ -809,16 +893,14 @@ impl Graph {
     }
 
     pub fn concat(&mut self, xs: &[NodeId], axis: usize) -> GResult<NodeId> {
-        let first = *xs.first().ok_or_else(|| shape_err("Concat", "needs at least one operand"))?;
+        let first =
+            *xs.first().ok_or_else(|| shape_err("Concat", &[], "needs at least one operand"))?;
         if xs.len() == 1 {
             return Ok(first);
         }
         let mut shape = self.shape(first).to_vec();
         if axis >= shape.len() {
-            return Err(shape_err(
-                "Concat",
-                format!("axis {axis} out of range for shape {shape:?}"),
-            ));
+            return Err(shape_err("Concat", &[&shape], format!("axis {axis} out of range")));
         }
         let dtype = self.dtype(first);
         let mut total = 0;
@@ -827,10 +909,8 @@ impl Graph {
             let same_elsewhere = s.len() == shape.len()
                 && s.iter().zip(&shape).enumerate().all(|(i, (a, b))| i == axis || a == b);
             if !same_elsewhere || self.dtype(x) != dtype {
-                return Err(shape_err(
-                    "Concat",
-                    format!("operand {s:?} does not fit {shape:?} along axis {axis}"),
-                ));
+                let detail = format!("the operand does not fit the first along axis {axis}");
+                return Err(shape_err("Concat", &[s, &shape], detail));
             }
             total += s[axis];
         }
@@ -840,16 +920,10 @@ impl Graph {
 
     pub fn gather(&mut self, data: NodeId, indices: NodeId) -> GResult<NodeId> {
         self.expect_rank("Gather", indices, 1, "the indices")?;
-        if self.dtype(indices) != DType::I64 {
-            return Err(GraphError::DType {
-                op: "Gather".into(),
-                expected: DType::I64,
-                actual: self.dtype(indices),
-            });
-        }
+        self.expect_dtype("Gather", indices, DType::I64)?;
         let mut shape = self.shape(data).to_vec();
         if shape.is_empty() {
-            return Err(shape_err("Gather", "data must have at least one axis"));
+            return Err(shape_err("Gather", &[&shape], "data must have at least one axis"));
         }
         shape[0] = self.shape(indices)[0];
         let dtype = self.dtype(data);
@@ -871,10 +945,7 @@ impl Graph {
         self.expect_f32("Grad", of)?;
         self.expect_f32("Grad", wrt)?;
         if !self.shape(of).is_empty() {
-            return Err(shape_err(
-                "Grad",
-                format!("can only differentiate a scalar, found shape {:?}", self.shape(of)),
-            ));
+            return Err(shape_err("Grad", &[self.shape(of)], "can only differentiate a scalar"));
         }
         let shape = self.shape(wrt).to_vec();
         Ok(self.push(Op::Grad, vec![of, wrt], shape, DType::F32))
@@ -889,7 +960,10 @@ impl Graph {
     pub fn dump(&self) -> String {
         let mut s = String::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            let args: Vec<String> = n.args.iter().map(|a| a.to_string()).collect();
+            let args: Vec<String> = match &n.op {
+                Op::Input { name } => vec![name.clone()],
+                _ => n.args.iter().map(|a| a.to_string()).collect(),
+            };
             s += &format!(
                 "%{i} = {}({}) : {}{:?}\n",
                 n.op.name(),

@@ -1,7 +1,7 @@
 //! A plain f64 evaluator of graphs on the host: the ground truth that gradient rules and
 //! backends are tested against. Written for clarity, not speed.
 
-use crate::graph::{BinaryOp, CmpOp, GResult, Graph, GraphError, Op, UnaryOp};
+use crate::graph::{conv2d_output_shape, BinaryOp, CmpOp, GResult, Graph, GraphError, Op, UnaryOp};
 use crate::tensor::{numel, HostData, HostTensor};
 
 /// A value of the reference evaluator; i64 labels are held exactly as f64.
@@ -343,8 +343,8 @@ fn conv_taps(
 ) {
     let (n, c, h, wd) = (x[0], x[1], x[2], x[3]);
     let (o, kh, kw) = (w[0], w[2], w[3]);
-    let oh = (h + 2 * padding - kh) / stride + 1;
-    let ow = (wd + 2 * padding - kw) / stride + 1;
+    let out = conv2d_output_shape(x, w, stride, padding).expect("checked when the graph was built");
+    let (oh, ow) = (out[2], out[3]);
     for b in 0..n {
         for oc in 0..o {
             for ic in 0..c {
@@ -376,9 +376,10 @@ fn conv_taps(
 
 fn conv2d(x: &RefValue, w: &RefValue, stride: usize, padding: usize) -> Vec<f64> {
     let (xs, ws) = (&x.shape, &w.shape);
-    let oh = (xs[2] + 2 * padding - ws[2]) / stride + 1;
-    let ow = (xs[3] + 2 * padding - ws[3]) / stride + 1;
-    let mut y = vec![0.0; xs[0] * ws[0] * oh * ow];
+    let out =
+        conv2d_output_shape(xs, ws, stride, padding).expect("checked when the graph was built");
+    let (oh, ow) = (out[2], out[3]);
+    let mut y = vec![0.0; numel(&out)];
     conv_taps(xs, ws, stride, padding, |[b, oc, ic, oy, ox, kk, ii]| {
         y[((b * ws[0] + oc) * oh + oy) * ow + ox] += x.data[(b * xs[1] + ic) * xs[2] * xs[3] + ii]
             * w.data[(oc * ws[1] + ic) * ws[2] * ws[3] + kk];

@@ -189,8 +189,7 @@ pub fn op_cases(seed: u64) -> Vec<OpCase> {
             vec![(uniform(r, &xs, -1.0, 1.0), true), (uniform(r, &ws, -1.0, 1.0), true)],
             |g, x| g.conv2d(x[0], x[1], stride, padding),
         );
-        let o = (hw + 2 * padding - 3) / stride + 1;
-        let ys = [bn, co, o, o];
+        let ys = crate::graph::conv2d_output_shape(&xs, &ws, stride, padding).expect("fits");
         c.add(
             format!("Conv2dBackwardInput/s{stride}p{padding}"),
             vec![(uniform(r, &ys, -1.0, 1.0), true), (uniform(r, &ws, -1.0, 1.0), true)],

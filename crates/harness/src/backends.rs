@@ -115,21 +115,62 @@ pub trait BackendVisitor {
     fn visit<B: Backend>(self, backend: &B) -> Self::Out;
 }
 
-/// Opens the backend `id` and hands it to `v`.
+/// The variable that sets how many threads every CPU engine computes with.
+pub const THREADS_VAR: &str = "RANDBENCH_THREADS";
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{THREADS_VAR}={given}: give a positive number of threads, or unset it for one per physical core")]
+pub struct ThreadsError {
+    pub given: String,
+}
+
+/// Threads every CPU engine computes with: `RANDBENCH_THREADS`, else one per physical core.
+/// candle and libtorch take one per physical core by default, ONNX Runtime one per logical
+/// CPU, twice as many on a machine with SMT: engines compared side by side get one count.
+pub fn cpu_threads() -> Result<usize, ThreadsError> {
+    match std::env::var(THREADS_VAR) {
+        Ok(given) => match given.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(ThreadsError { given }),
+        },
+        Err(_) => Ok(sysinfo::System::physical_core_count()
+            .ok()
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+            .unwrap_or(1)),
+    }
+}
+
+/// Gives every CPU engine of this process, and of the cell processes it starts, the count
+/// [`cpu_threads`] says. candle and rayon read theirs from the environment when their pools
+/// start, so `main` calls this first, before any thread exists.
+pub fn configure_cpu_threads() -> Result<usize, ThreadsError> {
+    let n = cpu_threads()?.to_string();
+    for var in [THREADS_VAR, "RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
+        std::env::set_var(var, &n);
+    }
+    Ok(n.parse().expect("a count just formatted"))
+}
+
+/// Opens the backend `id` and hands it to `v`. CPU engines compute with [`cpu_threads`].
 pub fn with_backend<V: BackendVisitor>(id: BackendId, grad: GradMode, v: V) -> BResult<V::Out> {
+    let threads =
+        cpu_threads().map_err(|e| BackendError::Library { backend: id, message: e.to_string() })?;
     match id.engine {
         #[cfg(feature = "candle")]
-        Engine::Candle => Ok(v.visit(&randbench_candle::CandleBackend::new(id.device, grad)?)),
+        Engine::Candle => {
+            let _ = threads; // set through the environment: see configure_cpu_threads
+            Ok(v.visit(&randbench_candle::CandleBackend::new(id.device, grad)?))
+        }
         #[cfg(feature = "tch")]
-        Engine::Tch => Ok(v.visit(&randbench_tch::TchBackend::new(id.device, grad)?)),
+        Engine::Tch => Ok(v.visit(&randbench_tch::TchBackend::new(id.device, grad, threads)?)),
         // ONNX Runtime has no autograd: its graphs are always expanded symbolically.
         #[cfg(feature = "ort")]
-        Engine::Ort => Ok(v.visit(&randbench_ort::OrtBackend::new(id.device)?)),
+        Engine::Ort => Ok(v.visit(&randbench_ort::OrtBackend::new(id.device, threads)?)),
         #[allow(unreachable_patterns)]
         other => {
-            let _ = (grad, v);
+            let _ = (grad, v, threads);
             Err(BackendError::Unsupported {
-                backend: id.to_string(),
+                backend: id,
                 what: format!("this binary: {}", enable_hint(other)),
             })
         }

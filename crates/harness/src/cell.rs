@@ -76,7 +76,7 @@ impl Status {
     }
 }
 
-/// Memory one cell used: the device allocator's figures where the engine reports them, and
+/// Memory one cell used: on a GPU, the device memory the engine or the driver (NVML) reports, and
 /// the host process's peak resident memory during the cell.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemoryUse {

@@ -11,10 +11,11 @@
 use crate::backends::{with_backend, BackendVisitor};
 use crate::cell::{Cell, CellResult, MemoryUse, Message, Observer, Progress, Status};
 use crate::families::{self, Data, Record, Workload};
+use crate::nvml::DeviceMemoryWatch;
 use crate::runner::STOP;
 use crate::suite::{self, Suite};
 use crate::sys;
-use randbench_core::backend::{Backend, BackendError, BackendInfo, GradMode};
+use randbench_core::backend::{Backend, BackendError, BackendInfo, Device, GradMode};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -90,11 +91,16 @@ impl Executor for InProcess {
                 let job = self.job;
                 let started_at = crate::env::utc_now();
                 sys::reset_peak_memory();
-                let mut record = Record::default();
                 let c = job.cell;
+                let device_watch = match c.backend.device {
+                    Device::Cuda(_) => DeviceMemoryWatch::start(),
+                    Device::Cpu => None,
+                };
+                let mut record = Record::default();
                 let outcome = families::run_cell(b, job, &mut record, self.obs).expect(MATCHED);
-                let memory =
-                    MemoryUse { device_peak: b.memory().peak, host_peak: sys::peak_memory() };
+                let watched = device_watch.and_then(DeviceMemoryWatch::finish);
+                let device_peak = b.memory().peak.or(watched);
+                let memory = MemoryUse { device_peak, host_peak: sys::peak_memory() };
                 let info = b.info();
                 let (metrics, error) = match outcome {
                     Ok(m) => (m, None),
@@ -241,7 +247,7 @@ impl Executor for ChildProcess {
 /// What a child's exit without a result means.
 fn classify(s: ExitStatus, stderr: &str) -> (Status, String) {
     use std::os::unix::process::ExitStatusExt;
-    let alloc_failed = stderr.contains("memory allocation of") || stderr.contains("out of memory");
+    let alloc_failed = randbench_core::backend::reports_out_of_memory(stderr);
     match (s.signal(), s.code()) {
         // Ctrl-C reached the child before it could install its own handler (while the dynamic
         // loader was still opening libtorch, say).

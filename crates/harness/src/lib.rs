@@ -8,6 +8,7 @@ pub mod executor;
 pub mod families;
 #[cfg(feature = "test-faults")]
 pub mod fault;
+pub mod nvml;
 pub mod report;
 pub mod results;
 pub mod runner;

@@ -115,6 +115,10 @@ fn handle_interrupts() {
 
 fn main() -> ExitCode {
     randbench::sys::tune_allocator();
+    if let Err(e) = randbench::backends::configure_cpu_threads() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     // A file-size limit then fails a write with an error we report, instead of killing us.
     // SAFETY: sets the disposition of one signal before any threads start.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };

@@ -39,25 +39,17 @@ const SETUP_HINT: &str = "run scripts/setup-native.sh (it installs the pinned on
 #[derive(Clone)]
 pub struct OrtTensor(Arc<DynTensor>);
 
-fn lib_err(e: ort::Error) -> BackendError {
-    let message = e.to_string();
-    if message.contains("out of memory") || message.contains("Failed to allocate") {
-        BackendError::OutOfMemory { backend: "ort".into(), message }
-    } else {
-        BackendError::Library { backend: "ort".into(), message }
-    }
-}
-
+/// ONNX Runtime's errors as the backend's, classified by the core.
 trait OrLib<T> {
-    fn lib(self) -> BResult<T>;
+    fn lib(self, backend: BackendId) -> BResult<T>;
 }
 
 impl<T, R> OrLib<T> for Result<T, ort::Error<R>>
 where
     ort::Error: From<ort::Error<R>>,
 {
-    fn lib(self) -> BResult<T> {
-        self.map_err(|e| lib_err(e.into()))
+    fn lib(self, backend: BackendId) -> BResult<T> {
+        self.map_err(|e| BackendError::library(backend, ort::Error::from(e).to_string()))
     }
 }
 
@@ -76,58 +68,48 @@ struct Runtime {
     threads: usize,
 }
 
-/// Threads of ONNX Runtime's one thread pool: `RANDBENCH_ORT_THREADS`, else one per logical CPU.
-fn thread_count() -> Result<usize, String> {
-    match std::env::var("RANDBENCH_ORT_THREADS") {
-        Ok(v) => {
-            v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
-                format!("RANDBENCH_ORT_THREADS={v}: give a positive number of threads")
-            })
-        }
-        Err(_) => Ok(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
-    }
+/// Why ONNX Runtime could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("ONNX Runtime's library was not found in {venv}: {SETUP_HINT}")]
+    NotInstalled { venv: &'static str },
+    #[error("ONNX Runtime's library {} does not exist: {SETUP_HINT}", .0.display())]
+    Missing(PathBuf),
+    #[error("cannot load ONNX Runtime from {}: {source}; {SETUP_HINT}", .library.display())]
+    Load { library: PathBuf, source: ort::LoadDynamicError },
+    #[error("ONNX Runtime from {} failed to start: {source}", .library.display())]
+    Start { library: PathBuf, source: ort::Error },
 }
 
-/// Opens ONNX Runtime once per process. Checked here, before ort's own loader could panic: the
-/// file must exist and report a version this build supports.
-fn runtime() -> BResult<&'static Runtime> {
-    static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+/// Opens ONNX Runtime once per process, with `threads` threads in its one pool. Checked here,
+/// before ort's own loader could panic: the file must exist and report a supported version.
+fn runtime(threads: usize) -> Result<&'static Runtime, &'static RuntimeError> {
+    static RUNTIME: OnceLock<Result<Runtime, RuntimeError>> = OnceLock::new();
     let r = RUNTIME.get_or_init(|| {
-        let library = library_path().ok_or_else(|| {
-            format!(
-                "ONNX Runtime's library was not found in {}: {SETUP_HINT}",
-                env!("RANDBENCH_ORT_VENV")
-            )
-        })?;
+        let library = library_path()
+            .ok_or(RuntimeError::NotInstalled { venv: env!("RANDBENCH_ORT_VENV") })?;
         if !library.is_file() {
-            return Err(format!(
-                "ONNX Runtime's library {} does not exist: {SETUP_HINT}",
-                library.display()
-            ));
+            return Err(RuntimeError::Missing(library));
         }
-        let threads = thread_count()?;
-        let builder = ort::init_from(&library).map_err(|e| {
-            format!("cannot load ONNX Runtime from {}: {e}; {SETUP_HINT}", library.display())
-        })?;
+        let builder = match ort::init_from(&library) {
+            Ok(b) => b,
+            Err(source) => return Err(RuntimeError::Load { library, source }),
+        };
         // One thread pool for every session: a training step, its last smaller batch and the
         // evaluation are separate sessions, and pools of their own would spin against each
         // other on a small machine (it cost ort-cpu three quarters of its speed on 2 cores).
-        let started =
-            |e: ort::Error| format!("ONNX Runtime from {} failed to start: {e}", library.display());
-        let pool = GlobalThreadPoolOptions::default()
+        let env = GlobalThreadPoolOptions::default()
             .with_intra_threads(threads)
             .and_then(|p| p.with_inter_threads(1))
-            .map_err(started)?;
-        let env = builder
-            .with_name("randbench")
-            .with_global_thread_pool(pool)
-            .build()
-            .map_err(started)?;
+            .and_then(|pool| builder.with_name("randbench").with_global_thread_pool(pool).build());
+        let env = match env {
+            Ok(env) => env,
+            Err(source) => return Err(RuntimeError::Start { library, source }),
+        };
         let version = version_of(&library);
         Ok(Runtime { env, library, version, threads })
     });
     r.as_ref()
-        .map_err(|reason| BackendError::Library { backend: "ort".into(), message: reason.clone() })
 }
 
 /// The version in the library's file name (libonnxruntime.so.1.31.1), else the build string.
@@ -161,12 +143,24 @@ pub struct OrtProgram {
 impl OrtBackend {
     /// A backend on `device`. CUDA needs ONNX Runtime built with its CUDA execution provider;
     /// without it this is an error, never a silent run on the CPU.
-    pub fn new(device: Device) -> BResult<Self> {
-        let runtime = runtime()?;
+    /// `threads`: the size of ONNX Runtime's one thread pool, fixed by the first backend of the
+    /// process; asking for another count later is an error, never a silent mismatch.
+    pub fn new(device: Device, threads: usize) -> BResult<Self> {
+        let id = BackendId { engine: Engine::Ort, device };
+        let runtime = runtime(threads).map_err(|e| BackendError::library(id, e.to_string()))?;
+        if runtime.threads != threads {
+            return Err(BackendError::Unsupported {
+                backend: id,
+                what: format!(
+                    "{threads} threads: ONNX Runtime's thread pool in this process already has {}",
+                    runtime.threads
+                ),
+            });
+        }
         if let Device::Cuda(n) = device {
             Self::check_cuda(runtime, n)?;
         }
-        Ok(Self { id: BackendId { engine: Engine::Ort, device }, runtime })
+        Ok(Self { id, runtime })
     }
 
     #[cfg(feature = "cuda")]
@@ -175,8 +169,7 @@ impl OrtBackend {
             return Ok(());
         }
         Err(BackendError::DeviceUnavailable {
-            backend: "ort".into(),
-            device: format!("cuda:{n}"),
+            backend: BackendId { engine: Engine::Ort, device: Device::Cuda(n) },
             reason: format!(
                 "ONNX Runtime at {} has no CUDA execution provider (the onnxruntime wheel is CPU-only; onnxruntime-gpu=={PINNED_VERSION} has it)",
                 runtime.library.display()
@@ -187,8 +180,7 @@ impl OrtBackend {
     #[cfg(not(feature = "cuda"))]
     fn check_cuda(_: &Runtime, n: usize) -> BResult<()> {
         Err(BackendError::DeviceUnavailable {
-            backend: "ort".into(),
-            device: format!("cuda:{n}"),
+            backend: BackendId { engine: Engine::Ort, device: Device::Cuda(n) },
             reason: "this binary was built without ONNX Runtime's CUDA execution provider; rebuild with `--features cuda`".into(),
         })
     }
@@ -208,17 +200,17 @@ impl OrtBackend {
                 MemoryType::Default,
             ),
         }
-        .lib()
+        .lib(self.id)
     }
 
     fn session(&self, model: ort::editor::Model) -> BResult<Session> {
         let mut builder = Session::builder(&self.runtime.env)
-            .lib()?
+            .lib(self.id)?
             .with_optimization_level(GraphOptimizationLevel::All)
-            .lib()?;
+            .lib(self.id)?;
         // RANDBENCH_ORT_PROFILE=PREFIX writes ONNX Runtime's per-node profile of each session.
         if let Ok(prefix) = std::env::var("RANDBENCH_ORT_PROFILE") {
-            builder = builder.with_profiling(prefix).lib()?;
+            builder = builder.with_profiling(prefix).lib(self.id)?;
         }
         #[cfg(feature = "cuda")]
         let builder = match self.id.device {
@@ -229,13 +221,12 @@ impl OrtBackend {
                     .build()
                     .error_on_failure()])
                 .map_err(|e| BackendError::DeviceUnavailable {
-                    backend: "ort".into(),
-                    device: format!("cuda:{n}"),
+                    backend: self.id,
                     reason: e.to_string(),
                 })?,
             Device::Cpu => builder,
         };
-        model.into_session(&builder).lib()
+        model.into_session(&builder).lib(self.id)
     }
 
     fn providers(&self) -> &'static str {
@@ -270,12 +261,12 @@ impl Backend for OrtBackend {
     fn upload(&self, t: &HostTensor) -> BResult<OrtTensor> {
         let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
         let host: DynTensor = match t.data() {
-            HostData::F32(v) => Tensor::from_array((shape, v.clone())).lib()?.upcast(),
-            HostData::I64(v) => Tensor::from_array((shape, v.clone())).lib()?.upcast(),
+            HostData::F32(v) => Tensor::from_array((shape, v.clone())).lib(self.id)?.upcast(),
+            HostData::I64(v) => Tensor::from_array((shape, v.clone())).lib(self.id)?.upcast(),
         };
         let value = match self.id.device {
             Device::Cpu => host,
-            Device::Cuda(n) => host.to(AllocationDevice::CUDA, n as i32).lib()?,
+            Device::Cuda(n) => host.to(AllocationDevice::CUDA, n as i32).lib(self.id)?,
         };
         Ok(OrtTensor(Arc::new(value)))
     }
@@ -284,26 +275,25 @@ impl Backend for OrtBackend {
         let host = if t.0.memory_info().allocation_device() == AllocationDevice::CPU {
             None
         } else {
-            Some(t.0.to(AllocationDevice::CPU, 0).lib()?)
+            Some(t.0.to(AllocationDevice::CPU, 0).lib(self.id)?)
         };
         let v = host.as_ref().unwrap_or(&t.0);
         let shape: Vec<usize> = v.shape().iter().map(|&d| d as usize).collect();
         let data = match v.data_type() {
             ort::value::TensorElementType::Int64 => {
-                HostData::I64(v.try_extract_tensor::<i64>().lib()?.1.to_vec())
+                HostData::I64(v.try_extract_tensor::<i64>().lib(self.id)?.1.to_vec())
             }
-            _ => HostData::F32(v.try_extract_tensor::<f32>().lib()?.1.to_vec()),
+            _ => HostData::F32(v.try_extract_tensor::<f32>().lib(self.id)?.1.to_vec()),
         };
-        HostTensor::new(shape, data)
-            .map_err(|e| BackendError::Library { backend: "ort".into(), message: e.to_string() })
+        HostTensor::new(shape, data).map_err(|e| BackendError::library(self.id, e.to_string()))
     }
 
     fn compile(&self, g: &Graph) -> BResult<OrtProgram> {
         let graph = expand_grads(g)?;
-        let lowered = lower::lower(&graph)
-            .map_err(|message| BackendError::Library { backend: "ort".into(), message })?;
+        let lowered =
+            lower::lower(&graph).map_err(|e| BackendError::library(self.id, e.to_string()))?;
         let session = self.session(lowered.model)?;
-        let binding = session.create_binding().lib()?;
+        let binding = session.create_binding().lib(self.id)?;
         let memory = self.memory_info()?;
         Ok(OrtProgram {
             session,
@@ -319,7 +309,7 @@ impl Backend for OrtBackend {
         let shapes: Vec<(Vec<usize>, DType)> = inputs.iter().map(|t| shape_dtype(t)).collect();
         check_inputs(&p.graph, shapes.iter().map(|(s, d)| (s.as_slice(), *d)))?;
         for (name, t) in p.inputs.iter().zip(inputs) {
-            p.binding.bind_input(name, t.0.as_ref()).lib()?;
+            p.binding.bind_input(name, t.0.as_ref()).lib(self.id)?;
         }
         // Fresh output buffers every run. A binding keeps the last run's outputs, and would
         // write the next run's into them: into this run's inputs, which are those very
@@ -327,17 +317,17 @@ impl Backend for OrtBackend {
         // losses part from the other engines' after a dozen steps.
         p.binding.clear_outputs();
         for name in &p.outputs {
-            p.binding.bind_output_to_device(name, &p.memory).lib()?;
+            p.binding.bind_output_to_device(name, &p.memory).lib(self.id)?;
         }
-        let mut out = p.session.run_binding(&p.binding).lib()?;
+        let mut out = p.session.run_binding(&p.binding).lib(self.id)?;
         p.outputs
             .iter()
             .map(|name| {
                 let v = out.remove(name.as_str()).ok_or_else(|| BackendError::Library {
-                    backend: "ort".into(),
-                    message: format!("no output {name}"),
+                    backend: self.id,
+                    message: format!("ONNX Runtime returned no output {name}"),
                 })?;
-                Ok(OrtTensor(Arc::new(v.downcast::<DynTensorValueType>().lib()?)))
+                Ok(OrtTensor(Arc::new(v.downcast::<DynTensorValueType>().lib(self.id)?)))
             })
             .collect()
     }

@@ -12,17 +12,25 @@ use ort::value::{
     Outlet, PrimitiveTensorElementType, Shape, SymbolicDimensions, Tensor, TensorElementType,
     ValueType,
 };
-use randbench_core::graph::{broadcast_shapes, BinaryOp, CmpOp, Graph, NodeId, Op, UnaryOp};
+use randbench_core::graph::{
+    broadcast_shapes, conv_transpose_output_padding, sum_to_axes, BinaryOp, CmpOp, Graph, NodeId,
+    Op, UnaryOp,
+};
 use randbench_core::tensor::{DType, HostData};
 use std::collections::HashMap;
 
 pub const OPSET: u32 = 21;
 
-type LResult<T> = Result<T, String>;
-
-fn err(e: ort::Error) -> String {
-    e.to_string()
+/// Why a graph could not become an ONNX model.
+#[derive(Debug, thiserror::Error)]
+pub enum LowerError {
+    #[error("building the ONNX model: {0}")]
+    Ort(#[from] ort::Error),
+    #[error("a Grad node reached the ONNX lowering; expand gradients first")]
+    UnexpandedGrad,
 }
+
+type LResult<T> = Result<T, LowerError>;
 
 fn value_type(dtype: DType, shape: &[usize]) -> ValueType {
     ValueType::Tensor {
@@ -83,8 +91,9 @@ impl Ctx {
         attrs: Vec<Attribute>,
     ) -> LResult<()> {
         let name = self.fresh("node");
-        let node = Node::new(op, ONNX_DOMAIN, name, inputs, [out], attrs).map_err(err)?;
-        self.graph.add_node(node).map_err(err)
+        let node =
+            Node::new(op, ONNX_DOMAIN, name, inputs, [out], attrs).map_err(LowerError::Ort)?;
+        self.graph.add_node(node).map_err(LowerError::Ort)
     }
 
     /// An initializer holding `values`; equal constants share one.
@@ -99,10 +108,10 @@ impl Ctx {
         }
         let mut t =
             Tensor::<T>::new(&Allocator::default(), Shape::new(shape.iter().map(|&d| d as i64)))
-                .map_err(err)?;
+                .map_err(LowerError::Ort)?;
         t.extract_tensor_mut().1.copy_from_slice(values);
         let name = self.fresh("const");
-        self.graph.add_initializer(&name, t, false).map_err(err)?;
+        self.graph.add_initializer(&name, t, false).map_err(LowerError::Ort)?;
         self.constants.insert(key, name.clone());
         Ok(name)
     }
@@ -143,7 +152,7 @@ fn to_f32(x: &str) -> LResult<Out> {
 impl Ctx {}
 
 fn attr(name: &str, v: impl ort::operator::ToAttribute) -> LResult<Attribute> {
-    Attribute::new(name, v).map_err(err)
+    Attribute::new(name, v).map_err(LowerError::Ort)
 }
 
 fn ints(v: &[usize]) -> Vec<i64> {
@@ -181,21 +190,14 @@ fn reads(g: &Graph, id: NodeId) -> Vec<NodeId> {
 }
 
 pub fn lower(g: &Graph) -> LResult<Lowered> {
-    let mut cx =
-        Ctx { graph: OnnxGraph::new().map_err(err)?, counter: 0, constants: HashMap::new() };
+    let mut cx = Ctx {
+        graph: OnnxGraph::new().map_err(LowerError::Ort)?,
+        counter: 0,
+        constants: HashMap::new(),
+    };
     let n = g.len();
     // Which nodes the outputs need, reading through the substitutions above.
-    let mut needed = vec![false; n];
-    for (_, id) in g.outputs() {
-        needed[id.index()] = true;
-    }
-    for i in (0..n).rev() {
-        if needed[i] {
-            for a in reads(g, NodeId::from_index(i)) {
-                needed[a.index()] = true;
-            }
-        }
-    }
+    let needed = g.needed_by(g.output_ids(), |id| reads(g, id));
     let mut names: Vec<String> = vec![String::new(); n];
     let mut inputs = Vec::new();
     let mut input_outlets = Vec::new();
@@ -233,10 +235,11 @@ pub fn lower(g: &Graph) -> LResult<Lowered> {
         }
         output_outlets.push(Outlet::new(&outputs[k], value_type(g.dtype(*id), g.shape(*id))));
     }
-    cx.graph.set_inputs(input_outlets).map_err(err)?;
-    cx.graph.set_outputs(output_outlets).map_err(err)?;
-    let mut model = Model::new([Opset::new(ONNX_DOMAIN, OPSET).map_err(err)?]).map_err(err)?;
-    model.set_graph(cx.graph).map_err(err)?;
+    cx.graph.set_inputs(input_outlets).map_err(LowerError::Ort)?;
+    cx.graph.set_outputs(output_outlets).map_err(LowerError::Ort)?;
+    let mut model = Model::new([Opset::new(ONNX_DOMAIN, OPSET).map_err(LowerError::Ort)?])
+        .map_err(LowerError::Ort)?;
+    model.set_graph(cx.graph).map_err(LowerError::Ort)?;
     Ok(Lowered { model, inputs, outputs })
 }
 
@@ -319,15 +322,10 @@ fn emit(cx: &mut Ctx, g: &Graph, id: NodeId, a: &[&str]) -> LResult<Out> {
             Out::node("Conv", a, conv_attrs(k, *stride, *padding, 1)?)
         }
         Op::Conv2dBackwardInput { stride, padding } => {
-            // ConvTranspose's output side is (i-1)·stride - 2·padding + k + output_padding.
             let (dy, w) = (in_shape(0), in_shape(1));
-            let extra = |axis: usize| {
-                shape[axis] as i64
-                    - ((dy[axis] as i64 - 1) * *stride as i64 + w[axis] as i64
-                        - 2 * *padding as i64)
-            };
+            let extra = conv_transpose_output_padding(dy, w, shape, *stride, *padding);
             let mut attrs = conv_attrs(&w[2..], *stride, *padding, 1)?;
-            attrs.push(attr("output_padding", vec![extra(2), extra(3)])?);
+            attrs.push(attr("output_padding", ints(&extra))?);
             Out::node("ConvTranspose", a, attrs)
         }
         Op::Conv2dBackwardWeight { stride, padding } => {
@@ -388,12 +386,7 @@ fn emit(cx: &mut Ctx, g: &Graph, id: NodeId, a: &[&str]) -> LResult<Out> {
             Out::node("Expand", &[a[0], &s], vec![])
         }
         Op::SumTo => {
-            let from = in_shape(0);
-            let off = from.len() - shape.len();
-            let axes: Vec<usize> = (0..from.len())
-                .filter(|&i| i < off || (shape[i - off] == 1 && from[i] != 1))
-                .collect();
-            let ax = cx.ints(&axes)?;
+            let ax = cx.ints(&sum_to_axes(in_shape(0), shape))?;
             let summed = cx.node("ReduceSum", &[a[0], &ax], vec![attr("keepdims", 1i64)?])?;
             let s = cx.ints(shape)?;
             Out::node("Reshape", &[&summed, &s], vec![])
@@ -417,9 +410,7 @@ fn emit(cx: &mut Ctx, g: &Graph, id: NodeId, a: &[&str]) -> LResult<Out> {
         }
         Op::Concat { axis } => Out::node("Concat", a, vec![attr("axis", *axis as i64)?]),
         Op::Gather => Out::node("Gather", a, vec![attr("axis", 0i64)?]),
-        Op::Grad => {
-            return Err("a Grad node reached the ONNX lowering; expand gradients first".into())
-        }
+        Op::Grad => return Err(LowerError::UnexpandedGrad),
     })
 }
 

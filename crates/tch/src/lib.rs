@@ -8,7 +8,9 @@ use randbench_core::backend::{
     BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, GradMode, MemoryStats,
 };
 use randbench_core::eager::{EagerOps, EagerProgram};
-use randbench_core::graph::{BinaryOp, CmpOp, Graph, Node, Op, UnaryOp};
+use randbench_core::graph::{
+    conv_transpose_output_padding, sum_to_axes, BinaryOp, CmpOp, Graph, Node, Op, UnaryOp,
+};
 use randbench_core::tensor::{DType, HostData, HostTensor};
 use tch::{Kind, Reduction, TchError, Tensor};
 
@@ -30,25 +32,19 @@ pub struct TchBackend {
     mode: GradMode,
 }
 
-fn lib_err(e: TchError) -> BackendError {
-    let message = e.to_string();
-    if message.contains("out of memory") {
-        BackendError::OutOfMemory {
-            backend: "tch".into(),
-            message: message.lines().next().unwrap_or("").to_string(),
-        }
-    } else {
-        BackendError::Library { backend: "tch".into(), message }
-    }
-}
-
+/// libtorch's errors as the backend's, classified by the core. libtorch appends the C++
+/// stack ("Exception raised from ...") to its message; the message is what a user can act on.
 trait OrLib<T> {
-    fn lib(self) -> BResult<T>;
+    fn lib(self, backend: BackendId) -> BResult<T>;
 }
 
 impl<T> OrLib<T> for Result<T, TchError> {
-    fn lib(self) -> BResult<T> {
-        self.map_err(lib_err)
+    fn lib(self, backend: BackendId) -> BResult<T> {
+        self.map_err(|e| {
+            let message = e.to_string();
+            let message = message.split("\nException raised from").next().unwrap_or("");
+            BackendError::library(backend, message.trim_end())
+        })
     }
 }
 
@@ -57,9 +53,11 @@ fn dims(shape: &[usize]) -> Vec<i64> {
 }
 
 impl TchBackend {
-    /// A backend on `device`. Asking for a CUDA device that is not there is an error, never
-    /// a silent run on the CPU.
-    pub fn new(device: Device, mode: GradMode) -> BResult<Self> {
+    /// A backend on `device`, computing on the CPU with `threads` threads (libtorch's intra-op
+    /// pool, a setting of the whole process). Asking for a CUDA device that is not there is an
+    /// error, never a silent run on the CPU.
+    pub fn new(device: Device, mode: GradMode, threads: usize) -> BResult<Self> {
+        tch::set_num_threads(threads as i32);
         let id = BackendId { engine: Engine::Tch, device };
         let dev = match device {
             Device::Cpu => tch::Device::Cpu,
@@ -71,11 +69,7 @@ impl TchBackend {
                     } else {
                         format!("libtorch sees {count} CUDA device(s), numbered from 0")
                     };
-                    return Err(BackendError::DeviceUnavailable {
-                        backend: "tch".into(),
-                        device: format!("cuda:{n}"),
-                        reason,
-                    });
+                    return Err(BackendError::DeviceUnavailable { backend: id, reason });
                 }
                 tch::Device::Cuda(n)
             }
@@ -84,28 +78,33 @@ impl TchBackend {
     }
 
     fn err(&self, what: &str) -> BackendError {
-        BackendError::Library { backend: "tch".into(), message: what.to_string() }
+        BackendError::Library { backend: self.id, message: what.to_string() }
     }
 }
 
-fn f32_mask(t: Tensor) -> BResult<TchTensor> {
-    Ok(TchTensor(t.f_to_kind(Kind::Float).lib()?))
+fn f32_mask(id: BackendId, t: Tensor) -> BResult<TchTensor> {
+    Ok(TchTensor(t.f_to_kind(Kind::Float).lib(id)?))
 }
 
 /// The input gradient of a convolution: a transposed convolution, with the output padding
 /// that gives back the input's size (taking the larger for both sides and trimming).
 fn conv_backward_input(
+    id: BackendId,
     dy: &Tensor,
     w: &Tensor,
     x_shape: &[usize],
     stride: i64,
     padding: i64,
 ) -> BResult<Tensor> {
-    let size = |i: i64, k: i64| (i - 1) * stride + k - 2 * padding;
-    let (dys, ws) = (dy.size(), w.size());
-    let pad_h = x_shape[2] as i64 - size(dys[2], ws[2]);
-    let pad_w = x_shape[3] as i64 - size(dys[3], ws[3]);
-    let out_pad = pad_h.max(pad_w).max(0);
+    let sizes = |t: &Tensor| t.size().iter().map(|&d| d as usize).collect::<Vec<_>>();
+    let [pad_h, pad_w] = conv_transpose_output_padding(
+        &sizes(dy),
+        &sizes(w),
+        x_shape,
+        stride as usize,
+        padding as usize,
+    );
+    let out_pad = pad_h.max(pad_w) as i64;
     let dx = dy
         .f_conv_transpose2d(
             w,
@@ -116,27 +115,28 @@ fn conv_backward_input(
             1,
             [1, 1],
         )
-        .lib()?;
-    dx.f_narrow(2, 0, x_shape[2] as i64).lib()?.f_narrow(3, 0, x_shape[3] as i64).lib()
+        .lib(id)?;
+    dx.f_narrow(2, 0, x_shape[2] as i64).lib(id)?.f_narrow(3, 0, x_shape[3] as i64).lib(id)
 }
 
 /// The weight gradient: the transposed input convolved with the transposed output gradient,
 /// dilated by the stride.
 fn conv_backward_weight(
+    id: BackendId,
     x: &Tensor,
     dy: &Tensor,
     w_shape: &[usize],
     stride: i64,
     padding: i64,
 ) -> BResult<Tensor> {
-    let xt = x.f_transpose(0, 1).lib()?;
-    let dyt = dy.f_transpose(0, 1).lib()?;
+    let xt = x.f_transpose(0, 1).lib(id)?;
+    let dyt = dy.f_transpose(0, 1).lib(id)?;
     let gw = xt
         .f_conv2d(&dyt, None::<Tensor>, [1, 1], [padding, padding], [stride, stride], 1)
-        .lib()?
+        .lib(id)?
         .f_transpose(0, 1)
-        .lib()?;
-    gw.f_narrow(2, 0, w_shape[2] as i64).lib()?.f_narrow(3, 0, w_shape[3] as i64).lib()
+        .lib(id)?;
+    gw.f_narrow(2, 0, w_shape[2] as i64).lib(id)?.f_narrow(3, 0, w_shape[3] as i64).lib(id)
 }
 
 impl EagerOps for TchBackend {
@@ -161,89 +161,91 @@ impl EagerOps for TchBackend {
                 UnaryOp::Abs => a[0].f_abs(),
                 UnaryOp::Sign => a[0].f_sign(),
                 UnaryOp::Square => a[0].f_square(),
-                UnaryOp::Step => return f32_mask(a[0].f_gt(0.0).lib()?),
+                UnaryOp::Step => return f32_mask(self.id, a[0].f_gt(0.0).lib(self.id)?),
             }
-            .lib()?,
+            .lib(self.id)?,
             Op::Affine { mul, add } => {
                 let scaled = if *mul == 1.0 {
                     a[0].shallow_clone()
                 } else {
-                    a[0].f_mul_scalar(*mul).lib()?
+                    a[0].f_mul_scalar(*mul).lib(self.id)?
                 };
                 if *add == 0.0 {
                     scaled
                 } else {
-                    scaled.f_add_scalar(*add).lib()?
+                    scaled.f_add_scalar(*add).lib(self.id)?
                 }
             }
-            Op::Clamp { min, max } => a[0].f_clamp(*min, *max).lib()?,
+            Op::Clamp { min, max } => a[0].f_clamp(*min, *max).lib(self.id)?,
             Op::Binary(b) => match b {
                 BinaryOp::Add => a[0].f_add(a[1]),
                 BinaryOp::Sub => a[0].f_sub(a[1]),
                 BinaryOp::Mul => a[0].f_mul(a[1]),
                 BinaryOp::Div => a[0].f_div(a[1]),
             }
-            .lib()?,
+            .lib(self.id)?,
             Op::Compare(c) => {
                 return f32_mask(
+                    self.id,
                     match c {
                         CmpOp::Eq => a[0].f_eq_tensor(a[1]),
                         CmpOp::Ge => a[0].f_ge_tensor(a[1]),
                         CmpOp::Gt => a[0].f_gt_tensor(a[1]),
                     }
-                    .lib()?,
+                    .lib(self.id)?,
                 )
             }
             Op::MatMul { ta, tb } => {
-                let l = if *ta { a[0].f_tr().lib()? } else { a[0].shallow_clone() };
-                let r = if *tb { a[1].f_tr().lib()? } else { a[1].shallow_clone() };
-                l.f_mm(&r).lib()?
+                let l = if *ta { a[0].f_tr().lib(self.id)? } else { a[0].shallow_clone() };
+                let r = if *tb { a[1].f_tr().lib(self.id)? } else { a[1].shallow_clone() };
+                l.f_mm(&r).lib(self.id)?
             }
-            Op::Linear => a[2].f_addmm(a[0], a[1]).lib()?,
+            Op::Linear => a[2].f_addmm(a[0], a[1]).lib(self.id)?,
             Op::Conv2d { stride, padding } => {
                 let (s, p) = (*stride as i64, *padding as i64);
-                a[0].f_conv2d(a[1], None::<Tensor>, [s, s], [p, p], [1, 1], 1).lib()?
+                a[0].f_conv2d(a[1], None::<Tensor>, [s, s], [p, p], [1, 1], 1).lib(self.id)?
             }
             Op::Conv2dBackwardInput { stride, padding } => {
-                conv_backward_input(a[0], a[1], shape, *stride as i64, *padding as i64)?
+                conv_backward_input(self.id, a[0], a[1], shape, *stride as i64, *padding as i64)?
             }
             Op::Conv2dBackwardWeight { stride, padding } => {
-                conv_backward_weight(a[0], a[1], shape, *stride as i64, *padding as i64)?
+                conv_backward_weight(self.id, a[0], a[1], shape, *stride as i64, *padding as i64)?
             }
             Op::MaxPool2d { k } => {
                 let k = *k as i64;
-                a[0].f_max_pool2d([k, k], [k, k], [0, 0], [1, 1], false).lib()?
+                a[0].f_max_pool2d([k, k], [k, k], [0, 0], [1, 1], false).lib(self.id)?
             }
-            Op::Softmax => a[0].f_softmax(-1, Kind::Float).lib()?,
-            Op::SoftmaxCrossEntropy => {
-                a[0].f_cross_entropy_loss(a[1], None::<Tensor>, Reduction::None, -100, 0.0).lib()?
+            Op::Softmax => a[0].f_softmax(-1, Kind::Float).lib(self.id)?,
+            Op::SoftmaxCrossEntropy => a[0]
+                .f_cross_entropy_loss(a[1], None::<Tensor>, Reduction::None, -100, 0.0)
+                .lib(self.id)?,
+            Op::OneHot { classes } => {
+                return f32_mask(self.id, a[0].f_one_hot(*classes as i64).lib(self.id)?)
             }
-            Op::OneHot { classes } => return f32_mask(a[0].f_one_hot(*classes as i64).lib()?),
             Op::CorrectPredictions => {
-                return f32_mask(a[0].f_argmax(1, false).lib()?.f_eq_tensor(a[1]).lib()?)
+                return f32_mask(
+                    self.id,
+                    a[0].f_argmax(1, false).lib(self.id)?.f_eq_tensor(a[1]).lib(self.id)?,
+                )
             }
             Op::Sum { axes, .. } => a[0]
                 .f_sum_dim_intlist(dims(axes), false, Kind::Float)
-                .lib()?
+                .lib(self.id)?
                 .f_reshape(dims(shape))
-                .lib()?,
-            Op::BroadcastTo => a[0].f_expand(dims(shape), false).lib()?,
+                .lib(self.id)?,
+            Op::BroadcastTo => a[0].f_expand(dims(shape), false).lib(self.id)?,
             Op::SumTo => {
-                let from = a[0].size();
-                let off = from.len() - shape.len();
-                let axes: Vec<i64> = (0..from.len())
-                    .filter(|&i| i < off || (shape[i - off] == 1 && from[i] != 1))
-                    .map(|i| i as i64)
-                    .collect();
+                let from: Vec<usize> = a[0].size().iter().map(|&d| d as usize).collect();
+                let axes: Vec<i64> = sum_to_axes(&from, shape).iter().map(|&i| i as i64).collect();
                 a[0].f_sum_dim_intlist(axes, false, Kind::Float)
-                    .lib()?
+                    .lib(self.id)?
                     .f_reshape(dims(shape))
-                    .lib()?
+                    .lib(self.id)?
             }
-            Op::Reshape => a[0].f_reshape(dims(shape)).lib()?,
-            Op::Permute { perm } => a[0].f_permute(dims(perm)).lib()?,
+            Op::Reshape => a[0].f_reshape(dims(shape)).lib(self.id)?,
+            Op::Permute { perm } => a[0].f_permute(dims(perm)).lib(self.id)?,
             Op::Slice { axis, start, end } => {
-                a[0].f_narrow(*axis as i64, *start as i64, (end - start) as i64).lib()?
+                a[0].f_narrow(*axis as i64, *start as i64, (end - start) as i64).lib(self.id)?
             }
             Op::Pad { axis, before, after } => {
                 // constant_pad_nd lists (before, after) pairs from the last axis backwards.
@@ -252,10 +254,10 @@ impl EagerOps for TchBackend {
                 let k = 2 * (rank - 1 - axis);
                 pad[k] = *before as i64;
                 pad[k + 1] = *after as i64;
-                a[0].f_constant_pad_nd(pad).lib()?
+                a[0].f_constant_pad_nd(pad).lib(self.id)?
             }
-            Op::Concat { axis } => Tensor::f_cat(&a, *axis as i64).lib()?,
-            Op::Gather => a[0].f_index_select(0, a[1]).lib()?,
+            Op::Concat { axis } => Tensor::f_cat(&a, *axis as i64).lib(self.id)?,
+            Op::Gather => a[0].f_index_select(0, a[1]).lib(self.id)?,
             Op::Input { .. } | Op::Const(_) | Op::StopGradient | Op::Grad => {
                 unreachable!("EagerProgram handles {:?} itself", node.op)
             }
@@ -264,11 +266,11 @@ impl EagerOps for TchBackend {
     }
 
     fn track(&self, t: &TchTensor) -> BResult<TchTensor> {
-        Ok(TchTensor(t.0.f_detach().lib()?.set_requires_grad(true)))
+        Ok(TchTensor(t.0.f_detach().lib(self.id)?.set_requires_grad(true)))
     }
 
     fn detach(&self, t: &TchTensor) -> BResult<TchTensor> {
-        Ok(TchTensor(t.0.f_detach().lib()?))
+        Ok(TchTensor(t.0.f_detach().lib(self.id)?))
     }
 
     fn grads(&self, of: &TchTensor, wrt: &[&TchTensor]) -> BResult<Vec<Option<TchTensor>>> {
@@ -277,12 +279,12 @@ impl EagerOps for TchBackend {
         }
         let inputs: Vec<&Tensor> = wrt.iter().map(|t| &t.0).collect();
         // keep_graph: other groups of the same program may still walk shared parts.
-        let grads = Tensor::f_run_backward(&[&of.0], &inputs, true, false).lib()?;
+        let grads = Tensor::f_run_backward(&[&of.0], &inputs, true, false).lib(self.id)?;
         Ok(grads.into_iter().map(|g| g.defined().then_some(TchTensor(g))).collect())
     }
 
     fn zeros(&self, shape: &[usize]) -> BResult<TchTensor> {
-        Ok(TchTensor(Tensor::f_zeros(dims(shape), (Kind::Float, self.device)).lib()?))
+        Ok(TchTensor(Tensor::f_zeros(dims(shape), (Kind::Float, self.device)).lib(self.id)?))
     }
 
     fn shape_dtype(&self, t: &TchTensor) -> (Vec<usize>, DType) {
@@ -314,29 +316,35 @@ impl Backend for TchBackend {
 
     fn upload(&self, t: &HostTensor) -> BResult<TchTensor> {
         let host = match t.data() {
-            HostData::F32(v) => Tensor::f_from_slice(v).lib()?,
-            HostData::I64(v) => Tensor::f_from_slice(v).lib()?,
+            HostData::F32(v) => Tensor::f_from_slice(v).lib(self.id)?,
+            HostData::I64(v) => Tensor::f_from_slice(v).lib(self.id)?,
         };
-        let shaped = host.f_reshape(dims(t.shape())).lib()?;
+        let shaped = host.f_reshape(dims(t.shape())).lib(self.id)?;
         Ok(TchTensor(if self.device == tch::Device::Cpu {
             shaped
         } else {
-            shaped.f_to(self.device).lib()?
+            shaped.f_to(self.device).lib(self.id)?
         }))
     }
 
     fn download(&self, t: &TchTensor) -> BResult<HostTensor> {
         let shape: Vec<usize> = t.0.size().iter().map(|&d| d as usize).collect();
-        let flat = t.0.f_to(tch::Device::Cpu).lib()?.f_reshape([-1]).lib()?.f_contiguous().lib()?;
+        let flat =
+            t.0.f_to(tch::Device::Cpu)
+                .lib(self.id)?
+                .f_reshape([-1])
+                .lib(self.id)?
+                .f_contiguous()
+                .lib(self.id)?;
         let n = flat.numel();
         let data = if t.0.kind() == Kind::Int64 {
             let mut v = vec![0i64; n];
-            flat.f_copy_data(&mut v, n).lib()?;
+            flat.f_copy_data(&mut v, n).lib(self.id)?;
             HostData::I64(v)
         } else {
-            let f = flat.f_to_kind(Kind::Float).lib()?;
+            let f = flat.f_to_kind(Kind::Float).lib(self.id)?;
             let mut v = vec![0f32; n];
-            f.f_copy_data(&mut v, n).lib()?;
+            f.f_copy_data(&mut v, n).lib(self.id)?;
             HostData::F32(v)
         };
         HostTensor::new(shape, data).map_err(|e| self.err(&e.to_string()))

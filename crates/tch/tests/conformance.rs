@@ -7,21 +7,21 @@ use randbench_tch::TchBackend;
 mod native {
     use super::*;
     randbench_core::backend_conformance_tests!(
-        TchBackend::new(Device::Cpu, GradMode::Native).unwrap()
+        TchBackend::new(Device::Cpu, GradMode::Native, 2).unwrap()
     );
 }
 
 mod symbolic {
     use super::*;
     randbench_core::backend_conformance_tests!(
-        TchBackend::new(Device::Cpu, GradMode::Symbolic).unwrap()
+        TchBackend::new(Device::Cpu, GradMode::Symbolic, 2).unwrap()
     );
 }
 
 #[test]
 fn asking_for_a_missing_cuda_device_is_an_error_not_a_cpu_run() {
     let n = tch::Cuda::device_count() as usize;
-    match TchBackend::new(Device::Cuda(n), GradMode::Native) {
+    match TchBackend::new(Device::Cuda(n), GradMode::Native, 2) {
         Err(e) => assert!(e.to_string().contains(&format!("cuda:{n}")), "{e}"),
         Ok(_) => panic!("cuda:{n} does not exist, yet a backend was made"),
     }

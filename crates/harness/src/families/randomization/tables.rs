@@ -129,8 +129,8 @@ pub fn comparison(rs: &[Row]) -> Table {
         "fit: epochs to reach the target training accuracy; time to fit: timed training steps \
          only (no set-up, no warm-up, no evaluation); × true: time to fit relative to true \
          labels with the same regularizer and backend; steps/s: median over timed steps \
-         (warm-up ran before the clock, on a throwaway state); memory: peak device memory \
-         where the engine reports it, else the process's peak resident memory during the cell."
+         (warm-up ran before the clock, on a throwaway state); memory: peak GPU memory \
+         (from the engine or NVML) on a GPU, else the process's peak resident memory."
             .to_string(),
     ];
     for b in &backends {

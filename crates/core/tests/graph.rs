@@ -1,0 +1,99 @@
+//! The graph IR's typed errors and the shape helpers every engine shares.
+
+use randbench_core::backend::{reports_out_of_memory, BackendError, BackendId};
+use randbench_core::graph::{
+    conv2d_output_shape, conv_transpose_output_padding, sum_to_axes, Graph, GraphError, Op,
+};
+use randbench_core::testing::op_cases;
+use randbench_core::DType;
+
+#[test]
+fn shape_errors_carry_the_operands_shapes_as_values() {
+    let mut g = Graph::new();
+    let a = g.input("a", &[2, 3], DType::F32);
+    let b = g.input("b", &[4, 5], DType::F32);
+    let err = g.matmul(a, b).unwrap_err();
+    match &err {
+        GraphError::Shape { op, operands, .. } => {
+            assert_eq!(*op, "MatMul");
+            assert_eq!(operands, &vec![vec![2, 3], vec![4, 5]]);
+        }
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+    assert!(err.to_string().ends_with("(shapes [2, 3], [4, 5])"), "{err}");
+    let labels = g.input("y", &[2], DType::F32);
+    assert_eq!(
+        g.one_hot(labels, 10).unwrap_err(),
+        GraphError::DType { op: "OneHot", expected: DType::I64, actual: DType::F32 }
+    );
+}
+
+#[test]
+fn every_op_has_a_static_name_of_its_own() {
+    let mut names = std::collections::BTreeSet::new();
+    for case in op_cases(0) {
+        for node in case.graph.nodes() {
+            let name = node.op.name();
+            assert!(!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric()), "{name}");
+            names.insert(name);
+        }
+    }
+    assert_eq!(Op::Input { name: "pixels".into() }.name(), "Input");
+    assert!(names.len() > 20, "only {} op names seen: {names:?}", names.len());
+}
+
+#[test]
+fn convolution_shapes_and_the_transposed_padding_that_inverts_them() {
+    // 7×8 input, 3×3 kernel, stride 2, padding 1: sides (7+2-3)/2+1 = 4 and (8+2-3)/2+1 = 4.
+    let (x, w) = ([5, 3, 7, 8], [6, 3, 3, 3]);
+    let y = conv2d_output_shape(&x, &w, 2, 1).unwrap();
+    assert_eq!(y, vec![5, 6, 4, 4]);
+    // The transposed convolution gives (4-1)·2 - 2 + 3 = 7 per side: 0 short of 7, 1 of 8.
+    assert_eq!(conv_transpose_output_padding(&y, &w, &x, 2, 1), [0, 1]);
+    assert!(conv2d_output_shape(&x, &[6, 3, 11, 3], 1, 1).is_err(), "kernel taller than input");
+    assert!(conv2d_output_shape(&x, &[6, 4, 3, 3], 1, 1).is_err(), "channels differ");
+    assert!(conv2d_output_shape(&x, &w, 0, 1).is_err(), "stride 0");
+}
+
+#[test]
+fn sum_to_removes_leading_axes_and_reduces_broadcast_ones() {
+    assert_eq!(sum_to_axes(&[2, 3, 4], &[3, 1]), vec![0, 2]);
+    assert_eq!(sum_to_axes(&[2, 3], &[2, 3]), Vec::<usize>::new());
+    assert_eq!(sum_to_axes(&[4, 1], &[1]), vec![0]);
+}
+
+#[test]
+fn needed_by_follows_what_each_node_reads() {
+    let mut g = Graph::new();
+    let x = g.input("x", &[3], DType::F32);
+    let unused = g.exp(x).unwrap();
+    let y = g.relu(x).unwrap();
+    let z = g.neg(y).unwrap();
+    let all = g.needed_by([z], |id| g.node(id).args.clone());
+    assert_eq!(all, vec![true, false, true, true]);
+    // A reader that stops at relu: x is not needed through it.
+    let cut = g.needed_by([z], |id| if id == y { vec![] } else { g.node(id).args.clone() });
+    assert_eq!(cut, vec![false, false, true, true]);
+    let _ = unused;
+}
+
+#[test]
+fn out_of_memory_is_recognized_in_every_engines_words() {
+    let id: BackendId = "tch-cuda:0".parse().unwrap();
+    for text in [
+        "CUDA out of memory. Tried to allocate 2.00 GiB",
+        "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1099511627776 bytes",
+        "Failed to allocate memory for requested buffer of size 4096",
+        "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+        "memory allocation of 8589934592 bytes failed",
+    ] {
+        assert!(reports_out_of_memory(text), "{text}");
+        assert!(matches!(
+            BackendError::library(id, text),
+            BackendError::OutOfMemory { backend, .. } if backend == id
+        ));
+    }
+    let other = BackendError::library(id, "shape mismatch in addmm");
+    assert!(matches!(other, BackendError::Library { .. }));
+    assert_eq!(other.to_string(), "tch-cuda:0: shape mismatch in addmm");
+}
