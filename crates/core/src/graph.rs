@@ -573,7 +573,33 @@ impl Graph {
     }
 
     pub fn add(&mut self, a: NodeId, b: NodeId) -> GResult<NodeId> {
+        if let Some(joined) = self.join_pads(a, b)? {
+            return Ok(joined);
+        }
         self.binary(BinaryOp::Add, a, b)
+    }
+
+    /// Pad(x) + Pad(y) where x and y fill adjacent ranges of one axis is Pad(Concat(x, y)):
+    /// the gradients of slices that partition a tensor (an LSTM's gates) then accumulate into
+    /// one concatenation instead of a padded copy per slice and an addition per pair.
+    fn join_pads(&mut self, a: NodeId, b: NodeId) -> GResult<Option<NodeId>> {
+        let pad = |g: &Graph, id: NodeId| match g.node(id).op {
+            Op::Pad { axis, before, after } => Some((g.node(id).args[0], axis, before, after)),
+            _ => None,
+        };
+        let (Some(pa), Some(pb)) = (pad(self, a), pad(self, b)) else { return Ok(None) };
+        if self.shape(a) != self.shape(b) || pa.1 != pb.1 {
+            return Ok(None);
+        }
+        // Order the two by position along the axis; they must touch.
+        let (first, second) = if pa.2 <= pb.2 { (pa, pb) } else { (pb, pa) };
+        let axis = first.1;
+        let first_len = self.shape(first.0)[axis];
+        if first.2 + first_len != second.2 {
+            return Ok(None);
+        }
+        let joined = self.concat(&[first.0, second.0], axis)?;
+        Ok(Some(self.pad(joined, axis, first.2, second.3)?))
     }
     pub fn sub(&mut self, a: NodeId, b: NodeId) -> GResult<NodeId> {
         self.binary(BinaryOp::Sub, a, b)

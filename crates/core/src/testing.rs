@@ -314,7 +314,7 @@ pub fn max_rel_diff(actual: &[f64], expected: &[f64]) -> f64 {
 
 use crate::autodiff::expand_grads;
 use crate::backend::Backend;
-use crate::l2l::{quadratic_unroll, LstmOptimizer, Quadratics};
+use crate::l2l::{meta_state, unroll, zero_state, Distribution, LstmOptimizer, Outer, Problem};
 use crate::models::{init_params, Activation, Model};
 use crate::optim::Optimizer;
 use crate::train::{training_step, Feed};
@@ -430,21 +430,49 @@ pub fn check_max_pool_ties<B: Backend>(b: &B) {
     assert_eq!(got, expected, "{}: max-pool gradient with ties", b.id());
 }
 
-/// Inputs of the unrolled quadratic meta-graph: φ, the problem, zero LSTM state.
-pub fn meta_inputs(opt: &LstmOptimizer, q: &Quadratics, seed: u64) -> Vec<HostTensor> {
+/// A small batch of uniform quadratics, for checks of the meta-graph.
+pub fn small_quadratics(functions: usize, dim: usize) -> Problem {
+    Problem::Quadratic { functions, dim, distribution: Distribution::Uniform }
+}
+
+/// Inputs of an unroll program without a meta-optimizer state (see [`unroll`]): φ, the
+/// problem, its per-step inputs, θ₀, zero LSTM state.
+pub fn meta_inputs(
+    opt: &LstmOptimizer,
+    problem: &Problem,
+    steps: usize,
+    seed: u64,
+) -> Vec<HostTensor> {
     let mut inputs = init_params(&opt.params(), seed);
     let mut rng = Rng::stream(seed, "problem");
-    inputs.extend(q.sample(&mut rng));
-    inputs.extend(opt.state_shapes(q.functions * q.dim).iter().map(|s| HostTensor::zeros(s)));
+    inputs.extend(problem.draw_fixed(&mut rng));
+    inputs.extend(problem.draw_steps(&mut rng, steps));
+    inputs.extend(problem.draw_theta(&mut rng));
+    inputs.extend(zero_state(opt, problem));
+    inputs
+}
+
+/// Inputs of a meta-training unroll program ([`Outer::Adam`]): φ, a fresh meta-optimizer
+/// state, then as [`meta_inputs`].
+pub fn meta_step_inputs(
+    opt: &LstmOptimizer,
+    problem: &Problem,
+    steps: usize,
+    seed: u64,
+) -> Vec<HostTensor> {
+    let mut inputs = meta_inputs(opt, problem, steps, seed);
+    let rest = inputs.split_off(opt.params().len());
+    inputs.extend(meta_state(opt));
+    inputs.extend(rest);
     inputs
 }
 
 /// A two-step unroll of a learned optimizer: the backend's meta-gradient equals the symbolic one.
 pub fn check_meta_gradient<B: Backend>(b: &B, tol: f64) {
     let opt = LstmOptimizer { hidden: 6, ..Default::default() };
-    let q = Quadratics { functions: 3, dim: 4 };
-    let g = quadratic_unroll(&opt, &q, 2, false).expect("graph");
-    let inputs = meta_inputs(&opt, &q, 9);
+    let q = small_quadratics(3, 4);
+    let g = unroll(&opt, &q, 2, Outer::Gradient, false).expect("graph");
+    let inputs = meta_inputs(&opt, &q, 2, 9);
     let expected =
         crate::reference::evaluate(&expand_grads(&g).expect("expand"), &inputs).expect("reference");
     let got = run_on(b, &g, &inputs);

@@ -2,12 +2,14 @@
 
 use randbench_core::autodiff::expand_grads;
 use randbench_core::graph::{Graph, GraphError, Op};
-use randbench_core::l2l::{quadratic_unroll, LstmOptimizer, Quadratics};
+use randbench_core::l2l::{unroll, LstmOptimizer, Outer};
 use randbench_core::models::init_params;
 use randbench_core::reference::{evaluate_values, RefValue};
 use randbench_core::rng::Rng;
-use randbench_core::testing::{finite_differences, max_rel_diff, op_cases, with_gradients};
-use randbench_core::{DType, HostTensor};
+use randbench_core::testing::{
+    finite_differences, max_rel_diff, meta_inputs, op_cases, small_quadratics, with_gradients,
+};
+use randbench_core::DType;
 
 const TOL: f64 = 1e-6;
 
@@ -140,27 +142,20 @@ fn gather_data_gradient_is_a_clear_error() {
     }
 }
 
-fn meta_inputs(opt: &LstmOptimizer, q: &Quadratics, seed: u64) -> Vec<HostTensor> {
-    let mut inputs = init_params(&opt.params(), seed);
-    let mut rng = Rng::stream(seed, "problem");
-    inputs.extend(q.sample(&mut rng));
-    inputs.extend(opt.state_shapes(q.functions * q.dim).iter().map(|s| HostTensor::zeros(s)));
-    inputs
-}
-
 #[test]
 fn meta_gradient_with_second_order_terms_matches_finite_differences() {
     // Keeping the optimizee's second derivatives makes the meta-loss an ordinary function of φ,
     // so the nested expansion (an outer Grad through inner Grads) can be checked numerically.
     let opt = LstmOptimizer { hidden: 3, layers: 2, ..Default::default() };
-    let q = Quadratics { functions: 2, dim: 3 };
-    let g = quadratic_unroll(&opt, &q, 2, true).unwrap();
+    let q = small_quadratics(2, 3);
+    let g = unroll(&opt, &q, 2, Outer::Gradient, true).unwrap();
     let e = expand_grads(&g).unwrap();
-    let inputs: Vec<RefValue> = meta_inputs(&opt, &q, 5).iter().map(RefValue::from_host).collect();
+    let inputs: Vec<RefValue> =
+        meta_inputs(&opt, &q, 2, 5).iter().map(RefValue::from_host).collect();
     let vals = evaluate_values(&e, &inputs).unwrap();
     let first_grad = e.outputs().iter().position(|(n, _)| n.starts_with("grad.")).unwrap();
     for p in 0..opt.params().len() {
-        let fd = finite_differences(&e, 0, &inputs, p, 1e-6).unwrap();
+        let fd = finite_differences(&e, 1, &inputs, p, 1e-6).unwrap();
         let sym = &vals[first_grad + p].data;
         assert!(max_rel_diff(sym, &fd) < 1e-5, "φ[{p}]: {sym:?} vs {fd:?}");
     }
@@ -170,13 +165,14 @@ fn meta_gradient_with_second_order_terms_matches_finite_differences() {
 fn meta_gradient_without_second_order_differs_only_by_those_terms() {
     // With StopGradient the meta-gradient drops ∂²f terms: close to, but not equal to, the full one.
     let opt = LstmOptimizer { hidden: 3, layers: 2, ..Default::default() };
-    let q = Quadratics { functions: 2, dim: 3 };
-    let inputs: Vec<RefValue> = meta_inputs(&opt, &q, 5).iter().map(RefValue::from_host).collect();
+    let q = small_quadratics(2, 3);
+    let inputs: Vec<RefValue> =
+        meta_inputs(&opt, &q, 2, 5).iter().map(RefValue::from_host).collect();
     let run = |second: bool| {
-        let e = expand_grads(&quadratic_unroll(&opt, &q, 2, second).unwrap()).unwrap();
+        let e = expand_grads(&unroll(&opt, &q, 2, Outer::Gradient, second).unwrap()).unwrap();
         let first = e.outputs().iter().position(|(n, _)| n.starts_with("grad.")).unwrap();
         let v = evaluate_values(&e, &inputs).unwrap();
-        (v[0].data[0], v[first..].iter().flat_map(|r| r.data.clone()).collect::<Vec<f64>>())
+        (v[1].data[0], v[first..].iter().flat_map(|r| r.data.clone()).collect::<Vec<f64>>())
     };
     let (loss_stop, g_stop) = run(false);
     let (loss_full, g_full) = run(true);

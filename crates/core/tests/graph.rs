@@ -97,3 +97,26 @@ fn out_of_memory_is_recognized_in_every_engines_words() {
     assert!(matches!(other, BackendError::Library { .. }));
     assert_eq!(other.to_string(), "tch-cuda:0: shape mismatch in addmm");
 }
+
+#[test]
+fn gradients_of_slices_that_partition_a_tensor_join_into_one_concatenation() {
+    // An LSTM's gates: four slices of one product, each used once.
+    let mut g = Graph::new();
+    let x = g.input("x", &[3, 8], DType::F32);
+    let mut total = None;
+    for k in 0..4 {
+        let part = g.slice(x, 1, 2 * k, 2 * k + 2).unwrap();
+        let act = g.sigmoid(part).unwrap();
+        let s = g.sum_all(act).unwrap();
+        total = Some(match total {
+            Some(t) => g.add(t, s).unwrap(),
+            None => s,
+        });
+    }
+    let dx = g.grad(total.unwrap(), x).unwrap();
+    g.output("dx", dx);
+    let e = randbench_core::autodiff::expand_grads(&g).unwrap();
+    let count = |name: &str| e.nodes().iter().filter(|n| n.op.name() == name).count();
+    assert_eq!(count("Pad"), 0, "{}", e.dump());
+    assert_eq!(count("Concat"), 3, "{}", e.dump());
+}

@@ -2,7 +2,7 @@
 //! same work (scripts/peers/pytorch_eager.py, with the project environment's python), side by
 //! side in one run, and the ratios.
 //!
-//!   cargo bench -p randbench --features tch --bench peer_pytorch             # the MLP step
+//!   cargo bench -p randbench --features tch --bench peer_pytorch             # MLP step, L2L unroll
 //!   cargo bench -p randbench --features tch --bench peer_pytorch -- --suite  # and the randomization suite
 //!
 //! The step: 784-512-10 MLP, batch 128, SGD momentum, on a fixed batch; timed step by step
@@ -11,12 +11,17 @@
 //! by as much as a factor of two over minutes, so only measurements taken in turn compare.
 //! "host round trip" downloads the parameters and optimizer state after every step and
 //! uploads them again, inside the timed step: what keeping state on the device saves.
+//!
+//! The unroll: one meta-training unroll of the learned optimizer (scripts/peers/pytorch_l2l.py):
+//! a 2×20 LSTM on 128 quadratics of dimension 10, 20 steps, the outer gradient and an Adam
+//! step; a new problem every 5 unrolls on both sides. Three rounds in turns, as the step.
 
 use randbench::backends::BackendVisitor;
+use randbench_core::l2l::{carried, unroll, LstmOptimizer, Outer};
 use randbench_core::models::{init_params, Activation, Model};
 use randbench_core::optim::Optimizer;
 use randbench_core::stats::Summary;
-use randbench_core::testing::mlp_batch;
+use randbench_core::testing::{meta_step_inputs, mlp_batch, small_quadratics};
 use randbench_core::train::{training_step, Feed};
 use randbench_core::{Backend, BackendId, GradMode};
 use std::path::{Path, PathBuf};
@@ -30,19 +35,15 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn python(args: &[&str]) -> serde_json::Value {
+fn python(script: &str, args: &[&str]) -> serde_json::Value {
     let py = root().join(".venv/bin/python");
     let out = Command::new(&py)
-        .arg(root().join("scripts/peers/pytorch_eager.py"))
+        .arg(root().join("scripts/peers").join(script))
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup-native.sh)", py.display()));
-    assert!(
-        out.status.success(),
-        "pytorch_eager.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON from pytorch_eager.py")
+    assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON from the peer")
 }
 
 /// Median seconds of one training step through randbench on backend `b`.
@@ -114,7 +115,11 @@ fn compare_step() {
     let mut ours: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
     let steps = STEPS.to_string();
     for _ in 0..3 {
-        peer.push(python(&["step", "--steps", &steps])["median_step_seconds"].as_f64().unwrap());
+        peer.push(
+            python("pytorch_eager.py", &["step", "--steps", &steps])["median_step_seconds"]
+                .as_f64()
+                .unwrap(),
+        );
         for (k, (_, id, grad, round_trip)) in sides.iter().enumerate() {
             ours[k].push(
                 randbench::backends::with_backend(
@@ -141,8 +146,88 @@ fn compare_step() {
     }
 }
 
+const UNROLLS: usize = 100;
+
+/// Median seconds of one meta-training unroll through randbench: θ and the LSTM state start
+/// again every 5 unrolls (a new problem, untimed), φ and Adam's state go on.
+struct UnrollTimer;
+
+impl BackendVisitor for UnrollTimer {
+    type Out = f64;
+    fn visit<B: Backend>(self, b: &B) -> f64 {
+        let opt = LstmOptimizer::default();
+        let problem = small_quadratics(128, 10);
+        let g = unroll(&opt, &problem, 20, Outer::Adam { lr: 1e-3 }, false).unwrap();
+        let carried = carried(&g);
+        let fresh: Vec<usize> = g
+            .inputs()
+            .iter()
+            .enumerate()
+            .filter(|(_, &id)| {
+                let name = g.input_name(id);
+                name.starts_with("theta") || name.starts_with("state")
+            })
+            .map(|(k, _)| k)
+            .collect();
+        let mut prog = b.compile(&g).unwrap();
+        let initial = meta_step_inputs(&opt, &problem, 20, 0);
+        let mut inputs: Vec<B::Tensor> = initial.iter().map(|t| b.upload(t).unwrap()).collect();
+        let mut times = Vec::new();
+        for k in 0..UNROLLS + 2 {
+            if k % 5 == 0 {
+                for &i in &fresh {
+                    inputs[i] = b.upload(&initial[i]).unwrap();
+                }
+            }
+            let t = Instant::now();
+            let refs: Vec<&B::Tensor> = inputs.iter().collect();
+            let out = b.run(&mut prog, &refs).unwrap();
+            b.sync().unwrap();
+            let dt = t.elapsed().as_secs_f64();
+            for &(o, i) in &carried {
+                inputs[i] = out[o].clone();
+            }
+            if k >= 2 {
+                times.push(dt);
+            }
+        }
+        Summary::of(&times).unwrap().median
+    }
+}
+
+fn compare_unroll() {
+    let sides: Vec<(String, BackendId, GradMode)> =
+        sides().into_iter().filter(|s| !s.3).map(|(name, id, grad, _)| (name, id, grad)).collect();
+    let mut peer = Vec::new();
+    let mut ours: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
+    let unrolls = UNROLLS.to_string();
+    for _ in 0..3 {
+        let p = python("pytorch_l2l.py", &["unroll", "--unrolls", &unrolls]);
+        peer.push(p["median_unroll_seconds"].as_f64().unwrap());
+        for (k, (_, id, grad)) in sides.iter().enumerate() {
+            ours[k].push(randbench::backends::with_backend(*id, *grad, UnrollTimer).unwrap());
+        }
+    }
+    let med = |v: &[f64]| Summary::of(v).unwrap().median;
+    let p = med(&peer);
+    println!(
+        "\nLearned-optimizer meta-training unroll: 2×20 LSTM, 128 quadratics of dimension 10, \
+         20 steps with outer gradient and Adam step (median of 3 rounds of {UNROLLS} unrolls)"
+    );
+    println!("  {:<32} {:>8.1} unrolls/s", "PyTorch eager (python)", 1.0 / p);
+    for ((name, ..), t) in sides.iter().zip(&ours) {
+        let t = med(t);
+        println!(
+            "  {:<32} {:>8.1} unrolls/s   {:.2}× PyTorch",
+            format!("randbench {name}"),
+            1.0 / t,
+            p / t
+        );
+    }
+}
+
 fn compare_suite() {
-    let peer = python(&["randomization"]);
+    let peer = python("pytorch_eager.py", &["randomization"]);
     let out = std::env::temp_dir().join(format!("randbench-peer-{}", std::process::id()));
     let status = Command::new(env!("CARGO_BIN_EXE_randbench"))
         .args(["run", "randomization", "--backends", "tch-cpu", "--out"])
@@ -162,7 +247,7 @@ fn compare_suite() {
     );
     let (mut sums_p, mut sums_r) = ((0.0, 0.0), (0.0, 0.0));
     for r in &results {
-        let randbench::families::Metrics::Randomization(m) = &r.metrics;
+        let randbench::families::Metrics::Randomization(m) = &r.metrics else { continue };
         let condition = r.cell.variant.to_string();
         let p = &peer[&condition];
         let (ps, pn) = (p["train_seconds"].as_f64().unwrap(), p["steps"].as_f64().unwrap());
@@ -200,6 +285,7 @@ fn compare_suite() {
 fn main() {
     randbench::sys::tune_allocator();
     compare_step();
+    compare_unroll();
     if std::env::args().any(|a| a == "--suite") {
         compare_suite();
     }

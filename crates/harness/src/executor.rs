@@ -18,7 +18,7 @@ use crate::sys;
 use randbench_core::backend::{Backend, BackendError, BackendInfo, Device, GradMode};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -31,6 +31,8 @@ pub struct CellJob<'a> {
     pub data: &'a Data,
     pub cell: &'a Cell,
     pub grad: GradMode,
+    /// Where a cell may write files of its own (a learned optimizer's weights); none in tests.
+    pub artifacts: Option<&'a Path>,
 }
 
 /// Runs cells and answers each with a result, whatever happens to it.
@@ -138,6 +140,7 @@ pub struct CellRequest {
     pub suite: PathBuf,
     pub cell: Cell,
     pub grad: GradMode,
+    pub artifacts: Option<PathBuf>,
 }
 
 /// How long after a cell's own timeout the parent kills it: the child stops by itself between
@@ -149,8 +152,12 @@ fn kill_after(timeout: Duration) -> Duration {
 impl Executor for ChildProcess {
     fn execute(&mut self, job: &CellJob, obs: &mut dyn Observer) -> CellResult {
         let failed = |status, why| failed(job, BackendInfo::default(), status, why);
-        let request =
-            CellRequest { suite: job.suite.path.clone(), cell: job.cell.clone(), grad: job.grad };
+        let request = CellRequest {
+            suite: job.suite.path.clone(),
+            cell: job.cell.clone(),
+            grad: job.grad,
+            artifacts: job.artifacts.map(Path::to_path_buf),
+        };
         let exe = match std::env::current_exe() {
             Ok(e) => e,
             Err(e) => {
@@ -330,7 +337,14 @@ pub fn child_main() -> Result<(), ChildError> {
         suite: req.suite.display().to_string(),
     })?;
     let data = workload.prepare()?;
-    let job = CellJob { suite: &suite, workload, data: &data, cell: &req.cell, grad: req.grad };
+    let job = CellJob {
+        suite: &suite,
+        workload,
+        data: &data,
+        cell: &req.cell,
+        grad: req.grad,
+        artifacts: req.artifacts.as_deref(),
+    };
     let result = InProcess.execute(&job, &mut MessageObserver);
     send(&Message::Result(Box::new(result)))?;
     Ok(())

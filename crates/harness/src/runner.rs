@@ -144,11 +144,11 @@ fn default_out(suite: &str) -> PathBuf {
 
 /// Writes a file whole or not at all: to a temporary file, synced to the disk, renamed over
 /// the target, and the directory synced so the rename itself survives a power cut.
-pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
+        f.write_all(contents.as_ref())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
@@ -227,6 +227,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
             data: &data[index],
             cell,
             grad,
+            artifacts: Some(&out),
         };
         let label = cell.to_string();
         bar.set_message(format!("{label} starting"));

@@ -2,8 +2,11 @@
 //! give the same per-step training losses on candle, libtorch and ONNX Runtime.
 #![cfg(all(feature = "candle", any(feature = "tch", feature = "ort")))]
 
+mod common;
+
+use common::Quiet;
+
 use randbench::backends::usable_here;
-use randbench::cell::{Observer, Progress};
 use randbench::executor::{CellJob, Executor, InProcess};
 use randbench::families::Metrics;
 use randbench::report::{PARITY_ABS, PARITY_REL};
@@ -24,14 +27,6 @@ workloads:
       max_epochs: 10
 "#;
 
-struct Quiet;
-impl Observer for Quiet {
-    fn progress(&mut self, _: Progress) {}
-    fn should_stop(&self) -> bool {
-        false
-    }
-}
-
 #[test]
 fn two_hundred_momentum_steps_agree_on_every_engine() {
     let mut suite = parse(SUITE, std::path::Path::new("parity.yaml")).unwrap();
@@ -41,10 +36,16 @@ fn two_hundred_momentum_steps_agree_on_every_engine() {
     let run = |backend: &str| {
         let id: BackendId = backend.parse().unwrap();
         let cell = suite.cells(&[id]).remove(0);
-        let job =
-            CellJob { suite: &suite, workload, data: &data, cell: &cell, grad: GradMode::Native };
+        let job = CellJob {
+            suite: &suite,
+            workload,
+            data: &data,
+            cell: &cell,
+            grad: GradMode::Native,
+            artifacts: None,
+        };
         let r = InProcess.execute(&job, &mut Quiet);
-        let Metrics::Randomization(m) = &r.metrics;
+        let Metrics::Randomization(m) = &r.metrics else { panic!("a randomization cell") };
         assert_eq!(m.steps, 200, "{backend}: {:?} {:?}", r.status, r.error);
         r
     };

@@ -274,6 +274,11 @@ fn emit(cx: &mut Ctx, g: &Graph, id: NodeId, a: &[&str]) -> LResult<Out> {
                 cast(cx, "Greater", &[a[0], &zero])?
             }
         },
+        // c - x: one node instead of a product and a sum (1 - s in sigmoid's gradient).
+        Op::Affine { mul, add } if *mul == -1.0 && *add != 0.0 => {
+            let c = cx.scalar(*add)?;
+            Out::node("Sub", &[&c, a[0]], vec![])
+        }
         Op::Affine { mul, add } => {
             let m = (*mul != 1.0).then(|| cx.scalar(*mul)).transpose()?;
             let c = (*add != 0.0).then(|| cx.scalar(*add)).transpose()?;

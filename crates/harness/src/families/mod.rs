@@ -3,6 +3,7 @@
 //! typed metrics and its tables. The `families!` line at the end of this file registers each
 //! one; adding a family is its module plus that line.
 
+pub mod l2l;
 pub mod randomization;
 
 use crate::cell::{CellResult, Observer, Status};
@@ -64,6 +65,8 @@ pub struct Job<'a, F: WorkloadFamily + ?Sized> {
     pub data: &'a F::Data,
     pub seed: u64,
     pub variant: &'a F::Variant,
+    /// Where the cell may write files of its own; none in tests.
+    pub artifacts: Option<&'a std::path::Path>,
 }
 
 /// One result of a family, with its variant and metrics typed.
@@ -210,7 +213,7 @@ macro_rules! families {
             #[allow(unreachable_patterns)]
             match (job.workload, job.data, &job.cell.variant) {
                 $((Workload::$variant(w), Data::$variant(d), Variant::$variant(v)) => {
-                    let job = Job { suite: &job.suite.name, workload: w, data: d, seed: job.cell.seed, variant: v };
+                    let job = Job { suite: &job.suite.name, workload: w, data: d, seed: job.cell.seed, variant: v, artifacts: job.artifacts };
                     Some(<$module::Family as WorkloadFamily>::run(b, &job, record, obs).map(Metrics::$variant))
                 })*
                 _ => None,
@@ -222,7 +225,7 @@ macro_rules! families {
             #[allow(unreachable_patterns)]
             match (job.workload, job.data, &job.cell.variant) {
                 $((Workload::$variant(w), Data::$variant(d), Variant::$variant(v)) => {
-                    let job = Job { suite: &job.suite.name, workload: w, data: d, seed: job.cell.seed, variant: v };
+                    let job = Job { suite: &job.suite.name, workload: w, data: d, seed: job.cell.seed, variant: v, artifacts: job.artifacts };
                     Some(Metrics::$variant(<$module::Family as WorkloadFamily>::unmeasured(&job)))
                 })*
                 _ => None,
@@ -277,4 +280,5 @@ impl Workload {
 
 families! {
     Randomization => randomization,
+    LearnedOptimizer => l2l,
 }

@@ -1,7 +1,18 @@
 //! Helpers the harness's integration tests share (each test file compiles its own copy).
 #![allow(dead_code)]
 
+use randbench::cell::{Observer, Progress};
 use std::path::PathBuf;
+
+/// An observer that shows nothing and never asks a cell to stop.
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn progress(&mut self, _: Progress) {}
+    fn should_stop(&self) -> bool {
+        false
+    }
+}
 
 /// A fresh, empty directory for one test: `randbench-KIND-PID-NAME` under the temp dir.
 pub fn scratch(kind: &str, name: &str) -> PathBuf {
