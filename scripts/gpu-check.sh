@@ -38,4 +38,5 @@ done
 { "$BIN" run quick --backends ort-cuda:0 --out "$WORK/ort"; echo "exit $?"; } > "$OUT/ort-cuda.txt" 2>&1
 $PY scripts/peers/pytorch_eager.py step --device cuda > "$OUT/pytorch-step.json" 2>&1
 $PY scripts/peers/pytorch_eager.py randomization --device cuda > "$OUT/pytorch-randomization.json" 2>&1
+$PY scripts/peers/pytorch_l2l.py unroll --device cuda > "$OUT/pytorch-l2l.json" 2>&1
 echo "done: $(ls "$OUT")"

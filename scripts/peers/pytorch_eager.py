@@ -13,11 +13,12 @@ Prints one JSON object on stdout.
 """
 import argparse
 import gzip
-import json
 import struct
 import time
 
 import torch
+
+from common import add_machine_options, machine, report
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 
@@ -141,18 +142,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["step", "randomization"])
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--max-epochs", type=int, default=400)
-    ap.add_argument("--device", default="cpu")
+    add_machine_options(ap)
     a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = torch.device(a.device)
+    device = machine(a)
     result = step_benchmark(a.steps, device) if a.mode == "step" else randomization(a.max_epochs, device)
-    result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    result["torch"] = torch.__version__
-    result["threads"] = torch.get_num_threads()
-    print(json.dumps(result))
+    report(result, device)
 
 
 if __name__ == "__main__":

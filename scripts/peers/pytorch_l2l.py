@@ -14,10 +14,11 @@ PyTorch eager loop (Andrychowicz et al., 2016; the configuration of bench-suites
 Prints one JSON object on stdout.
 """
 import argparse
-import json
 import time
 
 import torch
+
+from common import add_machine_options, machine, report
 
 B, D, HIDDEN, P, SCALE, UNROLL, HORIZON = 128, 10, 20, 10.0, 0.01, 20, 100
 
@@ -146,17 +147,11 @@ def main():
     ap.add_argument("mode", choices=["unroll", "train"])
     ap.add_argument("--unrolls", type=int, default=100)
     ap.add_argument("--epochs", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
+    add_machine_options(ap)
     a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = torch.device(a.device)
+    device = machine(a)
     result = unroll_benchmark(a.unrolls, device) if a.mode == "unroll" else train(a.epochs, device)
-    result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    result["torch"] = torch.__version__
-    result["threads"] = torch.get_num_threads()
-    print(json.dumps(result))
+    report(result, device)
 
 
 if __name__ == "__main__":

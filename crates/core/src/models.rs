@@ -290,7 +290,9 @@ pub fn dropout_masks(sites: &[Vec<usize>], p: f64, rng: &mut Rng) -> Vec<HostTen
 }
 
 /// One LSTM cell with fused gates: x[n,i], h and c [n,H], w [i+H, 4H], b [4H].
-/// Gate order i, f, g, o (as PyTorch).
+/// Gate order i, f, o, g: the three sigmoid gates side by side, so that one sigmoid (and in
+/// the backward pass one sigmoid gradient) covers them — fewer, larger ops, which is what
+/// the learned optimizer's many small steps are bound by. (PyTorch orders them i, f, g, o.)
 pub fn lstm_cell(
     g: &mut Graph,
     x: NodeId,
@@ -302,9 +304,11 @@ pub fn lstm_cell(
     let hidden = g.shape(h)[1];
     let xh = g.concat(&[x, h], 1)?;
     let gates = g.linear(xh, w, b)?;
-    let gate = |g: &mut Graph, k: usize| g.slice(gates, 1, k * hidden, (k + 1) * hidden);
-    let (i, f, gg, o) = (gate(g, 0)?, gate(g, 1)?, gate(g, 2)?, gate(g, 3)?);
-    let (i, f, o) = (g.sigmoid(i)?, g.sigmoid(f)?, g.sigmoid(o)?);
+    let ifo = g.slice(gates, 1, 0, 3 * hidden)?;
+    let ifo = g.sigmoid(ifo)?;
+    let gate = |g: &mut Graph, k: usize| g.slice(ifo, 1, k * hidden, (k + 1) * hidden);
+    let (i, f, o) = (gate(g, 0)?, gate(g, 1)?, gate(g, 2)?);
+    let gg = g.slice(gates, 1, 3 * hidden, 4 * hidden)?;
     let gg = g.tanh(gg)?;
     let fc = g.mul(f, c)?;
     let ig = g.mul(i, gg)?;

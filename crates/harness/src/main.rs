@@ -74,8 +74,9 @@ enum Command {
 
 fn list() -> String {
     let mut out = String::from("Workloads:\n");
+    let width = randbench::families::FAMILIES.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
     for (name, about) in randbench::families::FAMILIES {
-        out += &format!("  {name:<16} {about}\n");
+        out += &format!("  {name:<width$} {about}\n");
     }
     out += "\nSuites (bench-suites/):\n";
     for (name, path) in suite::available() {

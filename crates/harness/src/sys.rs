@@ -32,6 +32,11 @@ pub fn reset_peak_memory() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// The process's resident memory now.
+pub fn resident_memory() -> Option<Bytes> {
+    status_kib("VmRSS:").map(|k| Bytes(k * 1024))
+}
+
 /// The process's peak resident memory since the last reset.
 pub fn peak_memory() -> Option<Bytes> {
     status_kib("VmHWM:").map(|k| Bytes(k * 1024))

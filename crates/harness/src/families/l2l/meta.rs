@@ -252,9 +252,12 @@ fn mean_last(losses: &[Vec<f64>]) -> Option<f64> {
     mean_interval(&last).map(|(m, _, _)| m)
 }
 
-/// Peak memory while `f` runs: device memory on a GPU (NVML), else the process's resident peak.
+/// Memory `f` takes: on a GPU the peak device memory of the process (NVML), on the CPU how far
+/// the resident set grew above its size when `f` began (libraries and data already loaded are
+/// not the program's).
 fn peak_during<T>(device: Device, f: impl FnOnce() -> T) -> (T, Option<Bytes>) {
     sys::reset_peak_memory();
+    let before = sys::resident_memory();
     let watch = match device {
         Device::Cuda(_) => DeviceMemoryWatch::start(),
         Device::Cpu => None,
@@ -263,7 +266,10 @@ fn peak_during<T>(device: Device, f: impl FnOnce() -> T) -> (T, Option<Bytes>) {
     let device_peak = watch.and_then(DeviceMemoryWatch::finish);
     let peak = match device {
         Device::Cuda(_) => device_peak,
-        Device::Cpu => sys::peak_memory(),
+        Device::Cpu => match (sys::peak_memory(), before) {
+            (Some(p), Some(b)) => Some(Bytes(p.0.saturating_sub(b.0))),
+            _ => None,
+        },
     };
     (out, peak)
 }

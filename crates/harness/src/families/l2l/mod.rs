@@ -325,8 +325,8 @@ pub struct Metrics {
     pub meta_seconds: Seconds,
     pub unrolls_per_second: Option<Summary>,
     pub coordinate_steps_per_second: Option<Summary>,
-    /// Peak memory while running one unroll program of each length (device memory on a GPU,
-    /// else the process's resident peak).
+    /// Memory that compiling and running one unroll program of each length takes (on a GPU
+    /// the process's peak device memory, on the CPU the growth of the resident set).
     pub memory_by_unroll: Vec<(usize, Option<Bytes>)>,
     pub validations: Vec<Validation>,
     /// Tuned Adam's mean last-step loss on the validation problems.

@@ -144,8 +144,9 @@ fn meta_training(rs: &[Row]) -> Table {
         "meta-training: timed unrolls only (each one program: the unroll, its outer gradient, \
          the Adam step; warm-up ran before the clock); unrolls/s: median and quartiles over \
          every unroll; beat adam at: meta-training time and epoch when the validation loss \
-         first fell below tuned Adam's; memory: the peak while one unroll program of that \
-         length runs (device memory on a GPU, else the process's resident peak)."
+         first fell below tuned Adam's; memory: what compiling and running one unroll program \
+         of that length takes (on a GPU the process's peak device memory, on the CPU the \
+         growth of the resident set)."
             .to_string(),
     ];
     for r in rs.iter().map(|e| e.result).filter(|r| r.error.is_some()) {
