@@ -7,6 +7,7 @@ use crate::cell::Cell;
 use crate::datasets::{DataSource, DataSpec, RawData};
 use crate::families::{RawWorkload, Workload};
 use randbench_core::optim::{defaults, Optimizer, Rule};
+use randbench_core::units::Seconds;
 use randbench_core::{BackendId, GradMode};
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
@@ -282,6 +283,19 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 impl Ctx<'_> {
+    /// A workload's `timeout`, in seconds, if it has one.
+    pub fn timeout(&self, v: &Option<Spanned<f64>>) -> Result<Option<Seconds>, SuiteError> {
+        v.as_ref().map(|s| self.positive(s, "timeout").map(Seconds)).transpose()
+    }
+
+    /// A workload's name: as written, else its family's `key` (and its position after the first).
+    pub fn workload_name(name: Option<String>, key: &str, index: usize) -> String {
+        name.unwrap_or_else(|| match index {
+            0 => key.to_string(),
+            _ => format!("{key}-{index}"),
+        })
+    }
+
     pub fn positive(&self, v: &Spanned<f64>, what: &str) -> Result<f64, SuiteError> {
         self.check(
             v,

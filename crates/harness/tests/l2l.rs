@@ -177,3 +177,25 @@ fn weights_saved_on_one_engine_give_the_same_updates_on_another() {
         assert!(err < 1e-4, "{id}: θ after five learned steps differs by {err:e}");
     }
 }
+
+#[test]
+fn mistakes_in_a_learned_optimizer_workload_name_their_place() {
+    let check = |body: &str, expected: &str| {
+        let text = format!(
+            "seeds: [0]\nworkloads:\n  - learned_optimizer:\n      problem: {{quadratic: {{}}}}\n{body}"
+        );
+        let err = parse(&text, std::path::Path::new("bad.yaml")).unwrap_err().to_string();
+        assert!(err.starts_with("bad.yaml:") && err.contains(expected), "{err}");
+    };
+    check("      meta: {epochs: 10, unroll: 30}\n", "meta.unroll 30 must divide meta.horizon 100");
+    check("      meta: {epochs: 0}\n", "meta.epochs must be at least 1");
+    check(
+        "      meta: {epochs: 1}\n      variants: [{name: wide, hidden: [40]}]\n",
+        "only the mlp problem has `hidden` and `activation`",
+    );
+    check(
+        "      meta: {epochs: 1}\n      load: /nonexistent/phi.safetensors\n",
+        "does not exist (a .safetensors file a run saved)",
+    );
+    check("      meta: {epochs: 1, lr: -1}\n", "meta.lr must be a positive number");
+}

@@ -506,19 +506,8 @@ impl WorkloadFamily for Family {
             }
             None => None,
         };
-        let timeout = match &r.timeout {
-            Some(s) => Some(Seconds(cx.positive(s, "timeout")?)),
-            None => None,
-        };
-        let name = r.name.unwrap_or_else(|| {
-            if index == 0 {
-                "learned-optimizer".into()
-            } else {
-                format!("learned-optimizer-{index}")
-            }
-        });
         Ok(LearnedOptimizerWorkload {
-            name,
+            name: Ctx::workload_name(r.name, "learned-optimizer", index),
             problem,
             optimizer,
             meta,
@@ -530,7 +519,7 @@ impl WorkloadFamily for Family {
             variants,
             memory_unrolls,
             load,
-            timeout,
+            timeout: cx.timeout(&r.timeout)?,
             location: (at.line(), at.column()),
         })
     }

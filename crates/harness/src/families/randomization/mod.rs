@@ -335,19 +335,8 @@ impl WorkloadFamily for Family {
             }
             None => 1.0,
         };
-        let timeout = match &r.timeout {
-            Some(s) => Some(Seconds(cx.positive(s, "timeout")?)),
-            None => None,
-        };
-        let name = r.name.unwrap_or_else(|| {
-            if index == 0 {
-                "randomization".into()
-            } else {
-                format!("randomization-{index}")
-            }
-        });
         Ok(Randomization {
-            name,
+            name: Ctx::workload_name(r.name, "randomization", index),
             data,
             model,
             optimizer,
@@ -357,7 +346,7 @@ impl WorkloadFamily for Family {
             max_epochs: r.max_epochs.value,
             target_accuracy,
             lr_decay,
-            timeout,
+            timeout: cx.timeout(&r.timeout)?,
             location: (at.line(), at.column()),
         })
     }
