@@ -189,15 +189,17 @@ pub fn parity_table(results: &[CellResult]) -> Option<Table> {
     .collect();
     Some(Table {
         title: "parity".into(),
-        caption: "per-step training loss of each backend against the first, same seed, same \
-                  initial weights, same data order"
+        caption: "per-step training loss (for a learned optimizer: each unroll's meta-loss) of \
+                  each backend against the first, same seed, same initial weights, same data \
+                  order"
             .into(),
         header,
         rows,
         notes: vec![format!(
             "tolerance: |Δ| ≤ {PARITY_ABS:e} + {PARITY_REL:e}·|loss|; steps are counted from 1, \
-             over the first {} steps of each cell. Trajectories part once losses approach zero, \
-             where rounding differences are large relative to the loss.",
+             over the first {} steps of each cell. Rounding differences between engines grow \
+             until trajectories part: in training once losses approach zero, in meta-training \
+             after about a hundred unrolls, as each engine's optimizer drifts its own way.",
             crate::cell::TRACE_STEPS
         )],
     })
