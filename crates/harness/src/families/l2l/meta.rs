@@ -291,28 +291,9 @@ pub fn run<B: Backend>(
     let chunk = w.meta.unroll;
     let mut train = Bench::new(b, train_problem.clone(), split.map(|s| &s.train), chunk)?;
 
-    // ---- baselines: the grid on training problems, best by mean last-step loss ----
+    // ---- baselines tuned on training problems of the problem meta-training sees ----
     obs.progress(Progress::Compiling);
-    let tuning =
-        instances(&train_problem, &mut Rng::stream(job.seed, "l2l/tuning"), w.tuning_problems);
-    for &rule in &w.baselines {
-        let mut grid = Vec::with_capacity(w.lrs.len());
-        for &lr in &w.lrs {
-            let runs: Vec<Vec<f64>> = tuning
-                .iter()
-                .map(|inst| train.baseline(rule, lr, inst, base.steps))
-                .collect::<BResult<_>>()?;
-            grid.push((lr, mean_last(&runs)));
-        }
-        let best = grid
-            .iter()
-            .filter_map(|&(lr, loss)| loss.map(|l| (lr, l)))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(lr, _)| lr);
-        if let Some(lr) = best {
-            m.tuned.push(Tuned { rule, lr, grid });
-        }
-    }
+    m.tuned = tune(&mut train, job, base)?;
     let adam_lr = m.tuned.iter().find(|t| t.rule == BaselineRule::Adam).map(|t| t.lr);
 
     // ---- validation problems, and tuned Adam on them ----
@@ -378,6 +359,16 @@ pub fn run<B: Backend>(
     for variant in &w.variants {
         let set = split.map(|s| &s.test);
         let problem = problem_of(&w.problem, variant, set);
+        // Each variant's baselines are tuned for it: on training problems of its own
+        // architecture and steps (the base's tuning where nothing differs).
+        let tuned = if variant == base {
+            m.tuned.clone()
+        } else if problem_of(&w.problem, variant, split.map(|s| &s.train)) == train_problem {
+            tune(&mut train, job, variant)?
+        } else {
+            let on_train = problem_of(&w.problem, variant, split.map(|s| &s.train));
+            tune(&mut Bench::new(b, on_train, split.map(|s| &s.train), chunk)?, job, variant)?
+        };
         // Quadratics and x² are the same problem family held out: the training bench's
         // programs serve; the MLP is evaluated on the test split, a bench of its own.
         let mut own;
@@ -395,7 +386,7 @@ pub fn run<B: Backend>(
             .map(|inst| bench.learned(&opt, &phi, inst, variant.steps))
             .collect::<BResult<_>>()?;
         curves.push(curve("learned", None, &learned));
-        for t in &m.tuned {
+        for t in &tuned {
             let runs: Vec<Vec<f64>> = held
                 .iter()
                 .map(|inst| bench.baseline(t.rule, t.lr, inst, variant.steps))
@@ -414,9 +405,42 @@ pub fn run<B: Backend>(
             problems: held.len(),
             curves,
             ratio_to_adam,
+            tuned,
         });
     }
     Ok(m)
+}
+
+/// Each baseline's rate: the grid's rate with the lowest mean last-step loss over `variant`'s
+/// steps on the tuning problems (their own stream, the same for every variant).
+fn tune<B: Backend>(
+    bench: &mut Bench<B>,
+    job: &Job<Family>,
+    variant: &ProblemVariant,
+) -> BResult<Vec<Tuned>> {
+    let w = job.workload;
+    let mut rng = Rng::stream(job.seed, "l2l/tuning");
+    let tuning = instances(&bench.problem, &mut rng, w.tuning_problems);
+    let mut tuned = Vec::with_capacity(w.baselines.len());
+    for &rule in &w.baselines {
+        let mut grid = Vec::with_capacity(w.lrs.len());
+        for &lr in &w.lrs {
+            let runs: Vec<Vec<f64>> = tuning
+                .iter()
+                .map(|inst| bench.baseline(rule, lr, inst, variant.steps))
+                .collect::<BResult<_>>()?;
+            grid.push((lr, mean_last(&runs)));
+        }
+        let best = grid
+            .iter()
+            .filter_map(|&(lr, loss)| loss.map(|l| (lr, l)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(lr, _)| lr);
+        if let Some(lr) = best {
+            tuned.push(Tuned { rule, lr, grid });
+        }
+    }
+    Ok(tuned)
 }
 
 fn curve(name: &str, lr: Option<f64>, runs: &[Vec<f64>]) -> Curve {

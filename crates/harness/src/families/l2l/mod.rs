@@ -293,6 +293,8 @@ pub struct Evaluation {
     pub curves: Vec<Curve>,
     /// Mean last-step loss of the learned optimizer over tuned Adam's, paired bootstrap.
     pub ratio_to_adam: Option<Ratio>,
+    /// The baselines tuned for this problem and number of steps.
+    pub tuned: Vec<Tuned>,
 }
 
 /// One validation of the learned optimizer during meta-training.
@@ -333,6 +335,7 @@ pub struct Metrics {
     pub adam_validation_loss: Option<f64>,
     pub time_to_beat_adam: Option<Beat>,
     pub best_epoch: Option<usize>,
+    /// The baselines tuned for the problem meta-training sees (validation compares with Adam).
     pub tuned: Vec<Tuned>,
     pub evaluations: Vec<Evaluation>,
     /// Where the learned optimizer's weights were saved (safetensors).
