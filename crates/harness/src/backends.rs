@@ -144,11 +144,11 @@ pub fn cpu_threads() -> Result<usize, ThreadsError> {
 /// [`cpu_threads`] says. candle and rayon read theirs from the environment when their pools
 /// start, so `main` calls this first, before any thread exists.
 pub fn configure_cpu_threads() -> Result<usize, ThreadsError> {
-    let n = cpu_threads()?.to_string();
+    let n = cpu_threads()?;
     for var in [THREADS_VAR, "RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
-        std::env::set_var(var, &n);
+        std::env::set_var(var, n.to_string());
     }
-    Ok(n.parse().expect("a count just formatted"))
+    Ok(n)
 }
 
 /// Opens the backend `id` and hands it to `v`. CPU engines compute with [`cpu_threads`].

@@ -134,13 +134,31 @@ impl<'b, B: Backend> Bench<'b, B> {
     /// Inputs of one run on `inst`: the data set, its fixed inputs and θ₀.
     fn start(&self, inst: &Instance) -> BResult<Named<B::Tensor>> {
         let mut named = self.data.clone();
+        // The MLP's fixed inputs are its data set, already there: its instances have none.
         let fixed_names = self.problem.fixed_inputs().into_iter().map(|(n, _, _)| n);
-        if !inst.fixed.is_empty() {
-            upload_named(self.b, &mut named, fixed_names, &inst.fixed)?;
-        }
+        upload_named(self.b, &mut named, fixed_names, &inst.fixed)?;
         let theta_names = (0..inst.theta.len()).map(|i| format!("theta{i}"));
         upload_named(self.b, &mut named, theta_names, &inst.theta)?;
         Ok(named)
+    }
+
+    /// Draws from `rng` the per-step inputs (minibatches) of a run of `steps` steps.
+    fn upload_steps(
+        &self,
+        named: &mut Named<B::Tensor>,
+        rng: &mut Rng,
+        steps: usize,
+    ) -> BResult<()> {
+        let per_step = self.problem.draw_steps(rng, steps);
+        let names = self.problem.step_inputs(steps).into_iter().map(|(n, _, _)| n);
+        upload_named(self.b, named, names, &per_step)
+    }
+
+    /// A fresh LSTM state of `opt` for this problem.
+    fn reset_state(&self, named: &mut Named<B::Tensor>, opt: &LstmOptimizer) -> BResult<()> {
+        let state = zero_state(opt, &self.problem);
+        let names = (0..state.len()).map(|i| format!("state{i}"));
+        upload_named(self.b, named, names, &state)
     }
 
     /// Runs `steps` steps in chunks, drawing each chunk's minibatches; the losses f(θ_0..θ_T).
@@ -154,9 +172,7 @@ impl<'b, B: Backend> Bench<'b, B> {
         let mut rng = Rng::new(inst.batches);
         let mut losses = Vec::with_capacity(steps + 1);
         for c in 0..steps.div_ceil(self.chunk) {
-            let per_step = self.problem.draw_steps(&mut rng, self.chunk);
-            let names = self.problem.step_inputs(self.chunk).into_iter().map(|(n, _, _)| n);
-            upload_named(self.b, named, names, &per_step)?;
+            self.upload_steps(named, &mut rng, self.chunk)?;
             let out = run_named(self.b, p, named)?;
             let chunk = to_f64s(self.b, &out[p.losses])?;
             let keep = (steps - c * self.chunk).min(self.chunk);
@@ -182,13 +198,7 @@ impl<'b, B: Backend> Bench<'b, B> {
             let mut named = self.start(inst)?;
             let names = opt.params().into_iter().map(|s| s.name);
             upload_named(self.b, &mut named, names, phi)?;
-            let state = zero_state(opt, &self.problem);
-            upload_named(
-                self.b,
-                &mut named,
-                (0..state.len()).map(|i| format!("state{i}")),
-                &state,
-            )?;
+            self.reset_state(&mut named, opt)?;
             self.chain(&mut p, &mut named, inst, steps)
         })();
         self.learned = Some(p);
@@ -344,9 +354,7 @@ pub fn run<B: Backend>(
         let (done, peak) = peak_during(b.id().device, || -> BResult<()> {
             let mut p = compile(b, graph)?;
             let mut named = meta_inputs(b, &train, &opt, &phi, inst)?;
-            let per_step = train_problem.draw_steps(&mut throwaway, k);
-            let names = train_problem.step_inputs(k).into_iter().map(|(n, _, _)| n);
-            upload_named(b, &mut named, names, &per_step)?;
+            train.upload_steps(&mut named, &mut throwaway, k)?;
             run_named(b, &mut p, &mut named)?;
             b.sync()
         });
@@ -361,12 +369,12 @@ pub fn run<B: Backend>(
         let problem = problem_of(&w.problem, variant, set);
         // Each variant's baselines are tuned for it: on training problems of its own
         // architecture and steps (the base's tuning where nothing differs).
+        let on_train = problem_of(&w.problem, variant, split.map(|s| &s.train));
         let tuned = if variant == base {
             m.tuned.clone()
-        } else if problem_of(&w.problem, variant, split.map(|s| &s.train)) == train_problem {
+        } else if on_train == train_problem {
             tune(&mut train, job, variant)?
         } else {
-            let on_train = problem_of(&w.problem, variant, split.map(|s| &s.train));
             tune(&mut Bench::new(b, on_train, split.map(|s| &s.train), chunk)?, job, variant)?
         };
         // Quadratics and x² are the same problem family held out: the training bench's
@@ -483,8 +491,7 @@ fn meta_inputs<B: Backend>(
         .flat_map(|n| [format!("adam.m.{n}"), format!("adam.v.{n}")])
         .chain(["adam.step".to_string()]);
     upload_named(b, &mut named, adam_names, &meta_state(opt))?;
-    let state = zero_state(opt, &bench.problem);
-    upload_named(b, &mut named, (0..state.len()).map(|i| format!("state{i}")), &state)?;
+    bench.reset_state(&mut named, opt)?;
     Ok(named)
 }
 
@@ -517,9 +524,7 @@ fn meta_train<B: Backend>(
     let warm_inputs = meta_inputs(b, train, &opt, &phi, inst)?;
     for k in 0..WARMUP_UNROLLS {
         let mut named = warm_inputs.clone();
-        let per_step = train.problem.draw_steps(&mut warm, unroll_len);
-        let names = train.problem.step_inputs(unroll_len).into_iter().map(|(n, _, _)| n);
-        upload_named(b, &mut named, names, &per_step)?;
+        train.upload_steps(&mut named, &mut warm, unroll_len)?;
         let t = Instant::now();
         run_named(b, &mut p, &mut named)?;
         b.sync()?;
@@ -529,7 +534,8 @@ fn meta_train<B: Backend>(
     }
 
     let mut rng = Rng::stream(job.seed, "l2l/train");
-    let mut named = meta_inputs(b, train, &opt, &phi, inst)?;
+    // φ and a fresh meta-optimizer state; each epoch brings its own problem.
+    let mut named = warm_inputs;
     let mut best: Option<(f64, Vec<HostTensor>, usize)> = None;
     let mut times = Vec::new();
     let mut seconds = 0.0;
@@ -545,17 +551,11 @@ fn meta_train<B: Backend>(
         }
         // A new problem: fresh θ and LSTM state; φ and the meta-optimizer's state go on.
         let inst = &instances(&train.problem, &mut rng, 1)[0];
-        let fresh = train.start(inst)?;
-        for (name, t) in fresh {
-            named.insert(name, t);
-        }
-        let state = zero_state(&opt, &train.problem);
-        upload_named(b, &mut named, (0..state.len()).map(|i| format!("state{i}")), &state)?;
+        named.extend(train.start(inst)?);
+        train.reset_state(&mut named, &opt)?;
         let mut batches = Rng::new(inst.batches);
         for _ in 0..unrolls_per_problem {
-            let per_step = train.problem.draw_steps(&mut batches, unroll_len);
-            let names = train.problem.step_inputs(unroll_len).into_iter().map(|(n, _, _)| n);
-            upload_named(b, &mut named, names, &per_step)?;
+            train.upload_steps(&mut named, &mut batches, unroll_len)?;
             let t = Instant::now();
             let out = run_named(b, &mut p, &mut named)?;
             b.sync()?;
