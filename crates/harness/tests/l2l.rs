@@ -199,3 +199,19 @@ fn mistakes_in_a_learned_optimizer_workload_name_their_place() {
     );
     check("      meta: {epochs: 1, lr: -1}\n", "meta.lr must be a positive number");
 }
+
+#[test]
+fn a_saved_optimizer_of_another_configuration_stops_the_run_before_it_starts() {
+    let dir = common::scratch("l2l", "foreign");
+    let path = dir.join("small.safetensors");
+    let small = LstmOptimizer { hidden: 4, ..LstmOptimizer::default() };
+    weights::save(&path, &small, &init_params(&small.params(), 0)).unwrap();
+    let text = format!(
+        "seeds: [0]\nworkloads:\n  - learned_optimizer:\n      problem: {{quadratic: {{}}}}\n      \
+         meta: {{epochs: 1}}\n      load: {}\n",
+        path.display()
+    );
+    let suite = parse(&text, std::path::Path::new("load.yaml")).unwrap();
+    let err = suite.workloads[0].prepare().err().expect("a foreign file was accepted");
+    assert!(err.to_string().contains("hidden: 4"), "{err}");
+}

@@ -528,7 +528,12 @@ impl WorkloadFamily for Family {
     }
 
     fn prepare(w: &LearnedOptimizerWorkload) -> Result<Option<Split>, PrepareError> {
-        let ProblemSpec::Mlp { data, batch, .. } = &w.problem else {
+        // A saved optimizer must fit the workload's configuration, whatever the problem.
+        if let Some(path) = &w.load {
+            weights::load(path, &w.optimizer).map_err(|e| PrepareError::Mismatch(e.to_string()))?;
+        }
+        // Batches are drawn with replacement: any batch size fits the data.
+        let ProblemSpec::Mlp { data, .. } = &w.problem else {
             return Ok(None);
         };
         let split = load_data(data)?;
@@ -538,10 +543,6 @@ impl WorkloadFamily for Family {
                  test split: both need examples"
                     .into(),
             ));
-        }
-        let _ = batch; // batches are drawn with replacement: any size fits
-        if let Some(path) = &w.load {
-            weights::load(path, &w.optimizer).map_err(|e| PrepareError::Mismatch(e.to_string()))?;
         }
         Ok(Some(split))
     }
