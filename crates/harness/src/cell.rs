@@ -91,6 +91,9 @@ pub struct MemoryUse {
 pub struct CellResult {
     pub suite: String,
     pub cell: Cell,
+    /// Which round of the run (from 0): with `rounds: R` every cell runs R times.
+    #[serde(default)]
+    pub round: usize,
     pub grad: GradMode,
     pub status: Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -30,6 +30,8 @@ pub struct CellJob<'a> {
     pub workload: &'a Workload,
     pub data: &'a Data,
     pub cell: &'a Cell,
+    /// Which round of the run this is (from 0).
+    pub round: usize,
     pub grad: GradMode,
     /// Where a cell may write files of its own (a learned optimizer's weights); none in tests.
     pub artifacts: Option<&'a Path>,
@@ -56,6 +58,7 @@ pub fn failed(job: &CellJob, info: BackendInfo, status: Status, error: String) -
     CellResult {
         suite: job.suite.name.clone(),
         cell: c.clone(),
+        round: job.round,
         grad: job.grad,
         status,
         error: Some(error),
@@ -114,6 +117,7 @@ impl Executor for InProcess {
                 CellResult {
                     suite: job.suite.name.clone(),
                     cell: c.clone(),
+                    round: job.round,
                     grad: job.grad,
                     status: record.status,
                     error,
@@ -139,6 +143,7 @@ impl Executor for InProcess {
 pub struct CellRequest {
     pub suite: PathBuf,
     pub cell: Cell,
+    pub round: usize,
     pub grad: GradMode,
     pub artifacts: Option<PathBuf>,
 }
@@ -155,6 +160,7 @@ impl Executor for ChildProcess {
         let request = CellRequest {
             suite: job.suite.path.clone(),
             cell: job.cell.clone(),
+            round: job.round,
             grad: job.grad,
             artifacts: job.artifacts.map(Path::to_path_buf),
         };
@@ -342,6 +348,7 @@ pub fn child_main() -> Result<(), ChildError> {
         workload,
         data: &data,
         cell: &req.cell,
+        round: req.round,
         grad: req.grad,
         artifacts: req.artifacts.as_deref(),
     };

@@ -2,6 +2,7 @@
 
 pub mod backends;
 pub mod cell;
+pub mod compare;
 pub mod datasets;
 pub mod env;
 pub mod executor;
@@ -12,5 +13,6 @@ pub mod nvml;
 pub mod report;
 pub mod results;
 pub mod runner;
+pub mod slowdown;
 pub mod suite;
 pub mod sys;

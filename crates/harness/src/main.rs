@@ -2,7 +2,9 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use randbench::backends::{self, Availability};
+use randbench::compare;
 use randbench::executor::child_main;
+use randbench::report::{Reporter, Terminal};
 use randbench::runner::{self, Isolation, RunError, RunOptions, STOP};
 use randbench::suite;
 use randbench_core::backend::{BackendId, Device, Engine, GradMode};
@@ -58,6 +60,10 @@ enum Command {
         /// How engines with autograd compute gradients (default: the suite's `grad`, else native).
         #[arg(long, value_enum)]
         grad: Option<Grad>,
+        /// Run every cell this many times, the backends taking turns within each round
+        /// (default: the suite's `rounds`, else 1). Comparisons need 4 or more.
+        #[arg(long)]
+        rounds: Option<usize>,
         /// Where cells run.
         #[arg(long, value_enum, default_value = "auto")]
         isolate: Isolate,
@@ -70,6 +76,20 @@ enum Command {
     List,
     /// Re-render the tables and report.md of a finished run from its directory.
     Report { dir: PathBuf },
+    /// Compare a run with a baseline run, figure by figure. Exit code 0: nothing regressed;
+    /// 1: something regressed (or failed); 3: too noisy to tell (too few rounds, or too much
+    /// spread); 2: bad input.
+    Compare {
+        baseline: PathBuf,
+        current: PathBuf,
+        /// The smallest change that counts for a figure, e.g. steps_per_second=0.1 (or 10%);
+        /// repeat for several (default: the current run's suite, else 5% for speed).
+        #[arg(long = "threshold", value_parser = compare::parse_threshold)]
+        thresholds: Vec<(String, f64)>,
+        /// Also write the comparison as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn list() -> String {
@@ -120,6 +140,10 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    if let Err(e) = randbench::slowdown::configured() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     // A file-size limit then fails a write with an error we report, instead of killing us.
     // SAFETY: sets the disposition of one signal before any threads start.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
@@ -135,21 +159,28 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Run { suite, backends, out, grad, isolate } => {
+        Command::Run { suite, backends, out, grad, rounds, isolate } => {
             let isolate = match isolate {
                 Isolate::Auto => Isolation::Auto,
                 Isolate::Process => Isolation::Process,
                 Isolate::None => Isolation::None,
             };
-            runner::run(&RunOptions { suite, backends, out, grad: grad.map(grad_mode), isolate })
-                .map(|s| {
-                    eprintln!("results in {}", s.out.display());
-                    if s.interrupted {
-                        130
-                    } else {
-                        0
-                    }
-                })
+            runner::run(&RunOptions {
+                suite,
+                backends,
+                out,
+                grad: grad.map(grad_mode),
+                rounds,
+                isolate,
+            })
+            .map(|s| {
+                eprintln!("results in {}", s.out.display());
+                if s.interrupted {
+                    130
+                } else {
+                    0
+                }
+            })
         }
         Command::List => {
             print!("{}", list());
@@ -159,6 +190,17 @@ fn main() -> ExitCode {
             print!("{text}");
             0
         }),
+        Command::Compare { baseline, current, thresholds, json } => {
+            compare::compare(&baseline, &current, &thresholds.into_iter().collect()).and_then(|r| {
+                print!("{}", Terminal.render("randbench", None, &[r.table()], &[]));
+                if let Some(path) = json {
+                    let text = serde_json::to_string_pretty(&r).expect("serializable");
+                    runner::write_atomic(&path, text)
+                        .map_err(|e| RunError::Failed(format!("--json {}: {e}", path.display())))?;
+                }
+                Ok(r.exit_code())
+            })
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

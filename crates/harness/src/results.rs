@@ -1,10 +1,40 @@
-//! Results: one JSON line per cell in `DIR/results.jsonl`, appended as soon as the cell ends.
+//! Results: one JSON line per cell in `DIR/results.jsonl`, appended as soon as the cell ends,
+//! next to `run.json`, what the run was asked to do.
 
 use crate::cell::CellResult;
+use randbench_core::backend::{BackendId, GradMode};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const RESULTS_FILE: &str = "results.jsonl";
+pub const RUN_FILE: &str = "run.json";
+
+/// What a run was asked to do, written before its first cell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub suite: String,
+    pub backends: Vec<BackendId>,
+    pub grad: GradMode,
+    pub rounds: usize,
+    /// The suite's thresholds for `randbench compare`, where it overrides the defaults.
+    pub thresholds: BTreeMap<String, f64>,
+}
+
+impl RunInfo {
+    /// `None` for a run directory without `run.json` (written before rounds existed).
+    pub fn read(dir: &Path) -> Result<Option<Self>, ResultsError> {
+        let path = dir.join(RUN_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|source| ResultsError::Damaged { path, line: 1, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ResultsError::Io { path, source }),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResultsError {

@@ -2,12 +2,12 @@
 //! soon as it exists, then the tables.
 
 use crate::backends::{self, Availability, BackendVisitor};
-use crate::cell::{CellResult, Observer, Progress, Status};
+use crate::cell::{Cell, CellResult, Observer, Progress, Status};
 use crate::env::{self, Environment, ENV_FILE};
 use crate::executor::{CellJob, ChildProcess, Executor, InProcess};
 use crate::families::{self, Data};
 use crate::report::{self, Markdown, Reporter, Terminal};
-use crate::results;
+use crate::results::{self, RunInfo, RUN_FILE};
 use crate::suite::{self, Suite};
 use indicatif::{ProgressBar, ProgressStyle};
 use randbench_core::backend::{Backend, BackendId, GradMode};
@@ -47,6 +47,8 @@ pub struct RunOptions {
     pub backends: Option<Vec<String>>,
     pub out: Option<PathBuf>,
     pub grad: Option<GradMode>,
+    /// Overrides the suite's `rounds`.
+    pub rounds: Option<usize>,
     pub isolate: Isolation,
 }
 
@@ -187,6 +189,10 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     let requested = opts.backends.as_deref().map(parse_backends).transpose()?;
     let (ids, data) = preflight(&suite, requested)?;
     let grad = opts.grad.unwrap_or(suite.grad);
+    let rounds = opts.rounds.unwrap_or(suite.rounds);
+    if rounds == 0 {
+        return Err(RunError::Input("--rounds: give 1 or more".into()));
+    }
     let out = opts.out.clone().unwrap_or_else(|| default_out(&suite.name));
     std::fs::create_dir_all(&out).map_err(|e| {
         RunError::Input(format!("--out {}: cannot create the directory: {e}", out.display()))
@@ -203,18 +209,32 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         .collect();
     let environment = env::capture(infos);
     let env_json = serde_json::to_string_pretty(&environment).expect("serializable");
-    write_atomic(&out.join(ENV_FILE), &env_json)
-        .map_err(|e| RunError::Input(format!("--out {}: not writable: {e}", out.display())))?;
+    let info = RunInfo {
+        suite: suite.name.clone(),
+        backends: ids.clone(),
+        grad,
+        rounds,
+        thresholds: suite.thresholds.clone(),
+    };
+    let info_json = serde_json::to_string_pretty(&info).expect("serializable");
+    for (file, json) in [(ENV_FILE, &env_json), (RUN_FILE, &info_json)] {
+        write_atomic(&out.join(file), json)
+            .map_err(|e| RunError::Input(format!("--out {}: not writable: {e}", out.display())))?;
+    }
 
+    // Round after round, and within a round each experiment on every backend in turn
+    // (ABCABC…), so that a machine's drift over minutes falls on every backend alike.
     let cells = suite.cells(&ids);
-    let bar = ProgressBar::new(cells.len() as u64);
+    let order: Vec<(usize, &Cell)> =
+        (0..rounds).flat_map(|round| cells.iter().map(move |c| (round, c))).collect();
+    let bar = ProgressBar::new(order.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("[{pos}/{len}] {elapsed_precise} {msg}")
             .expect("valid template"),
     );
     let mut done = Vec::new();
     let mut interrupted = false;
-    for cell in &cells {
+    for (round, cell) in order {
         if STOP.load(Ordering::SeqCst) {
             interrupted = true;
             break;
@@ -226,10 +246,14 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
             workload: &suite.workloads[index],
             data: &data[index],
             cell,
+            round,
             grad,
             artifacts: Some(&out),
         };
-        let label = cell.to_string();
+        let label = match rounds {
+            1 => cell.to_string(),
+            _ => format!("round {}/{rounds} {cell}", round + 1),
+        };
         bar.set_message(format!("{label} starting"));
         let result = executor.execute(&job, &mut ProgressObserver { bar: &bar, label });
         results::append(&out, &result).map_err(|e| {
@@ -238,7 +262,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
                 out.join(results::RESULTS_FILE).display()
             ))
         })?;
-        bar.println(cell_line(&result));
+        bar.println(cell_line(&result, rounds));
         bar.inc(1);
         interrupted |= result.status == Status::Interrupted;
         done.push(result);
@@ -252,12 +276,15 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     Ok(RunSummary { out, results: done, interrupted })
 }
 
-fn cell_line(r: &CellResult) -> String {
+fn cell_line(r: &CellResult, rounds: usize) -> String {
     let what = match &r.error {
         Some(e) => format!("{}: {e}", r.status.label()),
         None => families::headline(r),
     };
-    format!("{}: {what}", r.cell)
+    match rounds {
+        1 => format!("{}: {what}", r.cell),
+        _ => format!("round {}/{rounds} {}: {what}", r.round + 1, r.cell),
+    }
 }
 
 struct InfoOf;

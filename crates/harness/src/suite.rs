@@ -5,12 +5,13 @@
 use crate::backends::{self, Availability};
 use crate::cell::Cell;
 use crate::datasets::{DataSource, DataSpec, RawData};
-use crate::families::{RawWorkload, Workload};
+use crate::families::{self, RawWorkload, Workload};
 use randbench_core::optim::{defaults, Optimizer, Rule};
 use randbench_core::units::Seconds;
 use randbench_core::{BackendId, GradMode};
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +35,18 @@ struct RawSuite {
     backends: Option<Vec<Spanned<String>>>,
     seeds: Option<Spanned<Vec<u64>>>,
     grad: Option<GradMode>,
+    rounds: Option<Spanned<usize>>,
+    compare: Option<RawCompare>,
     workloads: Spanned<Vec<Spanned<RawWorkload>>>,
+}
+
+/// How `randbench compare` judges this suite's runs.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompare {
+    /// The smallest change that counts, per figure (0.05: 5%).
+    #[serde(default)]
+    thresholds: BTreeMap<String, Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -70,6 +82,10 @@ pub struct Suite {
     pub backends: Option<Vec<BackendId>>,
     pub seeds: Vec<u64>,
     pub grad: GradMode,
+    /// How many times every cell runs, the backends taking turns within each round.
+    pub rounds: usize,
+    /// The smallest change that counts, for the figures whose default the suite overrides.
+    pub thresholds: BTreeMap<String, f64>,
     pub workloads: Vec<Workload>,
 }
 
@@ -179,6 +195,33 @@ pub fn parse(text: &str, path: &Path) -> Result<Suite, SuiteError> {
             s.value
         }
     };
+    let rounds = match raw.rounds {
+        None => 1,
+        Some(r) => {
+            cx.check(&r, |&n| n >= 1, |_| "rounds must be 1 or more".into())?;
+            r.value
+        }
+    };
+    let thresholds = raw.compare.map(|c| c.thresholds).unwrap_or_default();
+    for (name, t) in &thresholds {
+        if families::measure_named(name).is_none() {
+            let known: Vec<&str> = families::all_measures().map(|m| m.name).collect();
+            return Err(cx.at(
+                t.referenced,
+                format!("compare: no figure is named '{name}'; figures: {}", known.join(", ")),
+            ));
+        }
+        cx.check(
+            t,
+            |&v| v > 0.0 && v < 10.0,
+            |v| {
+                format!(
+                    "compare: threshold {v} for {name}: give a fraction above 0, e.g. 0.05 for 5%"
+                )
+            },
+        )?;
+    }
+    let thresholds = thresholds.into_iter().map(|(k, v)| (k, v.value)).collect();
     cx.check(&raw.workloads, |w| !w.is_empty(), |_| "the suite names no workload".into())?;
     let workloads = raw
         .workloads
@@ -202,6 +245,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Suite, SuiteError> {
         backends,
         seeds,
         grad: raw.grad.unwrap_or_default(),
+        rounds,
+        thresholds,
         workloads,
     })
 }

@@ -30,7 +30,8 @@ fn run_cell(
     let data = workload.prepare().unwrap();
     let cell = suite.cells(&[backend]).remove(0);
     let grad = if backend.engine == Engine::Ort { GradMode::Symbolic } else { GradMode::Native };
-    let job = CellJob { suite: &suite, workload, data: &data, cell: &cell, grad, artifacts };
+    let job =
+        CellJob { suite: &suite, workload, data: &data, cell: &cell, round: 0, grad, artifacts };
     InProcess.execute(&job, &mut Quiet)
 }
 

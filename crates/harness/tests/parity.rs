@@ -41,6 +41,7 @@ fn two_hundred_momentum_steps_agree_on_every_engine() {
             workload,
             data: &data,
             cell: &cell,
+            round: 0,
             grad: GradMode::Native,
             artifacts: None,
         };

@@ -11,6 +11,7 @@ use crate::executor::CellJob;
 use crate::report::Table;
 use crate::suite::{Ctx, SuiteError};
 use randbench_core::backend::{BResult, Backend};
+use randbench_core::stats::Better;
 use randbench_core::units::Seconds;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,43 @@ impl Default for Record {
             diverged_at: None,
         }
     }
+}
+
+/// What a figure says about: the engine's speed, or the experiment's scientific outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeasureKind {
+    Speed,
+    Outcome,
+}
+
+/// A figure a family's cells report, that comparisons and the history track.
+#[derive(Debug, PartialEq)]
+pub struct MeasureSpec {
+    /// Its name in suites (`compare: thresholds:`), comparisons and the history.
+    pub name: &'static str,
+    pub unit: &'static str,
+    pub better: Better,
+    pub kind: MeasureKind,
+    /// The smallest change (0.05: 5%) that counts, unless the suite sets another.
+    pub threshold: f64,
+}
+
+impl MeasureSpec {
+    /// How a significant change of this figure reads: faster/slower, better/worse.
+    pub fn change_words(&self) -> (&'static str, &'static str) {
+        match self.kind {
+            MeasureKind::Speed => ("faster", "slower"),
+            MeasureKind::Outcome => ("better", "worse"),
+        }
+    }
+}
+
+/// One figure of one cell.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Measured {
+    pub spec: &'static MeasureSpec,
+    pub value: f64,
 }
 
 /// One cell of a family, ready to run: its workload, the data loaded for it, seed, variant.
@@ -123,6 +161,10 @@ pub trait WorkloadFamily {
     fn tables(results: &[Entry<Self>]) -> Vec<Table>;
     /// One line about a finished cell, for the progress output.
     fn headline(result: &CellResult, metrics: &Self::Metrics) -> String;
+    /// Every figure the family's cells may report.
+    const MEASURES: &'static [MeasureSpec];
+    /// The figures one cell measured (those it has: a cell that never fitted has no time to fit).
+    fn measures(metrics: &Self::Metrics) -> Vec<Measured>;
 }
 
 /// Generates the enums over every family and their dispatch; one line per family.
@@ -253,6 +295,18 @@ macro_rules! families {
             out
         }
 
+        /// Every figure any family reports.
+        pub fn all_measures() -> impl Iterator<Item = &'static MeasureSpec> {
+            [$(<$module::Family as WorkloadFamily>::MEASURES,)*].into_iter().flatten()
+        }
+
+        /// The figures a cell measured.
+        pub fn measures(r: &CellResult) -> Vec<Measured> {
+            match &r.metrics {
+                $(Metrics::$variant(m) => <$module::Family as WorkloadFamily>::measures(m),)*
+            }
+        }
+
         /// One line about a finished cell.
         pub fn headline(r: &CellResult) -> String {
             match &r.metrics {
@@ -260,6 +314,11 @@ macro_rules! families {
             }
         }
     };
+}
+
+/// The figure of that name, in any family.
+pub fn measure_named(name: &str) -> Option<&'static MeasureSpec> {
+    all_measures().find(|m| m.name == name)
 }
 
 impl Workload {

@@ -9,10 +9,12 @@ pub use markdown::Markdown;
 pub use terminal::Terminal;
 
 use crate::cell::{CellResult, Status};
+use crate::compare;
 use crate::env::Environment;
 use crate::families;
+use crate::families::MeasureKind;
 use randbench_core::backend::BackendId;
-use randbench_core::stats::Summary;
+use randbench_core::stats::{self, Outliers, Summary};
 
 /// A titled grid of text, ready for any format.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,8 +63,50 @@ pub fn tables(results: &[CellResult]) -> Vec<Table> {
         let mine: Vec<&CellResult> = results.iter().filter(|r| r.cell.workload == w).collect();
         out.extend(families::tables(&mine));
     }
+    out.extend(rounds_table(results));
     out.extend(parity_table(results));
     out
+}
+
+/// With more than one round: every speed figure of every cell over its rounds — median,
+/// quartiles, how many rounds it rests on, Tukey outliers and warnings.
+pub fn rounds_table(results: &[CellResult]) -> Option<Table> {
+    if results.iter().all(|r| r.round == 0) {
+        return None;
+    }
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for (cell, rounds) in compare::by_cell(results.to_vec()) {
+        for (name, (spec, xs)) in compare::figures(&rounds) {
+            if spec.kind != MeasureKind::Speed {
+                continue;
+            }
+            let Some(s) = Summary::of(&xs) else { continue };
+            let outliers = Outliers::of(&xs);
+            rows.push(vec![
+                cell.to_string(),
+                format!("{name} ({})", spec.unit),
+                compare::fmt_value(s.median),
+                format!("{} – {}", compare::fmt_value(s.q1), compare::fmt_value(s.q3)),
+                format!("{} of {}", xs.len(), rounds.len()),
+                outliers.total().to_string(),
+            ]);
+            for w in stats::sample_warnings(&xs, spec.better) {
+                notes.push(format!("{cell} {name}: {w}"));
+            }
+        }
+    }
+    notes.push(
+        "each round ran every cell once, the backends taking turns; a figure is the median of \
+         the rounds' own figures (rounds that failed measure nothing); outliers: beyond Tukey's \
+         fences (1.5 IQR), counted, not dropped"
+            .into(),
+    );
+    let header = ["cell", "figure", "median", "quartiles", "rounds", "outliers"]
+        .iter()
+        .map(|h| Column::plain(h))
+        .collect();
+    Some(Table { title: "rounds".into(), caption: "speed over rounds".into(), header, rows, notes })
 }
 
 pub fn first_appearance<T: PartialEq + Clone>(items: impl Iterator<Item = T>) -> Vec<T> {
@@ -136,15 +180,17 @@ impl Parity {
 /// the tolerance; a divergence or a missing trajectory is said as such. `None` when no cell
 /// ran on two backends.
 pub fn parity_table(results: &[CellResult]) -> Option<Table> {
+    // Later rounds repeat the first's seeded computation: its trajectories stand for all.
+    let results: Vec<&CellResult> = results.iter().filter(|r| r.round == 0).collect();
     let mut rows = Vec::new();
     let mut seen: Vec<&CellResult> = Vec::new();
-    for r in results {
+    for &r in &results {
         if seen.iter().any(|s| s.cell.same_experiment(&r.cell)) {
             continue;
         }
         seen.push(r);
         let group: Vec<&CellResult> =
-            results.iter().filter(|o| o.cell.same_experiment(&r.cell)).collect();
+            results.iter().copied().filter(|o| o.cell.same_experiment(&r.cell)).collect();
         let Some((reference, others)) = group.split_first() else { continue };
         for other in others {
             let mut row = vec![

@@ -9,11 +9,12 @@
 
 use super::{
     weights, BaselineRule, Beat, Curve, Evaluation, Family, Metrics, ProblemSpec, ProblemVariant,
-    Ratio, Tuned, Validation,
+    Ratio, Tuned, Validation, LEARNED,
 };
 use crate::cell::{Observer, Progress, Status, TRACE_STEPS};
 use crate::families::{Job, Record};
 use crate::nvml::DeviceMemoryWatch;
+use crate::slowdown;
 use crate::sys;
 use randbench_core::backend::{BResult, Backend, BackendError, Device};
 use randbench_core::data::{Dataset, Split};
@@ -393,7 +394,7 @@ pub fn run<B: Backend>(
             .iter()
             .map(|inst| bench.learned(&opt, &phi, inst, variant.steps))
             .collect::<BResult<_>>()?;
-        curves.push(curve("learned", None, &learned));
+        curves.push(curve(LEARNED, None, &learned));
         for t in &tuned {
             let runs: Vec<Vec<f64>> = held
                 .iter()
@@ -511,6 +512,7 @@ fn meta_train<B: Backend>(
     let w = job.workload;
     let opt = w.optimizer;
     let unroll_len = w.meta.unroll;
+    let delay = slowdown::step_delay(b.id());
     let compiling = Instant::now();
     let graph = unroll(&opt, &train.problem, unroll_len, Outer::Adam { lr: w.meta.lr }, false)?;
     let mut p = compile(b, graph)?;
@@ -557,6 +559,9 @@ fn meta_train<B: Backend>(
         for _ in 0..unrolls_per_problem {
             train.upload_steps(&mut named, &mut batches, unroll_len)?;
             let t = Instant::now();
+            if let Some(d) = delay {
+                std::thread::sleep(d);
+            }
             let out = run_named(b, &mut p, &mut named)?;
             b.sync()?;
             let dt = t.elapsed().as_secs_f64();

@@ -10,7 +10,10 @@ mod meta;
 mod tables;
 pub mod weights;
 
-use super::{Entry, Job, PrepareError, Record, WorkloadFamily, WorkloadSpec};
+use super::{
+    Entry, Job, MeasureKind, MeasureSpec, Measured, PrepareError, Record, WorkloadFamily,
+    WorkloadSpec,
+};
 use crate::cell::{CellResult, Observer};
 use crate::datasets::{load_data, DataSpec, RawData};
 use crate::report::Table;
@@ -20,7 +23,7 @@ use randbench_core::data::Split;
 use randbench_core::l2l::{Distribution, LstmOptimizer, Preprocess};
 use randbench_core::models::Activation;
 use randbench_core::optim::{defaults, Rule};
-use randbench_core::stats::Summary;
+use randbench_core::stats::{Better, Summary};
 use randbench_core::units::{Bytes, Seconds};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::{Location, Spanned};
@@ -250,11 +253,14 @@ pub struct Tuned {
     pub grid: Vec<(f64, Option<f64>)>,
 }
 
+/// The learned optimizer's name among the curves.
+pub const LEARNED: &str = "learned";
+
 /// Mean and normal 95% interval of the loss at every step over the held-out problems (None
 /// at steps where some problem's loss was not finite: JSON has no NaN).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Curve {
-    /// "learned" or a baseline's name.
+    /// [`LEARNED`] or a baseline's name.
     pub optimizer: String,
     pub lr: Option<f64>,
     pub mean: Vec<Option<f64>>,
@@ -590,4 +596,53 @@ impl WorkloadFamily for Family {
     fn headline(result: &CellResult, metrics: &Metrics) -> String {
         tables::headline(result, metrics)
     }
+
+    const MEASURES: &'static [MeasureSpec] =
+        &[UNROLLS_PER_SECOND, SECONDS_TO_BEAT_ADAM, LEARNED_FINAL_LOSS, RATIO_TO_ADAM];
+
+    fn measures(m: &Metrics) -> Vec<Measured> {
+        // The first evaluation is the problem meta-training saw.
+        let trained = m.evaluations.first();
+        let learned = trained
+            .and_then(|e| e.curves.iter().find(|c| c.optimizer == LEARNED))
+            .and_then(Curve::final_mean);
+        [
+            (&UNROLLS_PER_SECOND, m.unrolls_per_second.map(|s| s.median)),
+            (&SECONDS_TO_BEAT_ADAM, m.time_to_beat_adam.map(|b| b.seconds.0)),
+            (&LEARNED_FINAL_LOSS, learned),
+            (&RATIO_TO_ADAM, trained.and_then(|e| e.ratio_to_adam).map(|r| r.estimate)),
+        ]
+        .into_iter()
+        .filter_map(|(spec, value)| value.map(|value| Measured { spec, value }))
+        .collect()
+    }
 }
+
+const UNROLLS_PER_SECOND: MeasureSpec = MeasureSpec {
+    name: "unrolls_per_second",
+    unit: "unrolls/s",
+    better: Better::Higher,
+    kind: MeasureKind::Speed,
+    threshold: 0.05,
+};
+const SECONDS_TO_BEAT_ADAM: MeasureSpec = MeasureSpec {
+    name: "seconds_to_beat_adam",
+    unit: "s",
+    better: Better::Lower,
+    kind: MeasureKind::Speed,
+    threshold: 0.05,
+};
+const LEARNED_FINAL_LOSS: MeasureSpec = MeasureSpec {
+    name: "learned_final_loss",
+    unit: "",
+    better: Better::Lower,
+    kind: MeasureKind::Outcome,
+    threshold: 0.05,
+};
+const RATIO_TO_ADAM: MeasureSpec = MeasureSpec {
+    name: "ratio_to_adam",
+    unit: "",
+    better: Better::Lower,
+    kind: MeasureKind::Outcome,
+    threshold: 0.05,
+};

@@ -1,7 +1,7 @@
 //! The learned optimizer's tables: held-out losses of every optimizer (a row per problem and
 //! optimizer, a column group per backend), and meta-training's cost per backend.
 
-use super::{Family, Metrics};
+use super::{Family, Metrics, LEARNED};
 use crate::cell::CellResult;
 use crate::families::Entry;
 use crate::report::{first_appearance, Column, Table};
@@ -60,7 +60,7 @@ fn held_out(rs: &[Row]) -> Table {
                     }
                     _ => "not finite".into(),
                 }));
-                let ratio = eval.and_then(|e| e.ratio_to_adam).filter(|_| opt == "learned");
+                let ratio = eval.and_then(|e| e.ratio_to_adam).filter(|_| opt == LEARNED);
                 row.push(or_dash(ratio, |r| {
                     format!("{:.3} [{:.3}, {:.3}]", r.estimate, r.lo, r.hi)
                 }));

@@ -6,7 +6,10 @@
 mod tables;
 mod train;
 
-use super::{Entry, Job, PrepareError, Record, WorkloadFamily, WorkloadSpec};
+use super::{
+    Entry, Job, MeasureKind, MeasureSpec, Measured, PrepareError, Record, WorkloadFamily,
+    WorkloadSpec,
+};
 use crate::cell::{CellResult, Observer};
 use crate::datasets::{load_data, DataSpec, RawData};
 use crate::report::Table;
@@ -16,7 +19,7 @@ use randbench_core::corrupt::Condition;
 use randbench_core::data::Split;
 use randbench_core::models::{Activation, CnnSpec, Model};
 use randbench_core::optim::Optimizer;
-use randbench_core::stats::Summary;
+use randbench_core::stats::{Better, Summary};
 use randbench_core::train::{eval_graph, Feed};
 use randbench_core::units::Seconds;
 use serde::{Deserialize, Serialize};
@@ -430,4 +433,49 @@ impl WorkloadFamily for Family {
     fn headline(result: &CellResult, metrics: &Metrics) -> String {
         tables::headline(result, metrics)
     }
+
+    const MEASURES: &'static [MeasureSpec] =
+        &[STEPS_PER_SECOND, SECONDS_TO_FIT, EPOCHS_TO_FIT, TEST_ACCURACY];
+
+    fn measures(m: &Metrics) -> Vec<Measured> {
+        [
+            (&STEPS_PER_SECOND, m.steps_per_second.map(|s| s.median)),
+            (&SECONDS_TO_FIT, m.seconds_to_fit.map(|s| s.0)),
+            (&EPOCHS_TO_FIT, m.epochs_to_fit.map(|e| e as f64)),
+            (&TEST_ACCURACY, m.test_accuracy),
+        ]
+        .into_iter()
+        .filter_map(|(spec, value)| value.map(|value| Measured { spec, value }))
+        .collect()
+    }
 }
+
+const STEPS_PER_SECOND: MeasureSpec = MeasureSpec {
+    name: "steps_per_second",
+    unit: "steps/s",
+    better: Better::Higher,
+    kind: MeasureKind::Speed,
+    threshold: 0.05,
+};
+const SECONDS_TO_FIT: MeasureSpec = MeasureSpec {
+    name: "seconds_to_fit",
+    unit: "s",
+    better: Better::Lower,
+    kind: MeasureKind::Speed,
+    threshold: 0.05,
+};
+/// Seeded cells fit in the same epoch run after run; a change is a change of the computation.
+const EPOCHS_TO_FIT: MeasureSpec = MeasureSpec {
+    name: "epochs_to_fit",
+    unit: "epochs",
+    better: Better::Lower,
+    kind: MeasureKind::Outcome,
+    threshold: 0.10,
+};
+const TEST_ACCURACY: MeasureSpec = MeasureSpec {
+    name: "test_accuracy",
+    unit: "",
+    better: Better::Higher,
+    kind: MeasureKind::Outcome,
+    threshold: 0.02,
+};

@@ -5,6 +5,7 @@
 use super::{EpochRecord, Metrics, Randomization};
 use crate::cell::{Observer, Progress, Status, TRACE_STEPS};
 use crate::families::{Job, Record, WorkloadFamily};
+use crate::slowdown;
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::corrupt::Condition;
 use randbench_core::data::{translate_batch, Dataset, Split};
@@ -185,6 +186,7 @@ pub fn run<B: Backend>(
     let lr_tensor = |lr: f64| b.upload(&HostTensor::scalar(lr as f32));
     let mut lr_dev = lr_tensor(optimizer.lr)?;
 
+    let delay = slowdown::step_delay(b.id());
     // One step: the step's inputs uploaded, the program run, the device waited for.
     let step = |prog: &mut B::Program,
                 state: &[B::Tensor],
@@ -192,6 +194,9 @@ pub fn run<B: Backend>(
                 lr: &B::Tensor|
      -> BResult<(Vec<B::Tensor>, f64)> {
         let t0 = Instant::now();
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         let fed = upload_all(host)?;
         let mut inputs: Vec<&B::Tensor> = state.iter().collect();
         if let Feed::Gather { .. } = feed.feed {

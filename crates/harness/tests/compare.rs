@@ -1,0 +1,187 @@
+//! Rounds and `randbench compare` end to end: the same build twice is unchanged, a step slowed
+//! on purpose (the RANDBENCH_TEST_DELAY hook) is a regression with exit code 1, too few
+//! rounds are "too noisy to tell" with exit code 3.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Speed thresholds of 100%: only a change beyond 2× counts, so that this shared, noisy
+/// machine (runs minutes apart, other tests beside them) cannot raise a false alarm, while the
+/// delay below slows the step far more than that.
+const SUITE: &str = r#"
+backends: [candle-cpu]
+seeds: [3]
+rounds: 4
+compare:
+  thresholds: {steps_per_second: 1.0, seconds_to_fit: 1.0}
+workloads:
+  - randomization:
+      name: tiny
+      data: {source: synthetic, train: 200, test: 100, image: [1, 16, 16]}
+      model:
+        mlp: {hidden: [32]}
+      optimizer: {kind: momentum, lr: 0.1, momentum: 0.9}
+      batch: 50
+      conditions: [true_labels]
+      max_epochs: 20
+"#;
+
+/// Milliseconds added to each timed step: some 40 times a step of this tiny network.
+const DELAY: &str = "candle-cpu=5";
+
+fn randbench(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_randbench"));
+    c.args(args).env_remove("RANDBENCH_TEST_DELAY");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("randbench runs")
+}
+
+fn run(dir: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> PathBuf {
+    let suite = dir.join("tiny.yaml");
+    std::fs::write(&suite, SUITE).unwrap();
+    let out = dir.join(name);
+    let mut args = vec!["run", suite.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend(extra);
+    let o = randbench(&args, env);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+fn compare(a: &Path, b: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec!["compare", a.to_str().unwrap(), b.to_str().unwrap()];
+    args.extend(extra);
+    let o = randbench(&args, &[]);
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    (o.status.code(), text)
+}
+
+fn verdicts(json: &Path) -> Vec<(String, String)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let verdict = match r["outcome"]["kind"].as_str().unwrap() {
+                "compared" => r["outcome"]["verdict"].as_str().unwrap().to_string(),
+                other => other.to_string(),
+            };
+            (r["measure"].as_str().unwrap().to_string(), verdict)
+        })
+        .collect()
+}
+
+#[test]
+fn the_same_build_is_unchanged_and_a_slowed_step_is_a_regression() {
+    let dir = common::scratch("compare", "delay");
+    let base = run(&dir, "base", &[], &[]);
+    let again = run(&dir, "again", &[], &[]);
+    let slowed = run(&dir, "slowed", &[], &[("RANDBENCH_TEST_DELAY", DELAY)]);
+
+    let json = dir.join("same.json");
+    let (code, text) = compare(&base, &again, &["--json", json.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{text}");
+    let v = verdicts(&json);
+    assert_eq!(v.len(), 4, "{v:?}");
+    assert!(v.iter().all(|(_, verdict)| verdict == "unchanged"), "{v:?}\n{text}");
+
+    let json = dir.join("slowed.json");
+    let (code, text) = compare(&base, &slowed, &["--json", json.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("candle-cpu tiny true_labels seed 3"), "{text}");
+    let v = verdicts(&json);
+    for figure in ["steps_per_second", "seconds_to_fit"] {
+        assert!(v.contains(&(figure.to_string(), "regressed".to_string())), "{v:?}");
+    }
+    // The delay sits in timed steps only: what the network learns is the same.
+    for figure in ["epochs_to_fit", "test_accuracy"] {
+        assert!(v.contains(&(figure.to_string(), "unchanged".to_string())), "{v:?}");
+    }
+    assert!(text.contains("slower"), "{text}");
+
+    // The other way round the change is an improvement: nothing regressed.
+    let (code, text) = compare(&slowed, &base, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("faster"), "{text}");
+}
+
+#[test]
+fn too_few_rounds_are_too_noisy_to_tell() {
+    let dir = common::scratch("compare", "few");
+    let a = run(&dir, "a", &["--rounds", "2"], &[]);
+    let b = run(&dir, "b", &["--rounds", "2"], &[("RANDBENCH_TEST_DELAY", DELAY)]);
+    let (code, text) = compare(&a, &b, &[]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("too noisy to tell"), "{text}");
+    assert!(text.contains("--rounds 4"), "the fix is named: {text}");
+}
+
+#[test]
+fn rounds_take_turns_and_say_how_many_a_figure_rests_on() {
+    let dir = common::scratch("compare", "turns");
+    let cpu: Vec<String> = randbench::backends::usable_here()
+        .into_iter()
+        .filter(|id| id.device == randbench_core::Device::Cpu)
+        .map(|id| id.to_string())
+        .collect();
+    let out = run(&dir, "out", &["--rounds", "2", "--backends", &cpu.join(",")], &[]);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Round 0 on every backend in turn, then round 1 likewise: ABCABC.
+    let order: Vec<(u64, String)> = lines
+        .iter()
+        .map(|l| (l["round"].as_u64().unwrap(), l["cell"]["backend"].as_str().unwrap().to_string()))
+        .collect();
+    let expected: Vec<(u64, String)> =
+        (0..2).flat_map(|r| cpu.iter().map(move |b| (r, b.clone()))).collect();
+    assert_eq!(order, expected);
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["rounds"], 2);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("2 of 2"), "the rounds table: {report}");
+}
+
+#[test]
+fn bad_comparison_input_is_refused_clearly() {
+    let dir = common::scratch("compare", "bad");
+    let (code, text) = compare(&dir.join("nowhere"), &dir.join("nothing"), &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("results.jsonl"), "{text}");
+
+    let a = run(&dir, "a", &["--rounds", "1"], &[]);
+    let (code, text) = compare(&a, &a, &["--threshold", "steps_per_sec=0.1"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("no figure is named 'steps_per_sec'") && text.contains("steps_per_second"),
+        "{text}"
+    );
+    let (code, text) = compare(&a, &a, &["--threshold", "steps_per_second"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("FIGURE=FRACTION"), "{text}");
+
+    let o = randbench(&["list"], &[("RANDBENCH_TEST_DELAY", "candle-cpu")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("write BACKEND=MS"));
+
+    let suite = dir.join("bad-threshold.yaml");
+    std::fs::write(&suite, SUITE.replace("seconds_to_fit: 1.0", "seconds_to_fits: 1.0")).unwrap();
+    let o =
+        randbench(&["run", suite.to_str().unwrap(), "--out", dir.join("x").to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad-threshold.yaml:6:")
+            && err.contains("no figure is named 'seconds_to_fits'"),
+        "{err}"
+    );
+}
