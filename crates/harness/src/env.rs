@@ -26,6 +26,35 @@ pub struct Environment {
     pub backends: Vec<(BackendId, BackendInfo)>,
 }
 
+impl Environment {
+    /// The machine's hardware as one line: CPU, cores, memory, GPUs (without driver versions).
+    pub fn hardware(&self) -> String {
+        let gpus: Vec<&str> =
+            self.gpus.iter().map(|g| g.rsplit_once(',').map_or(g.as_str(), |(hw, _)| hw)).collect();
+        format!(
+            "{}; {} logical CPUs, {} cores; {} GiB; GPUs: {}",
+            self.cpu.as_deref().unwrap_or("unknown CPU"),
+            self.logical_cpus,
+            self.physical_cores.map_or("?".into(), |c| c.to_string()),
+            (self.memory.0 as f64 / (1u64 << 30) as f64).round(),
+            if gpus.is_empty() { "none".into() } else { gpus.join(" + ") }
+        )
+    }
+
+    /// A hash of [`hardware`](Self::hardware): machines alike in hardware share it, so that
+    /// their histories line up whatever their host names; a changed driver keeps it.
+    pub fn fingerprint(&self) -> String {
+        format!("{:016x}", fnv1a(self.hardware().as_bytes()))
+    }
+}
+
+/// 64-bit FNV-1a: a hash that stays the same across builds and platforms (std's does not).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 fn git(args: &[&str]) -> Option<String> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("git").args(args).current_dir(dir).output().ok()?;
@@ -65,15 +94,20 @@ pub fn capture(backends: Vec<(BackendId, BackendInfo)>) -> Environment {
     }
 }
 
-/// The current time in UTC as `YYYY-MM-DDTHH:MM:SSZ`.
+/// The current time in UTC as `YYYY-MM-DDTHH:MM:SS.mmmZ` (milliseconds: runs that start
+/// within one second still sort in order in the history).
 pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (secs, millis) = (now.as_secs(), now.subsec_millis());
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's algorithm.
@@ -91,6 +125,33 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fingerprints_follow_hardware_not_names_or_drivers() {
+        let a = super::Environment {
+            host: Some("night-1".into()),
+            cpu: Some("AMD EPYC 9654".into()),
+            logical_cpus: 2,
+            physical_cores: Some(1),
+            memory: randbench_core::units::Bytes(24 << 30),
+            gpus: vec!["NVIDIA H200, 143771 MiB, 580.65".into()],
+            ..Default::default()
+        };
+        let b = super::Environment {
+            host: Some("night-2".into()),
+            gpus: vec!["NVIDIA H200, 143771 MiB, 590.10".into()],
+            ..a.clone()
+        };
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(
+            a.hardware(),
+            "AMD EPYC 9654; 2 logical CPUs, 1 cores; 24 GiB; GPUs: NVIDIA H200, 143771 MiB"
+        );
+        let c = super::Environment { logical_cpus: 4, ..a.clone() };
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        // FNV-1a's published test vector.
+        assert_eq!(super::fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
     #[test]
     fn civil_dates() {
         assert_eq!(super::civil_from_days(0), (1970, 1, 1));

@@ -9,6 +9,7 @@ pub mod executor;
 pub mod families;
 #[cfg(feature = "test-faults")]
 pub mod fault;
+pub mod history;
 pub mod nvml;
 pub mod report;
 pub mod results;

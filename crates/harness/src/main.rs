@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use randbench::backends::{self, Availability};
 use randbench::compare;
 use randbench::executor::child_main;
+use randbench::history;
 use randbench::report::{Reporter, Terminal};
 use randbench::runner::{self, Isolation, RunError, RunOptions, STOP};
 use randbench::suite;
@@ -76,6 +77,46 @@ enum Command {
     List,
     /// Re-render the tables and report.md of a finished run from its directory.
     Report { dir: PathBuf },
+    /// Store run directories in the history (SQLite by default, or PostgreSQL); storing a
+    /// run again adds nothing.
+    Ingest {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// A SQLite file (or sqlite://PATH), or a postgres://USER@HOST:PORT/DATABASE URL.
+        #[arg(long, default_value = history::DEFAULT_DB)]
+        db: String,
+    },
+    /// A figure's series over the stored runs, for each cell and machine, with the runs where
+    /// it changed flagged.
+    History {
+        /// The figure, e.g. steps_per_second (see `randbench compare`).
+        #[arg(long)]
+        figure: String,
+        #[arg(long)]
+        workload: Option<String>,
+        /// The variant as tables show it, e.g. random_labels.
+        #[arg(long)]
+        variant: Option<String>,
+        #[arg(long)]
+        backend: Option<String>,
+        /// A machine fingerprint (or its first characters).
+        #[arg(long)]
+        machine: Option<String>,
+        /// How many of the latest runs to show.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+        /// Each run is judged against up to this many runs before it…
+        #[arg(long, default_value_t = 10)]
+        window: usize,
+        /// …and only when there are at least this many.
+        #[arg(long, default_value_t = 3)]
+        min_points: usize,
+        /// The smallest change that counts (default: the figure's own, e.g. 0.05).
+        #[arg(long)]
+        threshold: Option<f64>,
+        #[arg(long, default_value = history::DEFAULT_DB)]
+        db: String,
+    },
     /// Compare a run with a baseline run, figure by figure. Exit code 0: nothing regressed;
     /// 1: something regressed (or failed); 3: too noisy to tell (too few rounds, or too much
     /// spread); 2: bad input.
@@ -90,6 +131,31 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+fn history_error(e: history::HistoryError) -> RunError {
+    match e {
+        history::HistoryError::Input(m) => RunError::Input(m),
+        other => RunError::Failed(other.to_string()),
+    }
+}
+
+fn ingest(dirs: &[PathBuf], db: &str) -> Result<u8, RunError> {
+    let mut store = history::Db::open(db).map_err(history_error)?;
+    for dir in dirs {
+        let i = store.ingest(dir).map_err(history_error)?;
+        for w in &i.warnings {
+            eprintln!("warning: {w}");
+        }
+        println!(
+            "{}: run {}: {} new cell results, {} new figures",
+            dir.display(),
+            i.run,
+            i.added_cells,
+            i.added_figures
+        );
+    }
+    Ok(0)
 }
 
 fn list() -> String {
@@ -190,6 +256,39 @@ fn main() -> ExitCode {
             print!("{text}");
             0
         }),
+        Command::Ingest { dirs, db } => ingest(&dirs, &db),
+        Command::History {
+            figure,
+            workload,
+            variant,
+            backend,
+            machine,
+            last,
+            window,
+            min_points,
+            threshold,
+            db,
+        } => history::figure(&figure)
+            .and_then(|figure| {
+                let rule = history::ChangeRule {
+                    window: window.max(1),
+                    min_points: min_points.max(1),
+                    threshold: threshold.unwrap_or(figure.threshold),
+                };
+                let query = history::SeriesQuery { figure, workload, variant, backend, machine };
+                let series = history::Db::open(&db)?.series(&query)?;
+                if series.is_empty() {
+                    return Err(history::HistoryError::Input(format!(
+                        "{db}: no stored values of {} match; `randbench ingest DIR` stores runs",
+                        figure.name
+                    )));
+                }
+                let tables: Vec<_> =
+                    series.iter().map(|s| history::series_table(s, figure, rule, last)).collect();
+                print!("{}", Terminal.render("history", None, &tables, &[]));
+                Ok(0)
+            })
+            .map_err(history_error),
         Command::Compare { baseline, current, thresholds, json } => {
             compare::compare(&baseline, &current, &thresholds.into_iter().collect()).and_then(|r| {
                 print!("{}", Terminal.render("randbench", None, &[r.table()], &[]));

@@ -139,8 +139,7 @@ pub fn preflight(
 }
 
 fn default_out(suite: &str) -> PathBuf {
-    let stamp =
-        env::utc_now().replace([':', '-'], "").replace('T', "-").trim_end_matches('Z').to_string();
+    let stamp = env::utc_now()[..19].replace([':', '-'], "").replace('T', "-");
     PathBuf::from("reports").join(format!("{suite}-{stamp}"))
 }
 

@@ -4,52 +4,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// Speed thresholds of 100%: only a change beyond 2× counts, so that this shared, noisy
-/// machine (runs minutes apart, other tests beside them) cannot raise a false alarm, while the
-/// delay below slows the step far more than that.
-const SUITE: &str = r#"
-backends: [candle-cpu]
-seeds: [3]
-rounds: 4
-compare:
-  thresholds: {steps_per_second: 1.0, seconds_to_fit: 1.0}
-workloads:
-  - randomization:
-      name: tiny
-      data: {source: synthetic, train: 200, test: 100, image: [1, 16, 16]}
-      model:
-        mlp: {hidden: [32]}
-      optimizer: {kind: momentum, lr: 0.1, momentum: 0.9}
-      batch: 50
-      conditions: [true_labels]
-      max_epochs: 20
-"#;
-
-/// Milliseconds added to each timed step: some 40 times a step of this tiny network.
-const DELAY: &str = "candle-cpu=5";
-
-fn randbench(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_randbench"));
-    c.args(args).env_remove("RANDBENCH_TEST_DELAY");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("randbench runs")
-}
-
-fn run(dir: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> PathBuf {
-    let suite = dir.join("tiny.yaml");
-    std::fs::write(&suite, SUITE).unwrap();
-    let out = dir.join(name);
-    let mut args = vec!["run", suite.to_str().unwrap(), "--out", out.to_str().unwrap()];
-    args.extend(extra);
-    let o = randbench(&args, env);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
-}
+use common::{randbench, run_tiny as run, DELAY, TIMED_SUITE as SUITE};
+use std::path::Path;
 
 fn compare(a: &Path, b: &Path, extra: &[&str]) -> (Option<i32>, String) {
     let mut args = vec!["compare", a.to_str().unwrap(), b.to_str().unwrap()];

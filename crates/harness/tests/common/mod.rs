@@ -31,3 +31,54 @@ pub fn idx(dims: &[u32], bytes: &[u8]) -> Vec<u8> {
     b.extend(bytes);
     b
 }
+
+/// A tiny suite of timed steps, four rounds. Speed thresholds of 100%: only a change beyond
+/// 2× counts, so that this shared, noisy machine (runs minutes apart, other tests beside them)
+/// cannot raise a false alarm, while [`DELAY`] slows the step far more than that.
+pub const TIMED_SUITE: &str = r#"
+backends: [candle-cpu]
+seeds: [3]
+rounds: 4
+compare:
+  thresholds: {steps_per_second: 1.0, seconds_to_fit: 1.0}
+workloads:
+  - randomization:
+      name: tiny
+      data: {source: synthetic, train: 200, test: 100, image: [1, 16, 16]}
+      model:
+        mlp: {hidden: [32]}
+      optimizer: {kind: momentum, lr: 0.1, momentum: 0.9}
+      batch: 50
+      conditions: [true_labels]
+      max_epochs: 20
+"#;
+
+/// RANDBENCH_TEST_DELAY for [`TIMED_SUITE`]: 5 ms a step, some 40 times a step of its network.
+pub const DELAY: &str = "candle-cpu=5";
+
+/// Runs the randbench binary (without any delay the caller's environment may hold).
+pub fn randbench(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_randbench"));
+    c.args(args).env_remove("RANDBENCH_TEST_DELAY");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("randbench runs")
+}
+
+/// Runs [`TIMED_SUITE`] into `dir/name` and returns that directory.
+pub fn run_tiny(
+    dir: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> PathBuf {
+    let suite = dir.join("tiny.yaml");
+    std::fs::write(&suite, TIMED_SUITE).unwrap();
+    let out = dir.join(name);
+    let mut args = vec!["run", suite.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend(extra);
+    let o = randbench(&args, env);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}

@@ -1,0 +1,541 @@
+//! The history: runs from any number of machines stored in one database, SQLite by default
+//! (embedded, nothing to install) or PostgreSQL for several machines reporting to one server.
+//! `randbench ingest` stores run directories (idempotent: a run's id is a hash of its
+//! environment, every insert skips rows already there); `randbench history` shows a figure's
+//! series for a cell and flags the run where it changed.
+
+use crate::cell::CellResult;
+use crate::compare::fmt_value;
+use crate::env::{fnv1a, Environment, ENV_FILE};
+use crate::families::{self, MeasureSpec};
+use crate::report::{Column, Table};
+use crate::results::{self, RunInfo};
+use randbench_core::rng::Rng;
+use randbench_core::stats::{self, Verdict};
+use std::path::{Path, PathBuf};
+
+/// Where `ingest` and `history` keep the history unless `--db` says otherwise.
+pub const DEFAULT_DB: &str = "reports/history.sqlite";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("{db}: {source}")]
+    Sqlite { db: String, source: rusqlite::Error },
+    #[error("{db}: {source}")]
+    Postgres { db: String, source: Box<postgres::Error> },
+    #[error("{0}")]
+    Input(String),
+}
+
+/// An open history database.
+pub struct Db {
+    conn: Conn,
+    /// The URL or path, for messages (a password in a URL is not shown).
+    name: String,
+}
+
+enum Conn {
+    Sqlite(rusqlite::Connection),
+    Postgres(Box<postgres::Client>),
+}
+
+/// A value bound to or read from a query.
+#[derive(Clone, Debug, PartialEq)]
+enum Value {
+    Text(String),
+    Int(i64),
+    Real(f64),
+    Null,
+}
+
+impl Value {
+    fn text(&self) -> Option<&str> {
+        match self {
+            Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS machines (
+    fingerprint TEXT PRIMARY KEY,
+    hardware TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    machine TEXT NOT NULL REFERENCES machines (fingerprint),
+    host TEXT,
+    suite TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    git_commit TEXT,
+    rounds BIGINT NOT NULL,
+    environment TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cells (
+    run TEXT NOT NULL REFERENCES runs (id),
+    workload TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    seed BIGINT NOT NULL,
+    backend TEXT NOT NULL,
+    round BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    result TEXT NOT NULL,
+    PRIMARY KEY (run, workload, variant, seed, backend, round)
+);
+CREATE TABLE IF NOT EXISTS figures (
+    run TEXT NOT NULL REFERENCES runs (id),
+    workload TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    seed BIGINT NOT NULL,
+    backend TEXT NOT NULL,
+    round BIGINT NOT NULL,
+    figure TEXT NOT NULL,
+    value DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (run, workload, variant, seed, backend, round, figure)
+);
+";
+
+/// Hides the password of a `postgres://user:password@host/db` URL.
+fn shown(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if url[s + 3..at].contains(':') => {
+            let colon = s + 3 + url[s + 3..at].find(':').expect("checked");
+            format!("{}:***{}", &url[..colon], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Db {
+    /// Opens (and creates, the first time) the history at `url`: a `postgres://` or
+    /// `postgresql://` URL, else a SQLite file (`sqlite://PATH` or a plain path).
+    pub fn open(url: &str) -> Result<Db, HistoryError> {
+        let name = shown(url);
+        let conn = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let client = postgres::Client::connect(url, postgres::NoTls).map_err(|e| {
+                HistoryError::Input(format!(
+                    "--db {name}: cannot connect: {e}; check that the server runs and the URL \
+                     (postgres://USER@HOST:PORT/DATABASE)"
+                ))
+            })?;
+            Conn::Postgres(Box::new(client))
+        } else {
+            let path = PathBuf::from(url.strip_prefix("sqlite://").unwrap_or(url));
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    HistoryError::Input(format!(
+                        "--db {name}: cannot create {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+            }
+            let conn = rusqlite::Connection::open(&path)
+                .map_err(|source| HistoryError::Sqlite { db: name.clone(), source })?;
+            // Several processes may ingest at once: wait for a writer instead of failing.
+            conn.busy_timeout(std::time::Duration::from_secs(30))
+                .map_err(|source| HistoryError::Sqlite { db: name.clone(), source })?;
+            Conn::Sqlite(conn)
+        };
+        let mut db = Db { conn, name };
+        db.batch(SCHEMA)?;
+        Ok(db)
+    }
+
+    fn sqlite_err(&self, source: rusqlite::Error) -> HistoryError {
+        HistoryError::Sqlite { db: self.name.clone(), source }
+    }
+
+    fn postgres_err(&self, source: postgres::Error) -> HistoryError {
+        HistoryError::Postgres { db: self.name.clone(), source: Box::new(source) }
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<(), HistoryError> {
+        let r = match &mut self.conn {
+            Conn::Sqlite(c) => c.execute_batch(sql).map_err(Err),
+            Conn::Postgres(c) => c.batch_execute(sql).map_err(Ok),
+        };
+        r.map_err(|e| match e {
+            Err(e) => self.sqlite_err(e),
+            Ok(e) => self.postgres_err(e),
+        })
+    }
+
+    /// Runs one statement whose parameters are `$1, $2, …` in order of first appearance (so
+    /// that SQLite's numbering of named parameters is PostgreSQL's); returns the rows changed.
+    fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, HistoryError> {
+        let r = match &mut self.conn {
+            Conn::Sqlite(c) => c
+                .execute(sql, rusqlite::params_from_iter(args.iter().map(to_sqlite)))
+                .map(|n| n as u64)
+                .map_err(Err),
+            Conn::Postgres(c) => {
+                let owned: Vec<Box<dyn postgres::types::ToSql + Sync>> =
+                    args.iter().map(to_postgres).collect();
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    owned.iter().map(|b| b.as_ref()).collect();
+                c.execute(sql, &refs).map_err(Ok)
+            }
+        };
+        r.map_err(|e| match e {
+            Err(e) => self.sqlite_err(e),
+            Ok(e) => self.postgres_err(e),
+        })
+    }
+
+    fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Vec<Value>>, HistoryError> {
+        let r = match &mut self.conn {
+            Conn::Sqlite(c) => (|| {
+                let mut st = c.prepare(sql)?;
+                let columns = st.column_count();
+                let rows = st
+                    .query_map(rusqlite::params_from_iter(args.iter().map(to_sqlite)), |row| {
+                        (0..columns).map(|i| row.get_ref(i).map(from_sqlite)).collect()
+                    })?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })()
+            .map_err(Err),
+            Conn::Postgres(c) => {
+                let owned: Vec<Box<dyn postgres::types::ToSql + Sync>> =
+                    args.iter().map(to_postgres).collect();
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    owned.iter().map(|b| b.as_ref()).collect();
+                c.query(sql, &refs).map(|rows| rows.iter().map(from_postgres).collect()).map_err(Ok)
+            }
+        };
+        r.map_err(|e| match e {
+            Err(e) => self.sqlite_err(e),
+            Ok(e) => self.postgres_err(e),
+        })
+    }
+
+    /// Stores a run directory. Idempotent: ingesting it again adds nothing (and a run ingested
+    /// while it was still going gains only its new cells).
+    pub fn ingest(&mut self, dir: &Path) -> Result<Ingested, HistoryError> {
+        let env_path = dir.join(ENV_FILE);
+        let env_text = std::fs::read_to_string(&env_path).map_err(|e| {
+            HistoryError::Input(format!(
+                "{}: {e}; give a directory written by `randbench run`",
+                env_path.display()
+            ))
+        })?;
+        let env: Environment = serde_json::from_str(&env_text).map_err(|e| {
+            HistoryError::Input(format!("{}: not an environment file: {e}", env_path.display()))
+        })?;
+        let (results, warnings) =
+            results::read(dir).map_err(|e| HistoryError::Input(e.to_string()))?;
+        let info = RunInfo::read(dir).map_err(|e| HistoryError::Input(e.to_string()))?;
+        let run = format!("{:016x}", fnv1a(env_text.as_bytes()));
+        let suite = info
+            .as_ref()
+            .map(|i| i.suite.clone())
+            .or_else(|| results.first().map(|r| r.suite.clone()))
+            .unwrap_or_default();
+        let rounds = info.as_ref().map_or(1, |i| i.rounds) as i64;
+        self.batch("BEGIN")?;
+        let stored = self.store(&run, &env, &env_text, &suite, rounds, &results);
+        match stored {
+            Ok(added) => {
+                self.batch("COMMIT")?;
+                Ok(Ingested { run, added_cells: added.0, added_figures: added.1, warnings })
+            }
+            Err(e) => {
+                let _ = self.batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    fn store(
+        &mut self,
+        run: &str,
+        env: &Environment,
+        env_text: &str,
+        suite: &str,
+        rounds: i64,
+        results: &[CellResult],
+    ) -> Result<(u64, u64), HistoryError> {
+        let text = |s: &str| Value::Text(s.to_string());
+        let opt = |s: &Option<String>| s.as_deref().map_or(Value::Null, text);
+        let machine = env.fingerprint();
+        self.execute(
+            "INSERT INTO machines (fingerprint, hardware) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[text(&machine), text(&env.hardware())],
+        )?;
+        self.execute(
+            "INSERT INTO runs (id, machine, host, suite, started_at, git_commit, rounds, environment) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            &[
+                text(run),
+                text(&machine),
+                opt(&env.host),
+                text(suite),
+                text(&env.started_at),
+                opt(&env.git_commit),
+                Value::Int(rounds),
+                text(env_text),
+            ],
+        )?;
+        let (mut cells, mut figures) = (0, 0);
+        for r in results {
+            let key = [
+                text(run),
+                text(&r.cell.workload),
+                text(&r.cell.variant.to_string()),
+                Value::Int(r.cell.seed as i64),
+                text(&r.cell.backend.to_string()),
+                Value::Int(r.round as i64),
+            ];
+            let json = serde_json::to_string(r).expect("serializable");
+            let mut args = key.to_vec();
+            args.extend([text(r.status.label()), text(&json)]);
+            cells += self.execute(
+                "INSERT INTO cells (run, workload, variant, seed, backend, round, status, result) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                &args,
+            )?;
+            if !r.status.ran() {
+                continue;
+            }
+            for m in families::measures(r) {
+                let mut args = key.to_vec();
+                args.extend([text(m.spec.name), Value::Real(m.value)]);
+                figures += self.execute(
+                    "INSERT INTO figures (run, workload, variant, seed, backend, round, figure, value) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                    &args,
+                )?;
+            }
+        }
+        Ok((cells, figures))
+    }
+
+    /// Every stored value of a figure that matches the filter, oldest run first.
+    pub fn series(&mut self, q: &SeriesQuery) -> Result<Vec<Series>, HistoryError> {
+        let rows = self.query(
+            "SELECT m.fingerprint, m.hardware, f.workload, f.variant, f.seed, f.backend, \
+                    r.id, r.started_at, r.git_commit, f.value \
+             FROM figures f JOIN runs r ON r.id = f.run JOIN machines m ON m.fingerprint = r.machine \
+             WHERE f.figure = $1 ORDER BY r.started_at, r.id, f.round",
+            &[Value::Text(q.figure.name.to_string())],
+        )?;
+        let mut out: Vec<Series> = Vec::new();
+        for row in rows {
+            let t = |i: usize| row[i].text().unwrap_or("").to_string();
+            let key = SeriesKey {
+                machine: t(0),
+                hardware: t(1),
+                workload: t(2),
+                variant: t(3),
+                seed: match row[4] {
+                    Value::Int(s) => s as u64,
+                    _ => 0,
+                },
+                backend: t(5),
+            };
+            if !q.matches(&key) {
+                continue;
+            }
+            let Value::Real(value) = row[9] else { continue };
+            let series = match out.iter_mut().position(|s| s.key == key) {
+                Some(i) => &mut out[i],
+                None => {
+                    out.push(Series { key, points: vec![] });
+                    out.last_mut().expect("just pushed")
+                }
+            };
+            let run = t(6);
+            match series.points.last_mut().filter(|p| p.run == run) {
+                Some(p) => p.samples.push(value),
+                None => series.points.push(Point {
+                    run,
+                    started_at: t(7),
+                    commit: row[8].text().map(str::to_string),
+                    samples: vec![value],
+                }),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn to_sqlite(v: &Value) -> rusqlite::types::Value {
+    match v {
+        Value::Text(s) => rusqlite::types::Value::Text(s.clone()),
+        Value::Int(i) => rusqlite::types::Value::Integer(*i),
+        Value::Real(x) => rusqlite::types::Value::Real(*x),
+        Value::Null => rusqlite::types::Value::Null,
+    }
+}
+
+fn from_sqlite(v: rusqlite::types::ValueRef) -> Value {
+    match v {
+        rusqlite::types::ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into()),
+        rusqlite::types::ValueRef::Integer(i) => Value::Int(i),
+        rusqlite::types::ValueRef::Real(x) => Value::Real(x),
+        _ => Value::Null,
+    }
+}
+
+fn to_postgres(v: &Value) -> Box<dyn postgres::types::ToSql + Sync> {
+    match v {
+        Value::Text(s) => Box::new(s.clone()),
+        Value::Int(i) => Box::new(*i),
+        Value::Real(x) => Box::new(*x),
+        Value::Null => Box::new(None::<String>),
+    }
+}
+
+fn from_postgres(row: &postgres::Row) -> Vec<Value> {
+    use postgres::types::Type;
+    (0..row.len())
+        .map(|i| match *row.columns()[i].type_() {
+            Type::INT8 => row.get::<_, Option<i64>>(i).map_or(Value::Null, Value::Int),
+            Type::FLOAT8 => row.get::<_, Option<f64>>(i).map_or(Value::Null, Value::Real),
+            _ => row.get::<_, Option<String>>(i).map_or(Value::Null, Value::Text),
+        })
+        .collect()
+}
+
+/// What one `ingest` of a directory added.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ingested {
+    pub run: String,
+    pub added_cells: u64,
+    pub added_figures: u64,
+    /// About the results file (a truncated last line).
+    pub warnings: Vec<String>,
+}
+
+/// Which series `history` shows: one figure, optionally narrowed.
+pub struct SeriesQuery {
+    pub figure: &'static MeasureSpec,
+    pub workload: Option<String>,
+    pub variant: Option<String>,
+    pub backend: Option<String>,
+    /// A fingerprint, or a prefix of one.
+    pub machine: Option<String>,
+}
+
+impl SeriesQuery {
+    fn matches(&self, k: &SeriesKey) -> bool {
+        let is = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        is(&self.workload, &k.workload)
+            && is(&self.variant, &k.variant)
+            && is(&self.backend, &k.backend)
+            && self.machine.as_deref().is_none_or(|m| k.machine.starts_with(m))
+    }
+}
+
+/// A cell on one machine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeriesKey {
+    pub machine: String,
+    pub hardware: String,
+    pub workload: String,
+    pub variant: String,
+    pub seed: u64,
+    pub backend: String,
+}
+
+/// One run's values of a figure for one cell: a sample per round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Point {
+    pub run: String,
+    pub started_at: String,
+    pub commit: Option<String>,
+    pub samples: Vec<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub key: SeriesKey,
+    pub points: Vec<Point>,
+}
+
+/// How `history` decides that a run changed a figure: its rounds against the pooled rounds
+/// of up to `window` runs before it, with at least `min_points` of them, judged as `compare`
+/// judges two runs (significant and beyond the threshold).
+#[derive(Clone, Copy, Debug)]
+pub struct ChangeRule {
+    pub window: usize,
+    pub min_points: usize,
+    pub threshold: f64,
+}
+
+/// What the rule says about each point of a series.
+pub fn changes(series: &Series, figure: &MeasureSpec, rule: ChangeRule) -> Vec<Option<Verdict>> {
+    let mut rng = Rng::stream(0, "history");
+    (0..series.points.len())
+        .map(|i| {
+            let before = &series.points[i.saturating_sub(rule.window)..i];
+            if before.len() < rule.min_points {
+                return None;
+            }
+            let pooled: Vec<f64> = before.iter().flat_map(|p| p.samples.iter().copied()).collect();
+            let now = &series.points[i].samples;
+            stats::compare(&pooled, now, figure.better, rule.threshold, &mut rng).map(|c| c.verdict)
+        })
+        .collect()
+}
+
+/// The table of one series: the last `last` runs, each flagged where the rule saw a change.
+pub fn series_table(series: &Series, figure: &MeasureSpec, rule: ChangeRule, last: usize) -> Table {
+    let verdicts = changes(series, figure, rule);
+    let (up, down) = figure.change_words();
+    let skip = series.points.len().saturating_sub(last);
+    let rows = series
+        .points
+        .iter()
+        .zip(&verdicts)
+        .skip(skip)
+        .map(|(p, v)| {
+            let flag = match v {
+                None => format!("(fewer than {} runs before)", rule.min_points),
+                Some(Verdict::Regressed) => format!("CHANGED: {down}"),
+                Some(Verdict::Improved) => format!("CHANGED: {up}"),
+                Some(Verdict::Unchanged) => "unchanged".into(),
+                Some(Verdict::TooNoisy) => "too noisy to tell".into(),
+            };
+            vec![
+                p.started_at.clone(),
+                p.commit.as_deref().map_or("-".into(), |c| c.chars().take(10).collect()),
+                stats::median(&p.samples).map_or("-".into(), fmt_value),
+                p.samples.len().to_string(),
+                flag,
+            ]
+        })
+        .collect();
+    let k = &series.key;
+    Table {
+        title: format!("{} {} {} seed {}", k.backend, k.workload, k.variant, k.seed),
+        caption: format!(
+            "{} ({}) on machine {} ({})",
+            figure.name, figure.unit, k.machine, k.hardware
+        ),
+        header: ["run started", "commit", "median", "rounds", "against the runs before"]
+            .iter()
+            .map(|h| Column::plain(h))
+            .collect(),
+        rows,
+        notes: vec![format!(
+            "a run is flagged CHANGED when its rounds differ from the pooled rounds of up to {} \
+             runs before it (at least {}) significantly and by more than {:.0}%, as `randbench \
+             compare` judges",
+            rule.window,
+            rule.min_points,
+            100.0 * rule.threshold
+        )],
+    }
+}
+
+/// The figure of that name, or an error listing them.
+pub fn figure(name: &str) -> Result<&'static MeasureSpec, HistoryError> {
+    families::measure_named(name).ok_or_else(|| {
+        let known: Vec<&str> = families::all_measures().map(|m| m.name).collect();
+        HistoryError::Input(format!(
+            "--figure {name}: no such figure; figures: {}",
+            known.join(", ")
+        ))
+    })
+}

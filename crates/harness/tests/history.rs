@@ -1,0 +1,179 @@
+//! The history end to end: runs ingested into SQLite (nothing installed) and into a real
+//! PostgreSQL server that this test starts on loopback; re-ingesting adds nothing; the run
+//! whose steps were slowed on purpose is flagged as the change.
+
+mod common;
+
+use common::{randbench, run_tiny, DELAY};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Three runs as they are, then one slowed: the history must flag the fourth.
+fn four_runs(dir: &Path) -> Vec<PathBuf> {
+    let mut runs: Vec<PathBuf> =
+        (0..3).map(|i| run_tiny(dir, &format!("night{i}"), &[], &[])).collect();
+    runs.push(run_tiny(dir, "slowed", &[], &[("RANDBENCH_TEST_DELAY", DELAY)]));
+    runs
+}
+
+fn ingest(db: &str, runs: &[PathBuf]) -> String {
+    let mut args = vec!["ingest", "--db", db];
+    args.extend(runs.iter().map(|r| r.to_str().unwrap()));
+    let o = randbench(&args, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn check_history(db: &str, runs: &[PathBuf]) {
+    let first = ingest(db, runs);
+    assert_eq!(first.matches(": 4 new cell results, 16 new figures").count(), 4, "{first}");
+    let again = ingest(db, runs);
+    assert_eq!(again.matches(": 0 new cell results, 0 new figures").count(), 4, "{again}");
+
+    let o = randbench(
+        &[
+            "history",
+            "--db",
+            db,
+            "--figure",
+            "steps_per_second",
+            "--backend",
+            "candle-cpu",
+            "--threshold",
+            "1.0",
+        ],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<&str> =
+        text.lines().filter(|l| l.starts_with('│') && l.contains("Z ┆")).collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    assert!(rows[..3].iter().all(|r| !r.contains("CHANGED")), "{text}");
+    assert!(rows[3].contains("CHANGED: slower"), "{text}");
+
+    let o = randbench(&["history", "--db", db, "--figure", "steps_per_sec"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("figures: steps_per_second"));
+}
+
+#[test]
+fn sqlite_history_flags_the_slowed_run_and_ingests_once() {
+    let dir = common::scratch("history", "sqlite");
+    let runs = four_runs(&dir);
+    check_history(dir.join("history.sqlite").to_str().unwrap(), &runs);
+}
+
+/// A PostgreSQL server of its own in a temporary directory, on a free loopback port; stopped
+/// when dropped. Run as the `postgres` user when the tests run as root (the server refuses
+/// root).
+struct Postgres {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    as_user: Option<&'static str>,
+}
+
+impl Postgres {
+    /// `None` when no server is installed (scripts/setup-postgres.sh installs Debian's) and
+    /// RANDBENCH_REQUIRE_POSTGRES is unset; with it set (as scripts/test.sh does), a missing
+    /// server fails the test.
+    fn start() -> Option<Postgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|b| b.join("initdb").exists())
+            .max();
+        let Some(bin) = bin else {
+            assert!(
+                std::env::var_os("RANDBENCH_REQUIRE_POSTGRES").is_none(),
+                "no PostgreSQL server under /usr/lib/postgresql: run scripts/setup-postgres.sh"
+            );
+            eprintln!("skipped: no PostgreSQL server installed (scripts/setup-postgres.sh)");
+            return None;
+        };
+        let root = std::env::temp_dir().join(format!("randbench-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let as_user = (unsafe { libc::geteuid() } == 0).then_some("postgres");
+        if let Some(user) = as_user {
+            let ok =
+                Command::new("chown").args([&format!("{user}:"), root.to_str().unwrap()]).status();
+            assert!(ok.unwrap().success(), "chown {user} {}", root.display());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let pg = Postgres { bin, data: root.join("data"), port, as_user };
+        pg.tool(
+            "initdb",
+            &["-D", pg.data.to_str().unwrap(), "-A", "trust", "-U", "randbench", "--no-sync"],
+        );
+        let options =
+            format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", root.display());
+        let log = root.join("log");
+        pg.tool(
+            "pg_ctl",
+            &[
+                "-D",
+                pg.data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        );
+        Some(pg)
+    }
+
+    fn tool(&self, name: &str, args: &[&str]) {
+        let exe = self.bin.join(name);
+        let mut c = match self.as_user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let o = c.args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://randbench@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.tool("pg_ctl", &["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"]);
+        let _ = std::fs::remove_dir_all(self.data.parent().unwrap());
+    }
+}
+
+#[test]
+fn postgres_history_flags_the_slowed_run_and_ingests_once() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = common::scratch("history", "postgres");
+    let runs = four_runs(&dir);
+    check_history(&pg.url(), &runs);
+    // A server that is not there: a clear error, exit code 2.
+    let o = randbench(
+        &["ingest", "--db", "postgres://randbench@127.0.0.1:1/none", runs[0].to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot connect"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
