@@ -12,10 +12,14 @@
 //! "host round trip" downloads the parameters and optimizer state after every step and
 //! uploads them again, inside the timed step: what keeping state on the device saves.
 //!
+//! The same step written by hand with candle-core and candle-nn ("candle by hand") takes its
+//! turn too: randbench's candle-cpu against it is the cost of the IR.
+//!
 //! The unroll: one meta-training unroll of the learned optimizer (scripts/peers/pytorch_l2l.py):
 //! a 2×20 LSTM on 128 quadratics of dimension 10, 20 steps, the outer gradient and an Adam
 //! step; a new problem every 5 unrolls on both sides. Three rounds in turns, as the step.
 
+use candle_core::{DType, Device as CDevice, Tensor, Var};
 use randbench::backends::BackendVisitor;
 use randbench_core::l2l::{carried, unroll, LstmOptimizer, Outer};
 use randbench_core::models::{init_params, Activation, Model};
@@ -23,13 +27,74 @@ use randbench_core::optim::Optimizer;
 use randbench_core::stats::Summary;
 use randbench_core::testing::{meta_step_inputs, mlp_batch, small_quadratics};
 use randbench_core::train::{training_step, Feed};
-use randbench_core::{Backend, BackendId, GradMode};
+use randbench_core::{Backend, BackendId, GradMode, HostTensor};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 const STEPS: usize = 400;
 const RESET_EVERY: usize = 50;
+const WARMUP: usize = 20;
+const LR: f64 = 0.01;
+const MOMENTUM: f64 = 0.9;
+
+struct HandStep {
+    vars: Vec<Var>,
+    bufs: Vec<Tensor>,
+}
+
+impl HandStep {
+    fn new(params: &[HostTensor]) -> Self {
+        let vars: Vec<Var> = params
+            .iter()
+            .map(|p| Var::from_slice(p.as_f32().unwrap(), p.shape(), &CDevice::Cpu).unwrap())
+            .collect();
+        let bufs = vars.iter().map(|v| v.zeros_like().unwrap()).collect();
+        Self { vars, bufs }
+    }
+
+    fn step(&mut self, x: &Tensor, y: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let [w1, b1, w2, b2] = [&self.vars[0], &self.vars[1], &self.vars[2], &self.vars[3]];
+        let h =
+            x.reshape((128, 784))?.matmul(w1.as_tensor())?.broadcast_add(b1.as_tensor())?.relu()?;
+        let logits = h.matmul(w2.as_tensor())?.broadcast_add(b2.as_tensor())?;
+        let loss = candle_nn::loss::cross_entropy(&logits, y)?;
+        let accuracy =
+            logits.argmax(1)?.to_dtype(DType::I64)?.eq(y)?.to_dtype(DType::F32)?.mean_all()?;
+        let grads = loss.backward()?;
+        for (v, buf) in self.vars.iter().zip(self.bufs.iter_mut()) {
+            let g = grads.get(v.as_tensor()).expect("every parameter has a gradient");
+            *buf = (buf.affine(MOMENTUM, 0.0)? + g)?;
+            v.set(&(v.as_tensor() - buf.affine(LR, 0.0)?)?)?;
+        }
+        Ok((loss, accuracy))
+    }
+}
+
+/// Median seconds of one training step written by hand with candle, timed as [`StepTimer`].
+fn hand_step_median() -> f64 {
+    let model = Model::mlp([1, 28, 28], &[512], 10, Activation::Relu);
+    let params = init_params(&model.params().unwrap(), 0);
+    let (x, y) = mlp_batch(128, 0);
+    let cx = Tensor::from_slice(x.as_f32().unwrap(), x.shape(), &CDevice::Cpu).unwrap();
+    let cy = Tensor::from_slice(y.as_i64().unwrap(), y.shape(), &CDevice::Cpu).unwrap();
+    let mut times = Vec::new();
+    let mut warm = WARMUP;
+    while times.len() < STEPS {
+        let mut hand = HandStep::new(&params);
+        for _ in 0..RESET_EVERY {
+            let t = Instant::now();
+            hand.step(&cx, &cy).unwrap();
+            let dt = t.elapsed().as_secs_f64();
+            if warm > 0 {
+                warm -= 1
+            } else {
+                times.push(dt)
+            }
+        }
+    }
+    Summary::of(&times).unwrap().median
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -66,7 +131,7 @@ impl BackendVisitor for StepTimer {
         let data = [b.upload(&x).unwrap(), b.upload(&y).unwrap()];
         let n = step.params + step.state;
         let mut times = Vec::new();
-        let mut warm = 20;
+        let mut warm = WARMUP;
         while times.len() < STEPS {
             let mut state: Vec<B::Tensor> = initial.iter().map(|t| b.upload(t).unwrap()).collect();
             for _ in 0..RESET_EVERY {
@@ -112,6 +177,7 @@ fn sides() -> Vec<(String, BackendId, GradMode, bool)> {
 fn compare_step() {
     let sides = sides();
     let mut peer = Vec::new();
+    let mut hand = Vec::new();
     let mut ours: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
     let steps = STEPS.to_string();
     for _ in 0..3 {
@@ -120,6 +186,7 @@ fn compare_step() {
                 .as_f64()
                 .unwrap(),
         );
+        hand.push(hand_step_median());
         for (k, (_, id, grad, round_trip)) in sides.iter().enumerate() {
             ours[k].push(
                 randbench::backends::with_backend(
@@ -135,10 +202,16 @@ fn compare_step() {
     let p = med(&peer);
     println!("MLP 784-512-10 training step, batch 128, SGD momentum (median of 3 rounds of {STEPS} steps)");
     println!("  {:<32} {:>8.0} steps/s", "PyTorch eager (python)", 1.0 / p);
-    for ((name, ..), t) in sides.iter().zip(&ours) {
+    let h = med(&hand);
+    println!("  {:<32} {:>8.0} steps/s   {:.2}× PyTorch", "candle by hand", 1.0 / h, p / h);
+    for ((name, id, ..), t) in sides.iter().zip(&ours) {
         let t = med(t);
+        let ir = match id.engine {
+            randbench_core::Engine::Candle => format!("   {:.2}× candle by hand", h / t),
+            _ => String::new(),
+        };
         println!(
-            "  {:<32} {:>8.0} steps/s   {:.2}× PyTorch",
+            "  {:<32} {:>8.0} steps/s   {:.2}× PyTorch{ir}",
             format!("randbench {name}"),
             1.0 / t,
             p / t

@@ -1,0 +1,151 @@
+//! Every engine and device this build has, side by side in criterion's report: one benchmark
+//! group per workload, a line per backend and gradient mode.
+//!
+//!   cargo bench -p randbench --features tch,ort --bench engines
+//!
+//! - `train_step_mlp_784_512_10_b128`: one training step of the randomization test's MLP
+//!   (SGD momentum 0.9), parameters and optimizer state staying on the device;
+//! - `eval_pass_mlp_784_512_10_b1000`: one evaluation chunk as the suite runs it (per-example
+//!   loss and correctness of 1,000 images);
+//! - `l2l_unroll_quadratic_128x10_u20`: one meta-training unroll of the learned optimizer (a
+//!   2×20 LSTM on 128 quadratics of dimension 10, 20 steps, its outer gradient and Adam step,
+//!   one program), the unrolls chaining as in meta-training.
+//!
+//! Compiling, uploading and resetting happen outside the timed region; the engine's `sync`
+//! is inside it. Every training sample starts again from the initial weights: thousands of
+//! steps on one batch drive the loss to zero and the arithmetic into denormal numbers, which
+//! slowed steps by a third here. Criterion measures one side after the other; figures that
+//! compare engines with a peer or with hand-written code come from the benches that take
+//! turns (`peer_pytorch`, `ir_overhead`).
+
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use randbench::backends::BackendVisitor;
+use randbench_core::l2l::{carried, unroll, LstmOptimizer, Outer};
+use randbench_core::models::{init_params, Activation, Model};
+use randbench_core::optim::Optimizer;
+use randbench_core::testing::{meta_step_inputs, mlp_batch, small_quadratics};
+use randbench_core::train::{eval_graph, training_step, Feed};
+use randbench_core::{Backend, BackendId, Engine, GradMode, Graph, HostTensor};
+use std::time::Instant;
+
+/// One program run over and over: `inputs` uploaded fresh for every sample, and output k fed
+/// back as input `carried[k].1` between runs (the training state, the unroll's carried values).
+struct Side<'a, 'g> {
+    group: &'a mut BenchmarkGroup<'g, WallTime>,
+    name: String,
+    graph: &'a Graph,
+    inputs: &'a [HostTensor],
+    carried: &'a [(usize, usize)],
+}
+
+impl BackendVisitor for Side<'_, '_> {
+    type Out = ();
+    fn visit<B: Backend>(self, backend: &B) {
+        let mut program = backend.compile(self.graph).unwrap();
+        self.group.bench_function(self.name, |b| {
+            b.iter_custom(|iters| {
+                let mut inputs: Vec<B::Tensor> =
+                    self.inputs.iter().map(|t| backend.upload(t).unwrap()).collect();
+                backend.sync().unwrap();
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let refs: Vec<&B::Tensor> = inputs.iter().collect();
+                    let out = backend.run(&mut program, &refs).unwrap();
+                    for &(o, i) in self.carried {
+                        inputs[i] = out[o].clone();
+                    }
+                }
+                backend.sync().unwrap();
+                t.elapsed()
+            })
+        });
+    }
+}
+
+/// Every usable backend (CPU and CUDA) with each gradient mode it has.
+fn sides() -> Vec<(BackendId, GradMode)> {
+    randbench::backends::usable_here()
+        .into_iter()
+        .flat_map(|id| {
+            let modes: &[GradMode] = match id.engine {
+                // ONNX Runtime has no autograd: always the symbolic expansion.
+                Engine::Ort => &[GradMode::Symbolic],
+                _ => &[GradMode::Native, GradMode::Symbolic],
+            };
+            modes.iter().map(move |&m| (id, m))
+        })
+        .collect()
+}
+
+fn group(
+    c: &mut Criterion,
+    name: &str,
+    samples: usize,
+    graph: &Graph,
+    inputs: &[HostTensor],
+    carried: &[(usize, usize)],
+    modes_matter: bool,
+) {
+    let mut group = c.benchmark_group(name);
+    group.sample_size(samples);
+    for (id, mode) in sides() {
+        // A program without `Grad` nodes runs the same in both modes: one line per backend.
+        if !modes_matter && mode == GradMode::Symbolic && id.engine != Engine::Ort {
+            continue;
+        }
+        let name = match modes_matter {
+            true => format!("{id}/{mode:?}").to_lowercase(),
+            false => id.to_string(),
+        };
+        let side = Side { group: &mut group, name, graph, inputs, carried };
+        randbench::backends::with_backend(id, mode, side).unwrap();
+    }
+    group.finish();
+}
+
+fn mlp() -> (Model, Vec<HostTensor>) {
+    let model = Model::mlp([1, 28, 28], &[512], 10, Activation::Relu);
+    let params = init_params(&model.params().unwrap(), 0);
+    (model, params)
+}
+
+fn train_step(c: &mut Criterion) {
+    let (model, params) = mlp();
+    let specs = model.params().unwrap();
+    let optimizer = Optimizer::momentum(0.01, 0.9);
+    let step = training_step(&model, &optimizer, 128, Feed::Batch, false).unwrap();
+    let mut inputs = params;
+    inputs.extend(
+        optimizer.initial_state(&specs.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()),
+    );
+    let (x, y) = mlp_batch(128, 0);
+    inputs.extend([x, y]);
+    // The step's first outputs are the new parameters and optimizer state, in input order.
+    let carried: Vec<(usize, usize)> = (0..step.params + step.state).map(|k| (k, k)).collect();
+    group(c, "train_step_mlp_784_512_10_b128", 60, &step.graph, &inputs, &carried, true);
+}
+
+fn eval_pass(c: &mut Criterion) {
+    let (model, mut inputs) = mlp();
+    let graph = eval_graph(&model, 1000, Feed::Batch).unwrap();
+    let (x, y) = mlp_batch(1000, 0);
+    inputs.extend([x, y]);
+    group(c, "eval_pass_mlp_784_512_10_b1000", 40, &graph, &inputs, &[], false);
+}
+
+fn l2l_unroll(c: &mut Criterion) {
+    const UNROLL: usize = 20;
+    let opt = LstmOptimizer::default();
+    let problem = small_quadratics(128, 10);
+    let graph = unroll(&opt, &problem, UNROLL, Outer::Adam { lr: 1e-3 }, false).unwrap();
+    let inputs = meta_step_inputs(&opt, &problem, UNROLL, 0);
+    group(c, "l2l_unroll_quadratic_128x10_u20", 20, &graph, &inputs, &carried(&graph), true);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(std::time::Duration::from_secs(8));
+    targets = train_step, eval_pass, l2l_unroll
+}
+criterion_main!(benches);
