@@ -114,6 +114,9 @@ pub struct CellResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diverged_at: Option<usize>,
     pub started_at: String,
+    /// Other processes that used more than a fifth of a core while the cell ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub busy: Vec<String>,
     /// What the workload's family measured.
     pub metrics: Metrics,
 }

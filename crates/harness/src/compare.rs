@@ -173,6 +173,19 @@ pub fn by_cell(results: Vec<CellResult>) -> Vec<(Cell, Vec<CellResult>)> {
     out
 }
 
+/// The other programs busy during any of a cell's rounds, as a warning.
+pub fn busy_warning(rounds: &[CellResult]) -> Option<SampleWarning> {
+    let mut processes: Vec<String> = Vec::new();
+    for p in rounds.iter().flat_map(|r| &r.busy) {
+        // "name (pid N, P% of a core)": one mention per program and pid.
+        let who = p.split(", ").next().unwrap_or(p).to_string() + ")";
+        if !processes.contains(&who) {
+            processes.push(who);
+        }
+    }
+    (!processes.is_empty()).then_some(SampleWarning::BusyMachine { processes })
+}
+
 /// Every figure of a cell's rounds, in round order (rounds that did not run measure nothing).
 pub fn figures(rounds: &[CellResult]) -> BTreeMap<&'static str, (&'static MeasureSpec, Vec<f64>)> {
     let mut out: BTreeMap<&'static str, (&'static MeasureSpec, Vec<f64>)> = BTreeMap::new();
@@ -250,7 +263,11 @@ pub fn compare(
                 },
             };
             let warnings = match spec.kind {
-                MeasureKind::Speed => stats::sample_warnings(&c, spec.better),
+                MeasureKind::Speed => {
+                    let mut w = stats::sample_warnings(&c, spec.better);
+                    w.extend(busy_warning(cur_rounds));
+                    w
+                }
                 // Seeded outcomes repeat exactly: only their number of rounds matters.
                 MeasureKind::Outcome => stats::sample_warnings(&c, spec.better)
                     .into_iter()

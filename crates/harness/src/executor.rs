@@ -70,6 +70,7 @@ pub fn failed(job: &CellJob, info: BackendInfo, status: Status, error: String) -
         step_losses: vec![],
         diverged_at: None,
         started_at: crate::env::utc_now(),
+        busy: vec![],
         metrics,
     }
 }
@@ -129,6 +130,7 @@ impl Executor for InProcess {
                     step_losses: record.step_losses,
                     diverged_at: record.diverged_at,
                     started_at,
+                    busy: vec![],
                     metrics,
                 }
             }

@@ -6,6 +6,7 @@ pub mod compare;
 pub mod datasets;
 pub mod env;
 pub mod executor;
+pub mod export;
 pub mod families;
 #[cfg(feature = "test-faults")]
 pub mod fault;

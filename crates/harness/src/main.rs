@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use randbench::backends::{self, Availability};
 use randbench::compare;
 use randbench::executor::child_main;
+use randbench::export;
 use randbench::history;
 use randbench::report::{Reporter, Terminal};
 use randbench::runner::{self, Isolation, RunError, RunOptions, STOP};
@@ -77,6 +78,15 @@ enum Command {
     List,
     /// Re-render the tables and report.md of a finished run from its directory.
     Report { dir: PathBuf },
+    /// A run's figures (medians over rounds) as JSON for continuous-benchmarking services.
+    Export {
+        dir: PathBuf,
+        #[arg(long, value_enum)]
+        format: export::Format,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Store run directories in the history (SQLite by default, or PostgreSQL); storing a
     /// run again adds nothing.
     Ingest {
@@ -255,6 +265,15 @@ fn main() -> ExitCode {
         Command::Report { dir } => runner::report(&dir).map(|text| {
             print!("{text}");
             0
+        }),
+        Command::Export { dir, format, out } => export::export(&dir, format).and_then(|v| {
+            let text = serde_json::to_string_pretty(&v).expect("serializable") + "\n";
+            match out {
+                Some(path) => runner::write_atomic(&path, text)
+                    .map_err(|e| RunError::Failed(format!("--out {}: {e}", path.display())))?,
+                None => print!("{text}"),
+            }
+            Ok(0)
         }),
         Command::Ingest { dirs, db } => ingest(&dirs, &db),
         Command::History {

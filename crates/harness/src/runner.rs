@@ -3,12 +3,14 @@
 
 use crate::backends::{self, Availability, BackendVisitor};
 use crate::cell::{Cell, CellResult, Observer, Progress, Status};
+use crate::compare;
 use crate::env::{self, Environment, ENV_FILE};
 use crate::executor::{CellJob, ChildProcess, Executor, InProcess};
 use crate::families::{self, Data};
 use crate::report::{self, Markdown, Reporter, Terminal};
 use crate::results::{self, RunInfo, RUN_FILE};
 use crate::suite::{self, Suite};
+use crate::sys;
 use indicatif::{ProgressBar, ProgressStyle};
 use randbench_core::backend::{Backend, BackendId, GradMode};
 use std::io::Write;
@@ -233,6 +235,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     );
     let mut done = Vec::new();
     let mut interrupted = false;
+    let mut busy = sys::BusyWatch::start();
     for (round, cell) in order {
         if STOP.load(Ordering::SeqCst) {
             interrupted = true;
@@ -254,7 +257,9 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
             _ => format!("round {}/{rounds} {cell}", round + 1),
         };
         bar.set_message(format!("{label} starting"));
-        let result = executor.execute(&job, &mut ProgressObserver { bar: &bar, label });
+        busy.busy_since_last();
+        let mut result = executor.execute(&job, &mut ProgressObserver { bar: &bar, label });
+        result.busy = busy.busy_since_last();
         results::append(&out, &result).map_err(|e| {
             RunError::Failed(format!(
                 "{}: cannot append the result: {e}",
@@ -303,6 +308,12 @@ pub fn render(
     suite: &str,
 ) -> Result<String, RunError> {
     let tables = report::tables(results);
+    let mut warnings = warnings.to_vec();
+    let busy_cells = results.iter().filter(|r| !r.busy.is_empty()).count();
+    if let Some(w) = compare::busy_warning(results) {
+        warnings.push(format!("{busy_cells} of {} cells: {w}", results.len()));
+    }
+    let warnings = &warnings[..];
     let md = Markdown.render(suite, env, &tables, warnings);
     write_atomic(&out.join(REPORT_FILE), &md)
         .map_err(|e| RunError::Failed(format!("{}: {e}", out.join(REPORT_FILE).display())))?;

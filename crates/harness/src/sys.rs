@@ -1,4 +1,5 @@
-//! Process-level facts and settings: peak memory, the allocator.
+//! Process-level facts and settings: peak memory, the allocator, other programs busy on the
+//! machine.
 
 use randbench_core::units::Bytes;
 
@@ -40,4 +41,66 @@ pub fn resident_memory() -> Option<Bytes> {
 /// The process's peak resident memory since the last reset.
 pub fn peak_memory() -> Option<Bytes> {
     status_kib("VmHWM:").map(|k| Bytes(k * 1024))
+}
+
+/// Another process using more than this share of one core (in percent) while a cell ran
+/// counts as busy beside it.
+pub const BUSY_CPU_PERCENT: f32 = 20.0;
+
+/// Watches the CPU use of every process outside this one and its children (the cells), so
+/// that results can say what else was running.
+/// Where the system cannot be read, it sees nothing.
+pub struct BusyWatch {
+    sys: Option<sysinfo::System>,
+    me: sysinfo::Pid,
+}
+
+impl BusyWatch {
+    pub fn start() -> Self {
+        let mut watch = BusyWatch {
+            sys: sysinfo::System::new().ok(),
+            me: sysinfo::Pid::from_u32(std::process::id()),
+        };
+        watch.busy_since_last();
+        watch
+    }
+
+    fn ours(sys: &sysinfo::System, me: sysinfo::Pid, pid: sysinfo::Pid) -> bool {
+        let mut at = Some(pid);
+        for _ in 0..64 {
+            match at {
+                Some(p) if p == me => return true,
+                Some(p) => at = sys.process(p).and_then(|p| p.parent()),
+                None => return false,
+            }
+        }
+        false
+    }
+
+    /// The processes that were busy since the last call, busiest first, as
+    /// `name (pid N, P% of a core)`.
+    pub fn busy_since_last(&mut self) -> Vec<String> {
+        let me = self.me;
+        let Some(sys) = &mut self.sys else { return vec![] };
+        sys.refresh_processes_specifics(
+            sysinfo::ProcessesToUpdate::All,
+            true,
+            sysinfo::ProcessRefreshKind::nothing().with_cpu(),
+        );
+        let sys = &*sys;
+        let mut busy: Vec<(f32, String)> = sys
+            .processes()
+            .iter()
+            .filter(|(&pid, p)| p.cpu_usage() > BUSY_CPU_PERCENT && !Self::ours(sys, me, pid))
+            .map(|(pid, p)| {
+                let usage = p.cpu_usage();
+                (
+                    usage,
+                    format!("{} (pid {pid}, {usage:.0}% of a core)", p.name().to_string_lossy()),
+                )
+            })
+            .collect();
+        busy.sort_by(|a, b| b.0.total_cmp(&a.0));
+        busy.into_iter().map(|(_, s)| s).collect()
+    }
 }

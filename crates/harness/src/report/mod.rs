@@ -95,6 +95,9 @@ pub fn rounds_table(results: &[CellResult]) -> Option<Table> {
                 notes.push(format!("{cell} {name}: {w}"));
             }
         }
+        if let Some(w) = compare::busy_warning(&rounds) {
+            notes.push(format!("{cell}: {w}"));
+        }
     }
     notes.push(
         "each round ran every cell once, the backends taking turns; a figure is the median of \
