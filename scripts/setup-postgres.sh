@@ -7,14 +7,5 @@ set -euo pipefail
 if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   exit 0
 fi
-if ! command -v apt-get >/dev/null; then
-  echo "setup-postgres: no apt-get here; install a PostgreSQL server so that /usr/lib/postgresql/VERSION/bin/initdb exists" >&2
-  exit 1
-fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-export DEBIAN_FRONTEND=noninteractive
-# The package would start a cluster of its own; the tests do not use it.
-$SUDO apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1 \
-  || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q --no-install-recommends postgresql >/dev/null; }
+"$(dirname "$0")/apt-install.sh" "a PostgreSQL server (/usr/lib/postgresql/VERSION/bin/initdb)" postgresql
 echo "PostgreSQL installed: $(ls -d /usr/lib/postgresql/*/bin)"

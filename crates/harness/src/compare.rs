@@ -62,17 +62,12 @@ impl Row {
     /// The verdict in the figure's own words: faster/slower, better/worse.
     pub fn verdict(&self) -> String {
         let spec = families::measure_named(self.measure).expect("rows name known figures");
-        let (up, down) = spec.change_words();
         match &self.outcome {
-            Outcome::Compared(c) => match c.verdict {
-                Verdict::Improved => up.to_string(),
-                Verdict::Regressed => down.to_string(),
-                Verdict::Unchanged => "unchanged".into(),
-                Verdict::TooNoisy => "too noisy to tell".into(),
-            },
+            Outcome::Compared(c) => spec.verdict_words(c.verdict).to_string(),
             Outcome::Lost { statuses } => {
                 let labels: Vec<&str> = statuses.iter().map(|s| s.label()).collect();
-                format!("{down}: no longer measured ({})", labels.join(", "))
+                let worse = spec.verdict_words(Verdict::Regressed);
+                format!("{worse}: no longer measured ({})", labels.join(", "))
             }
             Outcome::Gained => "new".into(),
         }

@@ -482,7 +482,6 @@ pub fn changes(series: &Series, figure: &MeasureSpec, rule: ChangeRule) -> Vec<O
 /// The table of one series: the last `last` runs, each flagged where the rule saw a change.
 pub fn series_table(series: &Series, figure: &MeasureSpec, rule: ChangeRule, last: usize) -> Table {
     let verdicts = changes(series, figure, rule);
-    let (up, down) = figure.change_words();
     let skip = series.points.len().saturating_sub(last);
     let rows = series
         .points
@@ -492,10 +491,10 @@ pub fn series_table(series: &Series, figure: &MeasureSpec, rule: ChangeRule, las
         .map(|(p, v)| {
             let flag = match v {
                 None => format!("(fewer than {} runs before)", rule.min_points),
-                Some(Verdict::Regressed) => format!("CHANGED: {down}"),
-                Some(Verdict::Improved) => format!("CHANGED: {up}"),
-                Some(Verdict::Unchanged) => "unchanged".into(),
-                Some(Verdict::TooNoisy) => "too noisy to tell".into(),
+                Some(v @ (Verdict::Regressed | Verdict::Improved)) => {
+                    format!("CHANGED: {}", figure.verdict_words(*v))
+                }
+                Some(v) => figure.verdict_words(*v).to_string(),
             };
             vec![
                 p.started_at.clone(),

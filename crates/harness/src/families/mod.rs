@@ -11,7 +11,7 @@ use crate::executor::CellJob;
 use crate::report::Table;
 use crate::suite::{Ctx, SuiteError};
 use randbench_core::backend::{BResult, Backend};
-use randbench_core::stats::Better;
+use randbench_core::stats::{Better, Verdict};
 use randbench_core::units::Seconds;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -80,11 +80,15 @@ pub struct MeasureSpec {
 }
 
 impl MeasureSpec {
-    /// How a significant change of this figure reads: faster/slower, better/worse.
-    pub fn change_words(&self) -> (&'static str, &'static str) {
-        match self.kind {
-            MeasureKind::Speed => ("faster", "slower"),
-            MeasureKind::Outcome => ("better", "worse"),
+    /// A verdict in this figure's words: faster/slower for speed, better/worse for outcomes.
+    pub fn verdict_words(&self, v: Verdict) -> &'static str {
+        match (v, self.kind) {
+            (Verdict::Improved, MeasureKind::Speed) => "faster",
+            (Verdict::Regressed, MeasureKind::Speed) => "slower",
+            (Verdict::Improved, MeasureKind::Outcome) => "better",
+            (Verdict::Regressed, MeasureKind::Outcome) => "worse",
+            (Verdict::Unchanged, _) => "unchanged",
+            (Verdict::TooNoisy, _) => "too noisy to tell",
         }
     }
 }
@@ -94,6 +98,18 @@ impl MeasureSpec {
 pub struct Measured {
     pub spec: &'static MeasureSpec,
     pub value: f64,
+}
+
+impl Measured {
+    /// The figures a cell has, of those it might: a family's `measures` in one line.
+    pub fn present(
+        figures: impl IntoIterator<Item = (&'static MeasureSpec, Option<f64>)>,
+    ) -> Vec<Measured> {
+        figures
+            .into_iter()
+            .filter_map(|(spec, v)| v.map(|value| Measured { spec, value }))
+            .collect()
+    }
 }
 
 /// One cell of a family, ready to run: its workload, the data loaded for it, seed, variant.

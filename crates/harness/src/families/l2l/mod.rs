@@ -606,15 +606,12 @@ impl WorkloadFamily for Family {
         let learned = trained
             .and_then(|e| e.curves.iter().find(|c| c.optimizer == LEARNED))
             .and_then(Curve::final_mean);
-        [
+        Measured::present([
             (&UNROLLS_PER_SECOND, m.unrolls_per_second.map(|s| s.median)),
             (&SECONDS_TO_BEAT_ADAM, m.time_to_beat_adam.map(|b| b.seconds.0)),
             (&LEARNED_FINAL_LOSS, learned),
             (&RATIO_TO_ADAM, trained.and_then(|e| e.ratio_to_adam).map(|r| r.estimate)),
-        ]
-        .into_iter()
-        .filter_map(|(spec, value)| value.map(|value| Measured { spec, value }))
-        .collect()
+        ])
     }
 }
 

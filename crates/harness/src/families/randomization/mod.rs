@@ -438,15 +438,12 @@ impl WorkloadFamily for Family {
         &[STEPS_PER_SECOND, SECONDS_TO_FIT, EPOCHS_TO_FIT, TEST_ACCURACY];
 
     fn measures(m: &Metrics) -> Vec<Measured> {
-        [
+        Measured::present([
             (&STEPS_PER_SECOND, m.steps_per_second.map(|s| s.median)),
             (&SECONDS_TO_FIT, m.seconds_to_fit.map(|s| s.0)),
             (&EPOCHS_TO_FIT, m.epochs_to_fit.map(|e| e as f64)),
             (&TEST_ACCURACY, m.test_accuracy),
-        ]
-        .into_iter()
-        .filter_map(|(spec, value)| value.map(|value| Measured { spec, value }))
-        .collect()
+        ])
     }
 }
 
