@@ -28,6 +28,13 @@ impl Cell {
     }
 }
 
+impl Cell {
+    /// The cell in a table's first column: `backend workload variant sSEED`.
+    pub fn compact(&self) -> String {
+        format!("{} {} {} s{}", self.backend, self.workload, self.variant, self.seed)
+    }
+}
+
 impl std::fmt::Display for Cell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {} {} seed {}", self.backend, self.workload, self.variant, self.seed)

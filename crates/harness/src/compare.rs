@@ -114,7 +114,7 @@ impl Report {
                     _ => ("-".into(), "-".into()),
                 };
                 vec![
-                    r.cell.to_string(),
+                    r.cell.compact(),
                     r.measure.to_string(),
                     median(&r.baseline),
                     median(&r.current),
@@ -145,11 +145,14 @@ impl Report {
     }
 }
 
+/// A figure with about four significant digits, in scientific notation when very large or
+/// small.
 pub fn fmt_value(x: f64) -> String {
-    if x != 0.0 && (x.abs() >= 1e5 || x.abs() < 1e-2) {
-        format!("{x:.3e}")
-    } else {
-        format!("{x:.4}")
+    match x.abs() {
+        a if a != 0.0 && !(1e-2..1e5).contains(&a) => format!("{x:.3e}"),
+        a if a >= 100.0 => format!("{x:.1}"),
+        a if a >= 1.0 => format!("{x:.3}"),
+        _ => format!("{x:.4}"),
     }
 }
 

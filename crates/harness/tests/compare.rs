@@ -50,7 +50,7 @@ fn the_same_build_is_unchanged_and_a_slowed_step_is_a_regression() {
     let json = dir.join("slowed.json");
     let (code, text) = compare(&base, &slowed, &["--json", json.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("candle-cpu tiny true_labels seed 3"), "{text}");
+    assert!(text.contains("candle-cpu tiny true_labels s3"), "{text}");
     let v = verdicts(&json);
     for figure in ["steps_per_second", "seconds_to_fit"] {
         assert!(v.contains(&(figure.to_string(), "regressed".to_string())), "{v:?}");

@@ -44,10 +44,7 @@ impl Reporter for Markdown {
         }
         for t in tables {
             out += &format!("## {}\n\n{}\n\n", t.title, t.caption);
-            out += &grid(t, ASCII_MARKDOWN, |c| match &c.group {
-                Some(g) => format!("{g} {}", c.name),
-                None => c.name.clone(),
-            });
+            out += &grid(t, ASCII_MARKDOWN);
             out += "\n\n";
             for n in &t.notes {
                 out += &format!("- {n}\n");

@@ -1,5 +1,5 @@
-//! Reports rendered from result lines: comparison tables, one row per condition and one
-//! column group per backend. The tables are built once ([`Table`]); each format is a
+//! Reports rendered from result lines: comparison tables, one row per condition (or problem)
+//! and backend, so that a run on three engines fits a terminal. The tables are built once ([`Table`]); each format is a
 //! [`Reporter`] in a module of its own.
 
 mod markdown;
@@ -28,16 +28,21 @@ pub struct Table {
     pub notes: Vec<String>,
 }
 
-/// A column heading; `group` is the backend a column belongs to, where it belongs to one.
+/// A column heading; figures are right-aligned in the terminal.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Column {
-    pub group: Option<String>,
     pub name: String,
+    pub numeric: bool,
 }
 
 impl Column {
     pub fn plain(name: &str) -> Self {
-        Self { group: None, name: name.to_string() }
+        Self { name: name.to_string(), numeric: false }
+    }
+
+    /// A column of figures.
+    pub fn figure(name: &str) -> Self {
+        Self { name: name.to_string(), numeric: true }
     }
 }
 
@@ -84,8 +89,8 @@ pub fn rounds_table(results: &[CellResult]) -> Option<Table> {
             let Some(s) = Summary::of(&xs) else { continue };
             let outliers = Outliers::of(&xs);
             rows.push(vec![
-                cell.to_string(),
-                format!("{name} ({})", spec.unit),
+                cell.compact(),
+                name.to_string(),
                 compare::fmt_value(s.median),
                 format!("{} – {}", compare::fmt_value(s.q1), compare::fmt_value(s.q3)),
                 format!("{} of {}", xs.len(), rounds.len()),
@@ -105,7 +110,7 @@ pub fn rounds_table(results: &[CellResult]) -> Option<Table> {
          fences (1.5 IQR), counted, not dropped"
             .into(),
     );
-    let header = ["cell", "figure", "median", "quartiles", "rounds", "outliers"]
+    let header = ["cell (s: seed)", "figure", "median", "quartiles", "rounds", "outliers"]
         .iter()
         .map(|h| Column::plain(h))
         .collect();
@@ -231,7 +236,7 @@ pub fn parity_table(results: &[CellResult]) -> Option<Table> {
         "steps",
         "max abs Δ loss",
         "max rel Δ",
-        "first step over tolerance",
+        "first over",
     ]
     .iter()
     .map(|h| Column::plain(h))
@@ -245,7 +250,8 @@ pub fn parity_table(results: &[CellResult]) -> Option<Table> {
         header,
         rows,
         notes: vec![format!(
-            "tolerance: |Δ| ≤ {PARITY_ABS:e} + {PARITY_REL:e}·|loss|; steps are counted from 1, \
+            "first over: the first step whose difference exceeds the tolerance, |Δ| ≤ \
+             {PARITY_ABS:e} + {PARITY_REL:e}·|loss|; steps are counted from 1, \
              over the first {} steps of each cell. Rounding differences between engines grow \
              until trajectories part: in training once losses approach zero, in meta-training \
              after about a hundred unrolls, as each engine's optimizer drifts its own way.",

@@ -1,4 +1,4 @@
-//! Tables for the terminal: box drawing, backend names above their columns.
+//! Tables for the terminal: box drawing, figures right-aligned.
 
 use super::{Reporter, Table};
 use crate::env::Environment;
@@ -6,18 +6,14 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArra
 
 pub struct Terminal;
 
-pub fn grid(
-    t: &Table,
-    style: comfy_table::TableStyle,
-    header_cell: impl Fn(&super::Column) -> String,
-) -> String {
+pub fn grid(t: &Table, style: comfy_table::TableStyle) -> String {
     let mut table = comfy_table::Table::new();
     table.load_style(style).set_content_arrangement(ContentArrangement::Disabled);
-    table.set_header(t.header.iter().map(|c| Cell::new(header_cell(c))));
+    table.set_header(t.header.iter().map(|c| Cell::new(&c.name)));
     for row in &t.rows {
         table.add_row(row.iter().enumerate().map(|(i, v)| {
             let cell = Cell::new(v);
-            if t.header[i].group.is_some() {
+            if t.header[i].numeric {
                 cell.set_alignment(CellAlignment::Right)
             } else {
                 cell
@@ -41,10 +37,7 @@ impl Reporter for Terminal {
         }
         for t in tables {
             out += &format!("\n{suite} / {}: {}\n", t.title, t.caption);
-            out += &grid(t, UTF8_FULL_CONDENSED, |c| match &c.group {
-                Some(g) => format!("{g}\n{}", c.name),
-                None => c.name.clone(),
-            });
+            out += &grid(t, UTF8_FULL_CONDENSED);
             out += "\n";
             for n in &t.notes {
                 out += &format!("  {n}\n");

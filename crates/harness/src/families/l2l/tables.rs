@@ -1,5 +1,5 @@
-//! The learned optimizer's tables: held-out losses of every optimizer (a row per problem and
-//! optimizer, a column group per backend), and meta-training's cost per backend.
+//! The learned optimizer's tables: held-out losses of every optimizer (a row per problem,
+//! optimizer and backend), and meta-training's cost per backend.
 
 use super::{Family, Metrics, LEARNED};
 use crate::cell::CellResult;
@@ -32,12 +32,9 @@ pub fn all(rs: &[Row]) -> Vec<Table> {
 
 fn held_out(rs: &[Row]) -> Table {
     let backends = first_appearance(rs.iter().map(|r| r.result.cell.backend));
-    let mut header = vec![Column::plain("problem"), Column::plain("optimizer")];
-    for b in &backends {
-        for name in ["lr", "last-step loss [95% CI]", "× adam [95% CI]"] {
-            header.push(Column { group: Some(b.to_string()), name: name.into() });
-        }
-    }
+    let mut header =
+        vec![Column::plain("problem"), Column::plain("optimizer"), Column::plain("backend")];
+    header.extend(["lr", "last-step loss [95% CI]", "× adam [95% CI]"].map(Column::figure));
     let first = rs[0].metrics;
     let problems: Vec<(String, usize)> = first_appearance(
         rs.iter().flat_map(|r| r.metrics.evaluations.iter().map(|e| (e.problem.clone(), e.steps))),
@@ -48,11 +45,12 @@ fn held_out(rs: &[Row]) -> Table {
     let mut rows = Vec::new();
     for (problem, steps) in &problems {
         for opt in &optimizers {
-            let mut row = vec![format!("{problem} ({steps} steps)"), opt.clone()];
             for &b in &backends {
                 let eval = cell_of(rs, b)
                     .and_then(|r| r.metrics.evaluations.iter().find(|e| &e.problem == problem));
                 let curve = eval.and_then(|e| e.curves.iter().find(|c| &c.optimizer == opt));
+                let mut row =
+                    vec![format!("{problem} ({steps} steps)"), opt.clone(), b.to_string()];
                 row.push(or_dash(curve.and_then(|c| c.lr), |lr| format!("{lr:.0e}")));
                 row.push(or_dash(curve, |c| match (c.final_mean(), c.lo.last(), c.hi.last()) {
                     (Some(m), Some(Some(lo)), Some(Some(hi))) => {
@@ -64,8 +62,8 @@ fn held_out(rs: &[Row]) -> Table {
                 row.push(or_dash(ratio, |r| {
                     format!("{:.3} [{:.3}, {:.3}]", r.estimate, r.lo, r.hi)
                 }));
+                rows.push(row);
             }
-            rows.push(row);
         }
     }
     let held = first.evaluations.first().map(|e| e.problems).unwrap_or(0);
@@ -95,21 +93,20 @@ fn meta_training(rs: &[Row]) -> Table {
     let memory = first_appearance(
         rs.iter().flat_map(|r| r.metrics.memory_by_unroll.iter().map(|(k, _)| *k)),
     );
-    let mut header: Vec<Column> = [
-        "backend",
-        "threads",
-        "epochs",
-        "meta-training",
-        "unrolls/s [IQR]",
-        "coord-steps/s",
-        "best val loss (epoch)",
-        "adam val loss",
-        "beat adam at",
-    ]
-    .into_iter()
-    .map(Column::plain)
-    .collect();
-    header.extend(memory.iter().map(|k| Column::plain(&format!("memory, unroll {k}"))));
+    // Thread counts and coordinate-steps/s stay in the results: the table fits a terminal.
+    let mut header = vec![Column::plain("backend")];
+    header.extend(
+        [
+            "epochs",
+            "meta-training",
+            "unrolls/s [IQR]",
+            "best val (epoch)",
+            "adam val",
+            "beat adam at",
+        ]
+        .map(Column::figure),
+    );
+    header.extend(memory.iter().map(|k| Column::figure(&format!("memory u{k}"))));
     let mut rows = Vec::new();
     for &b in &backends {
         let Some(r) = cell_of(rs, b) else { continue };
@@ -120,11 +117,9 @@ fn meta_training(rs: &[Row]) -> Table {
         });
         let mut row = vec![
             b.to_string(),
-            r.result.backend_info.threads.to_string(),
             format!("{} [{}]", m.epochs, r.result.status.label()),
             m.meta_seconds.to_string(),
             or_dash(m.unrolls_per_second, |s| format!("{:.1} [{:.1}–{:.1}]", s.median, s.q1, s.q3)),
-            or_dash(m.coordinate_steps_per_second, |s| format!("{:.3e}", s.median)),
             best.unwrap_or_else(|| "-".into()),
             or_dash(m.adam_validation_loss, loss),
             or_dash(m.time_to_beat_adam, |t| format!("{} (epoch {})", t.seconds, t.epoch)),
@@ -141,10 +136,10 @@ fn meta_training(rs: &[Row]) -> Table {
         first.unroll, first.horizon, rs[0].result.cell.seed
     );
     let mut notes = vec![
-        "meta-training: timed unrolls only (each one program: the unroll, its outer gradient, \
+        "meta time: meta-training's timed unrolls only (each one program: the unroll, its outer gradient, \
          the Adam step; warm-up ran before the clock); unrolls/s: median and quartiles over \
          every unroll; beat adam at: meta-training time and epoch when the validation loss \
-         first fell below tuned Adam's; memory: what compiling and running one unroll program \
+         first fell below tuned Adam's; memory uN: what compiling and running one unroll program \
          of that length takes (on a GPU the process's peak device memory, on the CPU the \
          growth of the resident set)."
             .to_string(),

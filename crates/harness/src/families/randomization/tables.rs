@@ -1,5 +1,5 @@
-//! The randomization test's comparison table: a row per condition (and regularizer), a column
-//! group per backend.
+//! The randomization test's comparison table: a row per condition (and regularizer) and
+//! backend, so that three engines fit an 80–120 column terminal.
 
 use super::Metrics;
 use crate::cell::{CellResult, Status};
@@ -61,18 +61,8 @@ pub fn comparison(rs: &[Row]) -> Table {
     if with_regularizers {
         header.push(Column::plain("regularizer"));
     }
-    for b in &backends {
-        // Thread counts differ only when set so; then the header says so.
-        let group = match rs.iter().find(|r| r.result.cell.backend == *b) {
-            Some(r) if threads.len() > 1 => {
-                format!("{b} ({} threads)", r.result.backend_info.threads)
-            }
-            _ => b.to_string(),
-        };
-        header.extend(
-            METRICS.iter().map(|m| Column { group: Some(group.clone()), name: m.to_string() }),
-        );
-    }
+    header.push(Column::plain("backend"));
+    header.extend(METRICS.iter().map(|m| Column::figure(m)));
     let cells = |v: &super::Variant, b| -> Vec<Row> {
         rs.iter().copied().filter(|r| r.variant == v && r.result.cell.backend == b).collect()
     };
@@ -80,16 +70,20 @@ pub fn comparison(rs: &[Row]) -> Table {
         |cs: &[Row]| median(cs.iter().filter_map(|c| c.metrics.seconds_to_fit.map(|s| s.0)));
     let mut table_rows = Vec::new();
     for v in &variants {
-        let mut row = vec![v.condition.to_string()];
-        if with_regularizers {
-            row.push(v.regularizer.to_string());
-        }
         for &b in &backends {
             let cs = cells(v, b);
             if cs.is_empty() {
-                row.extend(METRICS.iter().map(|_| "-".to_string()));
                 continue;
             }
+            let mut row = vec![v.condition.to_string()];
+            if with_regularizers {
+                row.push(v.regularizer.to_string());
+            }
+            // Thread counts differ only when set so; then the backend says its own.
+            row.push(match threads.len() {
+                1 => b.to_string(),
+                _ => format!("{b} ({} threads)", cs[0].result.backend_info.threads),
+            });
             let secs = fit_seconds(&cs);
             let baseline = variants
                 .iter()
@@ -110,8 +104,8 @@ pub fn comparison(rs: &[Row]) -> Table {
                     .unwrap_or_else(|| "-".into()),
             );
             row.push(memory_cell(&cs));
+            table_rows.push(row);
         }
-        table_rows.push(row);
     }
     let (first, m) = (rs[0].result, rs[0].metrics);
     let caption = format!(
