@@ -93,11 +93,10 @@ impl<'de> Deserialize<'de> for BackendId {
 }
 
 /// How a backend evaluates `Grad` nodes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GradMode {
     /// The engine's own autograd (candle, libtorch). ONNX Runtime has none and always expands.
-    #[default]
     Native,
     /// The core's symbolic expansion into ordinary ops.
     Symbolic,

@@ -59,7 +59,8 @@ enum Command {
         /// (default: reports/SUITE-TIMESTAMP).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// How engines with autograd compute gradients (default: the suite's `grad`, else native).
+        /// How engines with autograd compute gradients (default: the suite's `grad`, else each
+        /// engine's faster mode, today the symbolic expansion everywhere).
         #[arg(long, value_enum)]
         grad: Option<Grad>,
         /// Run every cell this many times, the backends taking turns within each round

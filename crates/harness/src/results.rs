@@ -16,7 +16,9 @@ pub const RUN_FILE: &str = "run.json";
 pub struct RunInfo {
     pub suite: String,
     pub backends: Vec<BackendId>,
-    pub grad: GradMode,
+    /// The gradient mode asked for (`--grad` or the suite's); `None`: each backend's default.
+    /// Every result line records the mode its backend really used.
+    pub grad: Option<GradMode>,
     pub rounds: usize,
     /// The suite's thresholds for `randbench compare`, where it overrides the defaults.
     pub thresholds: BTreeMap<String, f64>,

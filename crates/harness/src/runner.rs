@@ -189,7 +189,9 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     let suite = suite::load(&path).map_err(|e| RunError::Input(e.to_string()))?;
     let requested = opts.backends.as_deref().map(parse_backends).transpose()?;
     let (ids, data) = preflight(&suite, requested)?;
-    let grad = opts.grad.unwrap_or(suite.grad);
+    let asked = opts.grad.or(suite.grad);
+    let grad =
+        |id| backends::effective_grad(id, asked.unwrap_or_else(|| backends::default_grad(id)));
     let rounds = opts.rounds.unwrap_or(suite.rounds);
     if rounds == 0 {
         return Err(RunError::Input("--rounds: give 1 or more".into()));
@@ -206,14 +208,14 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     };
     let infos = ids
         .iter()
-        .filter_map(|&id| backends::with_backend(id, grad, InfoOf).ok().map(|i| (id, i)))
+        .filter_map(|&id| backends::with_backend(id, grad(id), InfoOf).ok().map(|i| (id, i)))
         .collect();
     let environment = env::capture(infos);
     let env_json = serde_json::to_string_pretty(&environment).expect("serializable");
     let info = RunInfo {
         suite: suite.name.clone(),
         backends: ids.clone(),
-        grad,
+        grad: asked,
         rounds,
         thresholds: suite.thresholds.clone(),
     };
@@ -249,7 +251,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
             data: &data[index],
             cell,
             round,
-            grad,
+            grad: grad(cell.backend),
             artifacts: Some(&out),
         };
         let label = match rounds {

@@ -81,7 +81,9 @@ pub struct Suite {
     /// As listed in the file; None means every backend usable here.
     pub backends: Option<Vec<BackendId>>,
     pub seeds: Vec<u64>,
-    pub grad: GradMode,
+    /// The suite's gradient mode for every backend; `None`: each backend's default
+    /// ([`crate::backends::default_grad`]).
+    pub grad: Option<GradMode>,
     /// How many times every cell runs, the backends taking turns within each round.
     pub rounds: usize,
     /// The smallest change that counts, for the figures whose default the suite overrides.
@@ -244,7 +246,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Suite, SuiteError> {
         path: path.to_path_buf(),
         backends,
         seeds,
-        grad: raw.grad.unwrap_or_default(),
+        grad: raw.grad,
         rounds,
         thresholds,
         workloads,

@@ -65,7 +65,8 @@ fn a_small_suite_writes_results_tables_and_report() {
         assert_eq!(cell["seed"], 3);
         assert_eq!(m["model"], "mlp-256-32-10");
         assert_eq!(r["status"], "ok", "{r}");
-        assert_eq!(r["grad"], "native");
+        // Each engine's faster mode by default: the symbolic expansion on candle.
+        assert_eq!(r["grad"], "symbolic");
         assert_eq!(m["train_accuracy"], 1.0);
         for field in [
             "epochs_to_fit",
@@ -393,4 +394,35 @@ fn every_cpu_engine_computes_with_the_thread_count_asked_for() {
     assert_eq!(o.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("RANDBENCH_THREADS=0: give a positive number"), "{stderr}");
+}
+
+#[test]
+fn each_result_records_the_gradient_mode_its_engine_used() {
+    let dir = scratch("grad");
+    let suite = write_suite(&dir, "one.yaml", &TINY.replace("max_epochs: 300", "max_epochs: 1"));
+    let cpu: Vec<String> = randbench::backends::usable_here()
+        .into_iter()
+        .filter(|id| id.device == randbench_core::Device::Cpu)
+        .map(|id| id.to_string())
+        .collect();
+    let backends = cpu.join(",");
+    for (asked, out) in [(None, "default"), (Some("native"), "native")] {
+        let out = dir.join(out);
+        let out_arg = out.to_str().unwrap().to_string();
+        let mut args = vec!["run", &suite, "--backends", &backends, "--out", &out_arg];
+        if let Some(mode) = asked {
+            args.extend(["--grad", mode]);
+        }
+        let o = randbench(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        for r in lines(&out) {
+            let backend = r["cell"]["backend"].as_str().unwrap().to_string();
+            // ONNX Runtime has no autograd: it always runs the expansion, and says so.
+            let expected = match asked {
+                Some(mode) if !backend.starts_with("ort") => mode,
+                _ => "symbolic",
+            };
+            assert_eq!(r["grad"], expected, "{backend} asked {asked:?}");
+        }
+    }
 }
