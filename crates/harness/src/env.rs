@@ -23,6 +23,14 @@ pub struct Environment {
     pub memory: Bytes,
     /// `nvidia-smi` lines: name, memory, driver.
     pub gpus: Vec<String>,
+    /// The CPU's vector and matrix extensions that decide kernel speed (AVX2, AVX-512, AMX,
+    /// NEON/SVE…), as the kernel lists them.
+    #[serde(default)]
+    pub cpu_features: Vec<String>,
+    /// The CPU frequency governor (`performance`, `powersave`, …) where the kernel exposes
+    /// it; virtual machines often do not.
+    #[serde(default)]
+    pub governor: Option<String>,
     pub backends: Vec<(BackendId, BackendInfo)>,
 }
 
@@ -53,6 +61,38 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes
         .iter()
         .fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The extensions that matter for dense kernels, of those the kernel lists for CPU 0.
+const CPU_FEATURES: &[&str] = &[
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "sve",
+    "sve2",
+    "bf16",
+    "i8mm",
+];
+
+/// `flags` (x86) or `Features` (Arm) of /proc/cpuinfo, filtered to [`CPU_FEATURES`].
+pub fn cpu_features(cpuinfo: &str) -> Vec<String> {
+    let listed: Vec<&str> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags") || l.starts_with("Features"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.split_whitespace().collect())
+        .unwrap_or_default();
+    CPU_FEATURES.iter().filter(|f| listed.contains(f)).map(|f| f.to_string()).collect()
 }
 
 fn git(args: &[&str]) -> Option<String> {
@@ -90,6 +130,12 @@ pub fn capture(backends: Vec<(BackendId, BackendInfo)>) -> Environment {
         physical_cores: System::physical_core_count().ok(),
         memory: Bytes(sys.as_ref().map(|s| s.total_memory()).unwrap_or(0)),
         gpus,
+        cpu_features: std::fs::read_to_string("/proc/cpuinfo")
+            .map(|t| cpu_features(&t))
+            .unwrap_or_default(),
+        governor: std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+            .ok()
+            .map(|g| g.trim().to_string()),
         backends,
     }
 }
@@ -150,6 +196,15 @@ mod tests {
         assert_ne!(a.fingerprint(), c.fingerprint());
         // FNV-1a's published test vector.
         assert_eq!(super::fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn cpu_features_come_from_the_kernels_list() {
+        let x86 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f amx_tile\n";
+        assert_eq!(super::cpu_features(x86), ["avx", "avx2", "fma", "avx512f", "amx_tile"]);
+        let arm = "processor\t: 0\nFeatures\t: fp asimd sve bf16\n";
+        assert_eq!(super::cpu_features(arm), ["asimd", "sve", "bf16"]);
+        assert!(super::cpu_features("nothing here").is_empty());
     }
 
     #[test]

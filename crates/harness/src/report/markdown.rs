@@ -31,6 +31,17 @@ impl Reporter for Markdown {
                 or(&e.git_commit),
                 if e.git_dirty == Some(true) { " (with uncommitted changes)" } else { "" },
             );
+            out += &format!(
+                "Machine {} ({}); CPU features: {}; frequency governor: {}.\n\n",
+                e.fingerprint(),
+                e.hardware(),
+                if e.cpu_features.is_empty() {
+                    "none listed".into()
+                } else {
+                    e.cpu_features.join(" ")
+                },
+                e.governor.as_deref().unwrap_or("not exposed"),
+            );
             for (id, info) in &e.backends {
                 out += &format!(
                     "- {id}: {}, device {}, {} threads\n",
