@@ -2,6 +2,7 @@
 //! suite to the report: what runs, what a child process is asked to run, what a result line
 //! names, and what reports group on.
 
+use crate::energy::Energy;
 use crate::families::{Metrics, Variant};
 use randbench_core::backend::{BackendId, BackendInfo, GradMode};
 use randbench_core::units::{Bytes, Seconds};
@@ -114,6 +115,10 @@ pub struct CellResult {
     /// starts: lazy loading, first-run planning, allocator growth.
     pub first_step_seconds: Option<Seconds>,
     pub memory: MemoryUse,
+    /// Joules the CPU packages (RAPL) and the cell's GPU (NVML) used while it ran, where the
+    /// machine exposes them.
+    #[serde(default)]
+    pub energy: Energy,
     /// Training loss of the first timed steps, finite values only (a diverged cell's trace
     /// stops before the first non-finite loss), for loss-trajectory parity across backends.
     pub step_losses: Vec<f32>,

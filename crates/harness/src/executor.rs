@@ -10,6 +10,7 @@
 
 use crate::backends::{with_backend, BackendVisitor};
 use crate::cell::{Cell, CellResult, MemoryUse, Message, Observer, Progress, Status};
+use crate::energy::{Energy, EnergyWatch};
 use crate::families::{self, Data, Record, Workload};
 use crate::nvml::DeviceMemoryWatch;
 use crate::runner::STOP;
@@ -67,6 +68,7 @@ pub fn failed(job: &CellJob, info: BackendInfo, status: Status, error: String) -
         compile_seconds: None,
         first_step_seconds: None,
         memory: MemoryUse::default(),
+        energy: Energy::default(),
         step_losses: vec![],
         diverged_at: None,
         started_at: crate::env::utc_now(),
@@ -102,8 +104,10 @@ impl Executor for InProcess {
                     Device::Cuda(_) => DeviceMemoryWatch::start(),
                     Device::Cpu => None,
                 };
+                let energy_watch = EnergyWatch::start(c.backend.device);
                 let mut record = Record::default();
                 let outcome = families::run_cell(b, job, &mut record, self.obs).expect(MATCHED);
+                let energy = energy_watch.finish();
                 let watched = device_watch.and_then(DeviceMemoryWatch::finish);
                 let device_peak = b.memory().peak.or(watched);
                 let memory = MemoryUse { device_peak, host_peak: sys::peak_memory() };
@@ -127,6 +131,7 @@ impl Executor for InProcess {
                     compile_seconds: record.compile_seconds,
                     first_step_seconds: record.first_step_seconds,
                     memory,
+                    energy,
                     step_losses: record.step_losses,
                     diverged_at: record.diverged_at,
                     started_at,

@@ -4,6 +4,7 @@ pub mod backends;
 pub mod cell;
 pub mod compare;
 pub mod datasets;
+pub mod energy;
 pub mod env;
 pub mod executor;
 pub mod export;

@@ -47,6 +47,8 @@ struct Nvml {
     handle: unsafe extern "C" fn(c_uint, *mut Device) -> Ret,
     processes: unsafe extern "C" fn(Device, *mut c_uint, *mut ProcessInfo) -> Ret,
     memory: unsafe extern "C" fn(Device, *mut Memory) -> Ret,
+    /// Millijoules since the driver loaded (Volta and later; absent on older drivers).
+    energy: Option<unsafe extern "C" fn(Device, *mut c_ulonglong) -> Ret>,
 }
 
 // SAFETY: NVML's functions are thread-safe (NVML API reference, "Thread safety").
@@ -79,6 +81,7 @@ unsafe fn open() -> Option<Nvml> {
         handle: symbol(lib, c"nvmlDeviceGetHandleByIndex_v2")?,
         processes: symbol(lib, c"nvmlDeviceGetComputeRunningProcesses_v3")?,
         memory: symbol(lib, c"nvmlDeviceGetMemoryInfo")?,
+        energy: symbol(lib, c"nvmlDeviceGetTotalEnergyConsumption"),
     })
 }
 
@@ -124,6 +127,16 @@ impl Nvml {
         // SAFETY: an out-pointer to a local of NVML's layout.
         (unsafe { (self.memory)(d, &mut m) } == SUCCESS).then_some(m.used)
     }
+}
+
+/// Millijoules device `n` (NVML's index) has used since the driver loaded; `None` without
+/// NVML, the device, or the counter.
+pub fn total_energy_mj(n: usize) -> Option<u64> {
+    let nvml = nvml()?;
+    let d = *nvml.devices().get(n)?;
+    let mut mj: c_ulonglong = 0;
+    // SAFETY: an out-pointer to a local, as NVML's signature takes it.
+    (unsafe { (nvml.energy?)(d, &mut mj) } == SUCCESS).then_some(mj)
 }
 
 /// How one sample is taken: this process's own figure, or the devices' used memory.
