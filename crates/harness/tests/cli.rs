@@ -368,20 +368,16 @@ workloads:
 fn every_cpu_engine_computes_with_the_thread_count_asked_for() {
     let dir = scratch("threads");
     let suite = write_suite(&dir, "one.yaml", &TINY.replace("max_epochs: 300", "max_epochs: 1"));
-    let cpu: Vec<String> = randbench::backends::usable_here()
-        .into_iter()
-        .filter(|id| id.device == randbench_core::Device::Cpu)
-        .map(|id| id.to_string())
-        .collect();
+    let cpu = common::cpu_backends();
     let out = dir.join("out");
     let o = Command::new(env!("CARGO_BIN_EXE_randbench"))
-        .args(["run", &suite, "--backends", &cpu.join(","), "--out", out.to_str().unwrap()])
+        .args(["run", &suite, "--backends", &cpu, "--out", out.to_str().unwrap()])
         .env("RANDBENCH_THREADS", "1")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let results = lines(&out);
-    assert_eq!(results.len(), 2 * cpu.len());
+    assert_eq!(results.len(), 2 * cpu.split(',').count());
     for r in &results {
         assert_eq!(r["backend_info"]["threads"], 1, "{}", r["cell"]["backend"]);
     }
@@ -400,12 +396,7 @@ fn every_cpu_engine_computes_with_the_thread_count_asked_for() {
 fn each_result_records_the_gradient_mode_its_engine_used() {
     let dir = scratch("grad");
     let suite = write_suite(&dir, "one.yaml", &TINY.replace("max_epochs: 300", "max_epochs: 1"));
-    let cpu: Vec<String> = randbench::backends::usable_here()
-        .into_iter()
-        .filter(|id| id.device == randbench_core::Device::Cpu)
-        .map(|id| id.to_string())
-        .collect();
-    let backends = cpu.join(",");
+    let backends = common::cpu_backends();
     for (asked, out) in [(None, "default"), (Some("native"), "native")] {
         let out = dir.join(out);
         let out_arg = out.to_str().unwrap().to_string();

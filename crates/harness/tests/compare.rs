@@ -81,12 +81,8 @@ fn too_few_rounds_are_too_noisy_to_tell() {
 #[test]
 fn rounds_take_turns_and_say_how_many_a_figure_rests_on() {
     let dir = common::scratch("compare", "turns");
-    let cpu: Vec<String> = randbench::backends::usable_here()
-        .into_iter()
-        .filter(|id| id.device == randbench_core::Device::Cpu)
-        .map(|id| id.to_string())
-        .collect();
-    let out = run(&dir, "out", &["--rounds", "2", "--backends", &cpu.join(",")], &[]);
+    let cpu = common::cpu_backends();
+    let out = run(&dir, "out", &["--rounds", "2", "--backends", &cpu], &[]);
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("results.jsonl"))
         .unwrap()
         .lines()
@@ -98,7 +94,7 @@ fn rounds_take_turns_and_say_how_many_a_figure_rests_on() {
         .map(|l| (l["round"].as_u64().unwrap(), l["cell"]["backend"].as_str().unwrap().to_string()))
         .collect();
     let expected: Vec<(u64, String)> =
-        (0..2).flat_map(|r| cpu.iter().map(move |b| (r, b.clone()))).collect();
+        (0..2).flat_map(|r| cpu.split(',').map(move |b| (r, b.to_string()))).collect();
     assert_eq!(order, expected);
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();

@@ -82,3 +82,13 @@ pub fn run_tiny(
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     out
 }
+
+/// Every CPU backend usable here, as `--backends` takes them (`candle-cpu,tch-cpu,…`).
+pub fn cpu_backends() -> String {
+    randbench::backends::usable_here()
+        .into_iter()
+        .filter(|id| id.device == randbench_core::Device::Cpu)
+        .map(|id| id.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
