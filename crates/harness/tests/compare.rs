@@ -35,17 +35,27 @@ fn verdicts(json: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn the_same_build_is_unchanged_and_a_slowed_step_is_a_regression() {
+    let _timing = common::timing_lock();
     let dir = common::scratch("compare", "delay");
     let base = run(&dir, "base", &[], &[]);
     let again = run(&dir, "again", &[], &[]);
     let slowed = run(&dir, "slowed", &[], &[("RANDBENCH_TEST_DELAY", DELAY)]);
 
+    // No regression. A machine busy with something else can make a speed figure "too noisy
+    // to tell" (exit 3), which is still no regression; the outcomes are always unchanged.
     let json = dir.join("same.json");
     let (code, text) = compare(&base, &again, &["--json", json.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{text}");
     let v = verdicts(&json);
     assert_eq!(v.len(), 4, "{v:?}");
-    assert!(v.iter().all(|(_, verdict)| verdict == "unchanged"), "{v:?}\n{text}");
+    assert!(
+        v.iter().all(|(_, verdict)| verdict == "unchanged" || verdict == "too_noisy"),
+        "{v:?}\n{text}"
+    );
+    for figure in ["epochs_to_fit", "test_accuracy"] {
+        assert!(v.contains(&(figure.to_string(), "unchanged".to_string())), "{v:?}");
+    }
+    let expected = if v.iter().all(|(_, verdict)| verdict == "unchanged") { 0 } else { 3 };
+    assert_eq!(code, Some(expected), "{text}");
 
     let json = dir.join("slowed.json");
     let (code, text) = compare(&base, &slowed, &["--json", json.to_str().unwrap()]);
@@ -69,6 +79,7 @@ fn the_same_build_is_unchanged_and_a_slowed_step_is_a_regression() {
 
 #[test]
 fn too_few_rounds_are_too_noisy_to_tell() {
+    let _timing = common::timing_lock();
     let dir = common::scratch("compare", "few");
     let a = run(&dir, "a", &["--rounds", "2"], &[]);
     let b = run(&dir, "b", &["--rounds", "2"], &[("RANDBENCH_TEST_DELAY", DELAY)]);

@@ -10,6 +10,7 @@ use std::process::Command;
 
 /// Three runs as they are, then one slowed: the history must flag the fourth.
 fn four_runs(dir: &Path) -> Vec<PathBuf> {
+    let _timing = common::timing_lock();
     let mut runs: Vec<PathBuf> =
         (0..3).map(|i| run_tiny(dir, &format!("night{i}"), &[], &[])).collect();
     runs.push(run_tiny(dir, "slowed", &[], &[("RANDBENCH_TEST_DELAY", DELAY)]));

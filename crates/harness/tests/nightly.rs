@@ -43,9 +43,10 @@ fn nightly_passes_an_unchanged_night_and_fails_a_slowed_one() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("nothing to compare with"), "{text}");
 
+    // Unchanged; or, on a machine busy with something else, too noisy to tell: not a failure.
     let (code, text) = night(&dir, None);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("no regression"), "{text}");
+    assert!(text.contains("no regression") || text.contains("too noisy to tell"), "{text}");
     let dated = nights(&dir);
     assert_eq!(dated.len(), 2);
     for d in &dated {

@@ -92,3 +92,10 @@ pub fn cpu_backends() -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+/// Held by the tests of one file that time real runs, so that they do not run beside each
+/// other (cargo runs a file's tests in parallel) and slow each other's steps.
+pub fn timing_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
