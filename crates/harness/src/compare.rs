@@ -61,12 +61,11 @@ pub struct Row {
 impl Row {
     /// The verdict in the figure's own words: faster/slower, better/worse.
     pub fn verdict(&self) -> String {
-        let spec = families::measure_named(self.measure).expect("rows name known figures");
         match &self.outcome {
-            Outcome::Compared(c) => spec.verdict_words(c.verdict).to_string(),
+            Outcome::Compared(c) => self.kind.verdict_words(c.verdict).to_string(),
             Outcome::Lost { statuses } => {
                 let labels: Vec<&str> = statuses.iter().map(|s| s.label()).collect();
-                let worse = spec.verdict_words(Verdict::Regressed);
+                let worse = self.kind.verdict_words(Verdict::Regressed);
                 format!("{worse}: no longer measured ({})", labels.join(", "))
             }
             Outcome::Gained => "new".into(),

@@ -142,49 +142,40 @@ impl Db {
         Ok(db)
     }
 
-    fn sqlite_err(&self, source: rusqlite::Error) -> HistoryError {
-        HistoryError::Sqlite { db: self.name.clone(), source }
-    }
-
-    fn postgres_err(&self, source: postgres::Error) -> HistoryError {
-        HistoryError::Postgres { db: self.name.clone(), source: Box::new(source) }
+    /// The error of either engine, naming this database.
+    fn failed(&self, f: Failure) -> HistoryError {
+        let db = self.name.clone();
+        match f {
+            Failure::Sqlite(source) => HistoryError::Sqlite { db, source },
+            Failure::Postgres(source) => HistoryError::Postgres { db, source: Box::new(source) },
+        }
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), HistoryError> {
-        let r = match &mut self.conn {
-            Conn::Sqlite(c) => c.execute_batch(sql).map_err(Err),
-            Conn::Postgres(c) => c.batch_execute(sql).map_err(Ok),
+        let r: Result<(), Failure> = match &mut self.conn {
+            Conn::Sqlite(c) => c.execute_batch(sql).map_err(Into::into),
+            Conn::Postgres(c) => c.batch_execute(sql).map_err(Into::into),
         };
-        r.map_err(|e| match e {
-            Err(e) => self.sqlite_err(e),
-            Ok(e) => self.postgres_err(e),
-        })
+        r.map_err(|f| self.failed(f))
     }
 
     /// Runs one statement whose parameters are `$1, $2, …` in order of first appearance (so
     /// that SQLite's numbering of named parameters is PostgreSQL's); returns the rows changed.
     fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, HistoryError> {
-        let r = match &mut self.conn {
+        let r: Result<u64, Failure> = match &mut self.conn {
             Conn::Sqlite(c) => c
                 .execute(sql, rusqlite::params_from_iter(args.iter().map(to_sqlite)))
                 .map(|n| n as u64)
-                .map_err(Err),
+                .map_err(Into::into),
             Conn::Postgres(c) => {
-                let owned: Vec<Box<dyn postgres::types::ToSql + Sync>> =
-                    args.iter().map(to_postgres).collect();
-                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                    owned.iter().map(|b| b.as_ref()).collect();
-                c.execute(sql, &refs).map_err(Ok)
+                with_postgres_params(args, |params| c.execute(sql, params)).map_err(Into::into)
             }
         };
-        r.map_err(|e| match e {
-            Err(e) => self.sqlite_err(e),
-            Ok(e) => self.postgres_err(e),
-        })
+        r.map_err(|f| self.failed(f))
     }
 
     fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Vec<Value>>, HistoryError> {
-        let r = match &mut self.conn {
+        let r: Result<Vec<Vec<Value>>, Failure> = match &mut self.conn {
             Conn::Sqlite(c) => (|| {
                 let mut st = c.prepare(sql)?;
                 let columns = st.column_count();
@@ -194,19 +185,12 @@ impl Db {
                     })?;
                 rows.collect::<Result<Vec<_>, _>>()
             })()
-            .map_err(Err),
-            Conn::Postgres(c) => {
-                let owned: Vec<Box<dyn postgres::types::ToSql + Sync>> =
-                    args.iter().map(to_postgres).collect();
-                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                    owned.iter().map(|b| b.as_ref()).collect();
-                c.query(sql, &refs).map(|rows| rows.iter().map(from_postgres).collect()).map_err(Ok)
-            }
+            .map_err(Into::into),
+            Conn::Postgres(c) => with_postgres_params(args, |params| c.query(sql, params))
+                .map(|rows| rows.iter().map(from_postgres).collect())
+                .map_err(Into::into),
         };
-        r.map_err(|e| match e {
-            Err(e) => self.sqlite_err(e),
-            Ok(e) => self.postgres_err(e),
-        })
+        r.map_err(|f| self.failed(f))
     }
 
     /// Stores a run directory. Idempotent: ingesting it again adds nothing (and a run ingested
@@ -377,6 +361,35 @@ fn from_sqlite(v: rusqlite::types::ValueRef) -> Value {
     }
 }
 
+/// What failed in either engine, before it is named with the database.
+enum Failure {
+    Sqlite(rusqlite::Error),
+    Postgres(postgres::Error),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure::Sqlite(e)
+    }
+}
+
+impl From<postgres::Error> for Failure {
+    fn from(e: postgres::Error) -> Self {
+        Failure::Postgres(e)
+    }
+}
+
+/// Calls `f` with `args` as PostgreSQL parameters.
+fn with_postgres_params<R>(
+    args: &[Value],
+    f: impl FnOnce(&[&(dyn postgres::types::ToSql + Sync)]) -> R,
+) -> R {
+    let owned: Vec<Box<dyn postgres::types::ToSql + Sync>> = args.iter().map(to_postgres).collect();
+    let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+        owned.iter().map(|b| b.as_ref()).collect();
+    f(&params)
+}
+
 fn to_postgres(v: &Value) -> Box<dyn postgres::types::ToSql + Sync> {
     match v {
         Value::Text(s) => Box::new(s.clone()),
@@ -492,9 +505,9 @@ pub fn series_table(series: &Series, figure: &MeasureSpec, rule: ChangeRule, las
             let flag = match v {
                 None => format!("(fewer than {} runs before)", rule.min_points),
                 Some(v @ (Verdict::Regressed | Verdict::Improved)) => {
-                    format!("CHANGED: {}", figure.verdict_words(*v))
+                    format!("CHANGED: {}", figure.kind.verdict_words(*v))
                 }
-                Some(v) => figure.verdict_words(*v).to_string(),
+                Some(v) => figure.kind.verdict_words(*v).to_string(),
             };
             vec![
                 p.started_at.clone(),

@@ -79,10 +79,10 @@ pub struct MeasureSpec {
     pub threshold: f64,
 }
 
-impl MeasureSpec {
-    /// A verdict in this figure's words: faster/slower for speed, better/worse for outcomes.
-    pub fn verdict_words(&self, v: Verdict) -> &'static str {
-        match (v, self.kind) {
+impl MeasureKind {
+    /// A verdict in a figure's words: faster/slower for speed, better/worse for outcomes.
+    pub fn verdict_words(self, v: Verdict) -> &'static str {
+        match (v, self) {
             (Verdict::Improved, MeasureKind::Speed) => "faster",
             (Verdict::Regressed, MeasureKind::Speed) => "slower",
             (Verdict::Improved, MeasureKind::Outcome) => "better",

@@ -1,6 +1,6 @@
 //! Reports rendered from result lines: comparison tables, one row per condition (or problem)
-//! and backend, so that a run on three engines fits a terminal. The tables are built once ([`Table`]); each format is a
-//! [`Reporter`] in a module of its own.
+//! and backend, so that a run on three engines fits a terminal. The tables are built once
+//! ([`Table`]); each format is a [`Reporter`] in a module of its own.
 
 mod markdown;
 mod terminal;
