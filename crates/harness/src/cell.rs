@@ -4,6 +4,7 @@
 
 use crate::energy::Energy;
 use crate::families::{Metrics, Variant};
+use crate::sys::BusyProcess;
 use randbench_core::backend::{BackendId, BackendInfo, GradMode};
 use randbench_core::units::{Bytes, Seconds};
 use serde::{Deserialize, Serialize};
@@ -128,7 +129,7 @@ pub struct CellResult {
     pub started_at: String,
     /// Other processes that used more than a fifth of a core while the cell ran.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub busy: Vec<String>,
+    pub busy: Vec<BusyProcess>,
     /// What the workload's family measured.
     pub metrics: Metrics,
 }

@@ -174,8 +174,8 @@ pub fn by_cell(results: Vec<CellResult>) -> Vec<(Cell, Vec<CellResult>)> {
 pub fn busy_warning(rounds: &[CellResult]) -> Option<SampleWarning> {
     let mut processes: Vec<String> = Vec::new();
     for p in rounds.iter().flat_map(|r| &r.busy) {
-        // "name (pid N, P% of a core)": one mention per program and pid.
-        let who = p.split(", ").next().unwrap_or(p).to_string() + ")";
+        // One mention per program and pid, however many cells it was busy beside.
+        let who = p.who();
         if !processes.contains(&who) {
             processes.push(who);
         }

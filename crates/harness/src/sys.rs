@@ -77,9 +77,8 @@ impl BusyWatch {
         false
     }
 
-    /// The processes that were busy since the last call, busiest first, as
-    /// `name (pid N, P% of a core)`.
-    pub fn busy_since_last(&mut self) -> Vec<String> {
+    /// The processes that were busy since the last call, busiest first.
+    pub fn busy_since_last(&mut self) -> Vec<BusyProcess> {
         let me = self.me;
         let Some(sys) = &mut self.sys else { return vec![] };
         sys.refresh_processes_specifics(
@@ -88,19 +87,39 @@ impl BusyWatch {
             sysinfo::ProcessRefreshKind::nothing().with_cpu(),
         );
         let sys = &*sys;
-        let mut busy: Vec<(f32, String)> = sys
+        let mut busy: Vec<BusyProcess> = sys
             .processes()
             .iter()
             .filter(|(&pid, p)| p.cpu_usage() > BUSY_CPU_PERCENT && !Self::ours(sys, me, pid))
-            .map(|(pid, p)| {
-                let usage = p.cpu_usage();
-                (
-                    usage,
-                    format!("{} (pid {pid}, {usage:.0}% of a core)", p.name().to_string_lossy()),
-                )
+            .map(|(pid, p)| BusyProcess {
+                name: p.name().to_string_lossy().into_owned(),
+                pid: pid.as_u32(),
+                core_percent: p.cpu_usage(),
             })
             .collect();
-        busy.sort_by(|a, b| b.0.total_cmp(&a.0));
-        busy.into_iter().map(|(_, s)| s).collect()
+        busy.sort_by(|a, b| b.core_percent.total_cmp(&a.core_percent));
+        busy
+    }
+}
+
+/// Another process that was busy while a cell ran.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BusyProcess {
+    pub name: String,
+    pub pid: u32,
+    /// Its CPU use over the cell, in percent of one core.
+    pub core_percent: f32,
+}
+
+impl BusyProcess {
+    /// The program, without its load: `name (pid N)`.
+    pub fn who(&self) -> String {
+        format!("{} (pid {})", self.name, self.pid)
+    }
+}
+
+impl std::fmt::Display for BusyProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (pid {}, {:.0}% of a core)", self.name, self.pid, self.core_percent)
     }
 }
