@@ -42,6 +42,17 @@ impl Condition {
             || matches!(self, Condition::CorruptLabels(p) if *p == 0.0)
     }
 
+    /// The share of training labels replaced by random ones, for the label-corruption
+    /// conditions (Zhang et al. Figure 1b, 1c: 0 for true labels, 1 for random ones).
+    pub fn label_corruption(&self) -> Option<f64> {
+        match *self {
+            Condition::TrueLabels => Some(0.0),
+            Condition::CorruptLabels(p) => Some(p),
+            Condition::RandomLabels => Some(1.0),
+            Condition::ShuffledPixels | Condition::RandomPixels | Condition::Gaussian => None,
+        }
+    }
+
     /// Applies the condition to a train/test split, drawing from the seed's "corrupt" stream.
     pub fn apply(&self, split: &mut Split, seed: u64) {
         let mut rng = Rng::stream(seed, "corrupt");

@@ -3,6 +3,7 @@
 //! missed), and on a CUDA cell its GPU's cumulative energy counter from NVML. Absent, not an
 //! error, where neither is there (virtual machines rarely expose RAPL).
 
+use crate::env::Probe;
 use crate::nvml;
 use randbench_core::backend::Device;
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,24 @@ pub struct Energy {
     /// The cell's GPU's energy while it ran (NVML's total energy consumption counter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_joules: Option<f64>,
+    /// How long the measurement ran (the whole cell), for its average power.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+}
+
+impl Energy {
+    /// Joules of CPU and GPU together; `None` where neither was measured.
+    pub fn joules(&self) -> Option<f64> {
+        match (self.cpu_joules, self.gpu_joules) {
+            (None, None) => None,
+            (c, g) => Some(c.unwrap_or(0.0) + g.unwrap_or(0.0)),
+        }
+    }
+
+    /// The average power over the cell, in watts.
+    pub fn watts(&self) -> Option<f64> {
+        Some(self.joules()? / self.seconds.filter(|s| *s > 0.0)?)
+    }
 }
 
 /// One RAPL package zone: `intel-rapl:N` (AMD's packages use the same names); its
@@ -65,6 +84,25 @@ pub fn zones(root: &Path) -> Vec<Zone> {
     zones.into_iter().map(|(_, z)| z).collect()
 }
 
+/// Whether this machine exposes RAPL: the package zones' names, or why there are none.
+pub fn rapl(root: &Path) -> Probe<Vec<String>> {
+    let zones = zones(root);
+    if zones.is_empty() {
+        return Probe::Absent {
+            why: format!(
+                "no readable RAPL package counter under {} (virtual machines rarely expose \
+                 them; on bare metal, reading them may need root)",
+                root.display()
+            ),
+        };
+    }
+    let names = zones
+        .iter()
+        .filter_map(|z| z.energy_uj.parent()?.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    Probe::Present { value: names }
+}
+
 /// Sums the increments of wrapping counters between readings.
 #[derive(Clone, Debug, Default)]
 pub struct Accumulator {
@@ -98,6 +136,7 @@ pub struct EnergyWatch {
     stop: Arc<AtomicBool>,
     sampler: JoinHandle<Option<f64>>,
     gpu_start: Option<(usize, u64)>,
+    started: std::time::Instant,
 }
 
 impl EnergyWatch {
@@ -142,7 +181,7 @@ impl EnergyWatch {
             Device::Cuda(n) => nvml::total_energy_mj(n).map(|e| (n, e)),
             Device::Cpu => None,
         };
-        EnergyWatch { stop, sampler, gpu_start }
+        EnergyWatch { stop, sampler, gpu_start, started: std::time::Instant::now() }
     }
 
     pub fn finish(self) -> Energy {
@@ -151,7 +190,9 @@ impl EnergyWatch {
         let gpu_joules = self.gpu_start.and_then(|(n, start)| {
             nvml::total_energy_mj(n).map(|end| end.saturating_sub(start) as f64 / 1e3)
         });
-        Energy { cpu_joules, gpu_joules }
+        let seconds = (cpu_joules.is_some() || gpu_joules.is_some())
+            .then(|| self.started.elapsed().as_secs_f64());
+        Energy { cpu_joules, gpu_joules, seconds }
     }
 }
 
@@ -189,9 +230,21 @@ mod tests {
         zone(&root, "intel-rapl:1", 200, 5000);
         let e = w.finish();
         // 900 -> 950 and 100 -> 200: 150 µJ.
-        assert_eq!(e, Energy { cpu_joules: Some(150e-6), gpu_joules: None });
+        assert_eq!((e.cpu_joules, e.gpu_joules), (Some(150e-6), None));
+        assert!(e.seconds.is_some_and(|s| s > 0.0) && e.watts().is_some(), "{e:?}");
         let none = EnergyWatch::start_at(&root.join("absent"), Device::Cpu).finish();
         assert_eq!(none, Energy::default());
+
+        // The environment records which zones there are, or why there are none.
+        assert_eq!(
+            rapl(&root),
+            Probe::Present { value: vec!["intel-rapl:0".into(), "intel-rapl:1".into()] }
+        );
+        let absent = rapl(&root.join("absent"));
+        assert!(
+            matches!(&absent, Probe::Absent { why } if why.contains("no readable RAPL")),
+            "{absent:?}"
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -1,11 +1,55 @@
 //! The environment a run happened in, recorded next to its results.
 
+use crate::nvml::Gpu;
 use randbench_core::backend::{BackendId, BackendInfo};
 use randbench_core::units::Bytes;
 use serde::{Deserialize, Serialize};
 use std::process::Command;
 
 pub const ENV_FILE: &str = "environment.json";
+
+/// What a probe of the machine found, or why it found nothing: a missing driver or counter is
+/// recorded as such, not as an error and not as an empty answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Probe<T> {
+    Present { value: T },
+    Absent { why: String },
+}
+
+impl<T> Default for Probe<T> {
+    /// What an environment file from before the probe existed says.
+    fn default() -> Self {
+        Probe::Absent { why: "not recorded".into() }
+    }
+}
+
+/// Reads `gpus` as this version writes it, or as versions before NVML's description wrote
+/// it (`nvidia-smi` lines).
+fn gpus_or_older<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Probe<Vec<Gpu>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Probe(Probe<Vec<Gpu>>),
+        Older(Vec<String>),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Probe(p) => p,
+        Either::Older(lines) if lines.is_empty() => Probe::default(),
+        Either::Older(lines) => {
+            Probe::Absent { why: format!("not recorded; nvidia-smi said {}", lines.join("; ")) }
+        }
+    })
+}
+
+impl<T> Probe<T> {
+    pub fn present(&self) -> Option<&T> {
+        match self {
+            Probe::Present { value } => Some(value),
+            Probe::Absent { .. } => None,
+        }
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Environment {
@@ -15,14 +59,21 @@ pub struct Environment {
     pub started_at: String,
     pub command: Vec<String>,
     pub host: Option<String>,
+    /// The name given with `run --machine` (a cloud instance type, a lab name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_name: Option<String>,
     pub os: Option<String>,
     pub kernel: Option<String>,
     pub cpu: Option<String>,
     pub logical_cpus: usize,
     pub physical_cores: Option<usize>,
     pub memory: Bytes,
-    /// `nvidia-smi` lines: name, memory, driver.
-    pub gpus: Vec<String>,
+    /// The GPUs NVML describes, or why it could not (no NVIDIA driver).
+    #[serde(default, deserialize_with = "gpus_or_older")]
+    pub gpus: Probe<Vec<Gpu>>,
+    /// The CPU packages' RAPL energy counters, or why there are none.
+    #[serde(default)]
+    pub rapl: Probe<Vec<String>>,
     /// The CPU's vector and matrix extensions that decide kernel speed (AVX2, AVX-512, AMX,
     /// NEON/SVE…), as the kernel lists them.
     #[serde(default)]
@@ -37,8 +88,11 @@ pub struct Environment {
 impl Environment {
     /// The machine's hardware as one line: CPU, cores, memory, GPUs (without driver versions).
     pub fn hardware(&self) -> String {
-        let gpus: Vec<&str> =
-            self.gpus.iter().map(|g| g.rsplit_once(',').map_or(g.as_str(), |(hw, _)| hw)).collect();
+        let gpus: Vec<String> = self
+            .gpus
+            .present()
+            .map(|gs| gs.iter().map(|g| format!("{}, {} MiB", g.name, g.memory.0 >> 20)).collect())
+            .unwrap_or_default();
         format!(
             "{}; {} logical CPUs, {} cores; {} GiB; GPUs: {}",
             self.cpu.as_deref().unwrap_or("unknown CPU"),
@@ -47,6 +101,79 @@ impl Environment {
             (self.memory.0 as f64 / (1u64 << 30) as f64).round(),
             if gpus.is_empty() { "none".into() } else { gpus.join(" + ") }
         )
+    }
+
+    /// The environment as (what, value) lines, for the top of every report.
+    pub fn facts(&self) -> Vec<(String, String)> {
+        let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
+        let mut facts = vec![
+            ("machine".into(), format!("{} ({})", self.fingerprint(), self.hardware())),
+            (
+                "host".into(),
+                match &self.machine_name {
+                    Some(name) => format!("{} (named {name})", or(&self.host)),
+                    None => or(&self.host),
+                },
+            ),
+            ("run started".into(), self.started_at.clone()),
+            (
+                "CPU".into(),
+                format!(
+                    "{}; features: {}; frequency governor: {}",
+                    or(&self.cpu),
+                    if self.cpu_features.is_empty() {
+                        "none listed".into()
+                    } else {
+                        self.cpu_features.join(" ")
+                    },
+                    self.governor.as_deref().unwrap_or("not exposed"),
+                ),
+            ),
+            ("memory".into(), self.memory.to_string()),
+            (
+                "GPUs".into(),
+                match &self.gpus {
+                    Probe::Present { value } if value.is_empty() => "NVML sees none".into(),
+                    Probe::Present { value } => {
+                        value.iter().map(Gpu::describe).collect::<Vec<_>>().join("; ")
+                    }
+                    Probe::Absent { why } => format!("none recorded: {why}"),
+                },
+            ),
+            (
+                "CPU energy (RAPL)".into(),
+                match &self.rapl {
+                    Probe::Present { value } => value.join(", "),
+                    Probe::Absent { why } => format!("absent: {why}"),
+                },
+            ),
+            ("OS".into(), format!("{}, kernel {}", or(&self.os), or(&self.kernel))),
+            (
+                "randbench".into(),
+                format!(
+                    "{} at commit {}{}",
+                    self.randbench_version,
+                    or(&self.git_commit),
+                    if self.git_dirty == Some(true) { " (with uncommitted changes)" } else { "" }
+                ),
+            ),
+            ("command".into(), self.command.join(" ")),
+        ];
+        for (id, info) in &self.backends {
+            facts.push((
+                id.to_string(),
+                format!("{}, device {}, {} threads", info.library, info.device_name, info.threads),
+            ));
+        }
+        facts
+    }
+
+    /// What reports call the machine: the name given with `run --machine`, else the host name.
+    pub fn machine(&self) -> String {
+        self.machine_name
+            .clone()
+            .or_else(|| self.host.clone())
+            .unwrap_or_else(|| self.fingerprint())
     }
 
     /// A hash of [`hardware`](Self::hardware): machines alike in hardware share it, so that
@@ -101,7 +228,10 @@ fn git(args: &[&str]) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-pub fn capture(backends: Vec<(BackendId, BackendInfo)>) -> Environment {
+pub fn capture(
+    backends: Vec<(BackendId, BackendInfo)>,
+    machine_name: Option<String>,
+) -> Environment {
     use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
     let sys = System::new_with_specifics(
         RefreshKind::nothing()
@@ -109,13 +239,6 @@ pub fn capture(backends: Vec<(BackendId, BackendInfo)>) -> Environment {
             .with_memory(MemoryRefreshKind::nothing().with_ram()),
     )
     .ok();
-    let gpus = Command::new("nvidia-smi")
-        .args(["--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(|l| l.trim().to_string()).collect())
-        .unwrap_or_default();
     Environment {
         randbench_version: env!("CARGO_PKG_VERSION").to_string(),
         git_commit: git(&["rev-parse", "HEAD"]),
@@ -123,13 +246,15 @@ pub fn capture(backends: Vec<(BackendId, BackendInfo)>) -> Environment {
         started_at: utc_now(),
         command: std::env::args().collect(),
         host: System::host_name().ok(),
+        machine_name,
         os: System::long_os_version().ok(),
         kernel: System::kernel_version().ok(),
         cpu: sys.as_ref().and_then(|s| s.cpus().first().map(|c| c.brand().trim().to_string())),
         logical_cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         physical_cores: System::physical_core_count().ok(),
         memory: Bytes(sys.as_ref().map(|s| s.total_memory()).unwrap_or(0)),
-        gpus,
+        gpus: crate::nvml::gpus(),
+        rapl: crate::energy::rapl(std::path::Path::new(crate::energy::POWERCAP)),
         cpu_features: std::fs::read_to_string("/proc/cpuinfo")
             .map(|t| cpu_features(&t))
             .unwrap_or_default(),
@@ -171,6 +296,19 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    fn h200(driver: &str) -> crate::nvml::Gpu {
+        crate::nvml::Gpu {
+            name: "NVIDIA H200".into(),
+            memory: randbench_core::units::Bytes(143_771 << 20),
+            driver: driver.into(),
+            cuda: Some("13.0".into()),
+            max_sm_clock_mhz: Some(1980),
+            max_memory_clock_mhz: Some(3201),
+            power_limit_watts: Some(700.0),
+            other_processes: vec![],
+        }
+    }
+
     #[test]
     fn fingerprints_follow_hardware_not_names_or_drivers() {
         let a = super::Environment {
@@ -179,12 +317,12 @@ mod tests {
             logical_cpus: 2,
             physical_cores: Some(1),
             memory: randbench_core::units::Bytes(24 << 30),
-            gpus: vec!["NVIDIA H200, 143771 MiB, 580.65".into()],
+            gpus: super::Probe::Present { value: vec![h200("580.65")] },
             ..Default::default()
         };
         let b = super::Environment {
             host: Some("night-2".into()),
-            gpus: vec!["NVIDIA H200, 143771 MiB, 590.10".into()],
+            gpus: super::Probe::Present { value: vec![h200("590.10")] },
             ..a.clone()
         };
         assert_eq!(a.fingerprint(), b.fingerprint());
@@ -196,6 +334,47 @@ mod tests {
         assert_ne!(a.fingerprint(), c.fingerprint());
         // FNV-1a's published test vector.
         assert_eq!(super::fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn gpus_and_rapl_are_recorded_present_or_absent_with_the_reason() {
+        let fact = |e: &super::Environment, what: &str| {
+            e.facts().into_iter().find(|(w, _)| w == what).map(|(_, v)| v).unwrap()
+        };
+        // This machine, as it is: without a driver or RAPL the reason is recorded.
+        let here = super::capture(vec![], Some("ci".into()));
+        let nvml_loadable =
+            unsafe { !libc::dlopen(c"libnvidia-ml.so.1".as_ptr(), libc::RTLD_NOW).is_null() };
+        if !nvml_loadable {
+            assert!(
+                matches!(&here.gpus, super::Probe::Absent { why } if why.contains("no NVIDIA driver"))
+            );
+            assert!(fact(&here, "GPUs").starts_with("none recorded: "));
+        }
+        if crate::energy::zones(std::path::Path::new(crate::energy::POWERCAP)).is_empty() {
+            assert!(fact(&here, "CPU energy (RAPL)").starts_with("absent: no readable RAPL"));
+        }
+        assert_eq!(here.machine(), "ci");
+        // A machine with both: what NVML and the kernel said, in the report's lines.
+        let there = super::Environment {
+            gpus: super::Probe::Present { value: vec![h200("580.65")] },
+            rapl: super::Probe::Present { value: vec!["intel-rapl:0".into()] },
+            ..Default::default()
+        };
+        assert_eq!(
+            fact(&there, "GPUs"),
+            "NVIDIA H200, 140.40 GiB, driver 580.65, CUDA 13.0, clocks up to 1980 MHz (SM) / \
+             3201 MHz (memory), power limit 700 W; other processes: none"
+        );
+        assert_eq!(fact(&there, "CPU energy (RAPL)"), "intel-rapl:0");
+        // An environment file from before the probes says so.
+        let old: super::Environment = serde_json::from_str(
+            r#"{"randbench_version":"0.1.0","git_commit":null,"git_dirty":null,"started_at":"",
+               "command":[],"host":null,"os":null,"kernel":null,"cpu":null,"logical_cpus":2,
+               "physical_cores":null,"memory":0,"gpus":[],"backends":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(old.gpus, super::Probe::Absent { why: "not recorded".into() });
     }
 
     #[test]

@@ -294,6 +294,44 @@ impl Db {
         Ok((cells, figures))
     }
 
+    /// The latest stored run of `suite` on each machine (as [`Environment::machine`] names
+    /// it), in the order the machines first ran it.
+    pub fn latest_runs(&mut self, suite: &str) -> Result<Vec<StoredRun>, HistoryError> {
+        let rows = self.query(
+            "SELECT id, environment FROM runs WHERE suite = $1 ORDER BY started_at, id",
+            &[Value::Text(suite.to_string())],
+        )?;
+        let mut latest: Vec<(String, Environment)> = Vec::new();
+        for row in rows {
+            let (Some(id), Some(text)) = (row[0].text(), row[1].text()) else { continue };
+            let env: Environment = serde_json::from_str(text).map_err(|e| {
+                HistoryError::Input(format!("{}: run {id}: damaged environment: {e}", self.name))
+            })?;
+            match latest.iter_mut().find(|(_, e)| e.machine() == env.machine()) {
+                Some(slot) => *slot = (id.to_string(), env),
+                None => latest.push((id.to_string(), env)),
+            }
+        }
+        let mut out = Vec::new();
+        for (id, env) in latest {
+            let rows =
+                self.query("SELECT result FROM cells WHERE run = $1", &[Value::Text(id.clone())])?;
+            let mut results = rows
+                .iter()
+                .filter_map(|r| r[0].text())
+                .map(|t| {
+                    serde_json::from_str(t).map_err(|e| {
+                        HistoryError::Input(format!("{}: run {id}: damaged result: {e}", self.name))
+                    })
+                })
+                .collect::<Result<Vec<CellResult>, _>>()?;
+            // In the order the run ran its cells.
+            results.sort_by(|a, b| (a.round, &a.started_at).cmp(&(b.round, &b.started_at)));
+            out.push(StoredRun { id, env, results });
+        }
+        Ok(out)
+    }
+
     /// Every stored value of a figure that matches the filter, oldest run first.
     pub fn series(&mut self, q: &SeriesQuery) -> Result<Vec<Series>, HistoryError> {
         let rows = self.query(
@@ -408,6 +446,14 @@ fn from_postgres(row: &postgres::Row) -> Vec<Value> {
             _ => row.get::<_, Option<String>>(i).map_or(Value::Null, Value::Text),
         })
         .collect()
+}
+
+/// A run as the history holds it.
+#[derive(Clone, Debug)]
+pub struct StoredRun {
+    pub id: String,
+    pub env: Environment,
+    pub results: Vec<CellResult>,
 }
 
 /// What one `ingest` of a directory added.

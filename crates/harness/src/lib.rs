@@ -13,6 +13,7 @@ pub mod families;
 pub mod fault;
 pub mod history;
 pub mod nvml;
+pub mod procure;
 pub mod report;
 pub mod results;
 pub mod runner;

@@ -6,7 +6,8 @@ use randbench::compare;
 use randbench::executor::child_main;
 use randbench::export;
 use randbench::history;
-use randbench::report::{Reporter, Terminal};
+use randbench::procure;
+use randbench::report::{Report, Reporter, Terminal};
 use randbench::runner::{self, Isolation, RunError, RunOptions, STOP};
 use randbench::suite;
 use randbench_core::backend::{BackendId, Device, Engine, GradMode};
@@ -55,7 +56,7 @@ enum Command {
         /// backend usable here).
         #[arg(long, value_delimiter = ',')]
         backends: Option<Vec<String>>,
-        /// Directory for results.jsonl, environment.json and report.md
+        /// Directory for results.jsonl, environment.json, report.md and report.html
         /// (default: reports/SUITE-TIMESTAMP).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -70,6 +71,10 @@ enum Command {
         /// Where cells run.
         #[arg(long, value_enum, default_value = "auto")]
         isolate: Isolate,
+        /// A name for this machine in procurement reports, e.g. a cloud instance type
+        /// (default: the host name).
+        #[arg(long)]
+        machine: Option<String>,
     },
     /// Run one cell, sent as JSON on stdin, and write its progress and result as JSON lines
     /// (what `run` starts in child processes).
@@ -77,7 +82,7 @@ enum Command {
     Cell,
     /// Workloads, suites, and backends: compiled in, usable here, or what to do to get them.
     List,
-    /// Re-render the tables and report.md of a finished run from its directory.
+    /// Re-render the tables, report.md and report.html of a finished run from its directory.
     Report { dir: PathBuf },
     /// A run's figures (medians over rounds) as JSON for continuous-benchmarking services.
     Export {
@@ -128,6 +133,20 @@ enum Command {
         #[arg(long, default_value = history::DEFAULT_DB)]
         db: String,
     },
+    /// Machines side by side from the history: for each target (fit the training set, beat
+    /// tuned Adam) the time each machine and engine took, and with a price file the cost and
+    /// energy of reaching it.
+    Procure {
+        /// The suite whose runs to compare.
+        #[arg(long, default_value = procure::DEFAULT_SUITE)]
+        suite: String,
+        /// A YAML file of prices per hour (and optionally watts) per machine, keyed by the
+        /// `run --machine` name, host name or fingerprint; see docs/prices.example.yaml.
+        #[arg(long)]
+        prices: Option<PathBuf>,
+        #[arg(long, default_value = history::DEFAULT_DB)]
+        db: String,
+    },
     /// Compare a run with a baseline run, figure by figure. Exit code 0: nothing regressed;
     /// 1: something regressed (or failed); 3: too noisy to tell (too few rounds, or too much
     /// spread); 2: bad input.
@@ -166,6 +185,24 @@ fn ingest(dirs: &[PathBuf], db: &str) -> Result<u8, RunError> {
             i.added_figures
         );
     }
+    Ok(0)
+}
+
+fn procurement(suite: &str, prices: Option<&std::path::Path>, db: &str) -> Result<u8, RunError> {
+    let prices = prices
+        .map(procure::Prices::read)
+        .transpose()
+        .map_err(|e| RunError::Input(e.to_string()))?;
+    let runs =
+        history::Db::open(db).and_then(|mut d| d.latest_runs(suite)).map_err(history_error)?;
+    if runs.is_empty() {
+        return Err(RunError::Input(format!(
+            "{db}: no run of suite {suite}; on each machine run `randbench run {suite} --machine \
+             NAME`, then `randbench ingest DIR --db {db}`"
+        )));
+    }
+    let tables = procure::tables(&runs, prices.as_ref());
+    print!("{}", Terminal.render(&Report::tables(suite, tables)));
     Ok(0)
 }
 
@@ -236,7 +273,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Run { suite, backends, out, grad, rounds, isolate } => {
+        Command::Run { suite, backends, out, grad, rounds, isolate, machine } => {
             let isolate = match isolate {
                 Isolate::Auto => Isolation::Auto,
                 Isolate::Process => Isolation::Process,
@@ -249,6 +286,7 @@ fn main() -> ExitCode {
                 grad: grad.map(grad_mode),
                 rounds,
                 isolate,
+                machine,
             })
             .map(|s| {
                 eprintln!("results in {}", s.out.display());
@@ -305,13 +343,14 @@ fn main() -> ExitCode {
                 }
                 let tables: Vec<_> =
                     series.iter().map(|s| history::series_table(s, figure, rule, last)).collect();
-                print!("{}", Terminal.render("history", None, &tables, &[]));
+                print!("{}", Terminal.render(&Report::tables("history", tables)));
                 Ok(0)
             })
             .map_err(history_error),
+        Command::Procure { suite, prices, db } => procurement(&suite, prices.as_deref(), &db),
         Command::Compare { baseline, current, thresholds, json } => {
             compare::compare(&baseline, &current, &thresholds.into_iter().collect()).and_then(|r| {
-                print!("{}", Terminal.render("randbench", None, &[r.table()], &[]));
+                print!("{}", Terminal.render(&Report::tables("randbench", vec![r.table()])));
                 if let Some(path) = json {
                     let text = serde_json::to_string_pretty(&r).expect("serializable");
                     runner::write_atomic(&path, text)

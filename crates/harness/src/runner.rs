@@ -7,7 +7,7 @@ use crate::compare;
 use crate::env::{self, Environment, ENV_FILE};
 use crate::executor::{CellJob, ChildProcess, Executor, InProcess};
 use crate::families::{self, Data};
-use crate::report::{self, Markdown, Reporter, Terminal};
+use crate::report::{Html, Markdown, Report, Reporter, Terminal};
 use crate::results::{self, RunInfo, RUN_FILE};
 use crate::suite::{self, Suite};
 use crate::sys;
@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
 pub const REPORT_FILE: &str = "report.md";
+pub const HTML_FILE: &str = "report.html";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -52,6 +53,8 @@ pub struct RunOptions {
     /// Overrides the suite's `rounds`.
     pub rounds: Option<usize>,
     pub isolate: Isolation,
+    /// What procurement and the history call this machine (default: its host name).
+    pub machine: Option<String>,
 }
 
 pub const LOCK_FILE: &str = ".randbench.lock";
@@ -182,7 +185,7 @@ impl Observer for ProgressObserver<'_> {
     }
 }
 
-/// Runs a suite and writes `results.jsonl`, `environment.json` and `report.md` under the
+/// Runs a suite and writes `results.jsonl`, `environment.json` and `report.md` (and `report.html`) under the
 /// output directory; prints the tables.
 pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     let path = suite::resolve(&opts.suite).map_err(|e| RunError::Input(e.to_string()))?;
@@ -210,7 +213,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         .iter()
         .filter_map(|&id| backends::with_backend(id, grad(id), InfoOf).ok().map(|i| (id, i)))
         .collect();
-    let environment = env::capture(infos);
+    let environment = env::capture(infos, opts.machine.clone());
     let env_json = serde_json::to_string_pretty(&environment).expect("serializable");
     let info = RunInfo {
         suite: suite.name.clone(),
@@ -301,7 +304,8 @@ impl BackendVisitor for InfoOf {
     }
 }
 
-/// Renders the terminal tables and writes `report.md` for the results in `out`.
+/// Renders the terminal tables and writes `report.md` and `report.html` for the results in
+/// `out`.
 pub fn render(
     out: &Path,
     env: Option<&Environment>,
@@ -309,17 +313,18 @@ pub fn render(
     warnings: &[String],
     suite: &str,
 ) -> Result<String, RunError> {
-    let tables = report::tables(results);
     let mut warnings = warnings.to_vec();
     let busy_cells = results.iter().filter(|r| !r.busy.is_empty()).count();
     if let Some(w) = compare::busy_warning(results) {
         warnings.push(format!("{busy_cells} of {} cells: {w}", results.len()));
     }
-    let warnings = &warnings[..];
-    let md = Markdown.render(suite, env, &tables, warnings);
-    write_atomic(&out.join(REPORT_FILE), &md)
-        .map_err(|e| RunError::Failed(format!("{}: {e}", out.join(REPORT_FILE).display())))?;
-    Ok(Terminal.render(suite, env, &tables, warnings))
+    let report = Report::of(suite, env, results, warnings);
+    for (file, text) in [(REPORT_FILE, Markdown.render(&report)), (HTML_FILE, Html.render(&report))]
+    {
+        write_atomic(&out.join(file), &text)
+            .map_err(|e| RunError::Failed(format!("{}: {e}", out.join(file).display())))?;
+    }
+    Ok(Terminal.render(&report))
 }
 
 /// Re-renders a finished (or interrupted) run's report from its files.

@@ -8,7 +8,7 @@ pub mod randomization;
 
 use crate::cell::{CellResult, Observer, Status};
 use crate::executor::CellJob;
-use crate::report::Table;
+use crate::report::{Chart, Table};
 use crate::suite::{Ctx, SuiteError};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::stats::{Better, Verdict};
@@ -175,6 +175,8 @@ pub trait WorkloadFamily {
     fn unmeasured(job: &Job<Self>) -> Self::Metrics;
     /// The comparison tables of one workload's results.
     fn tables(results: &[Entry<Self>]) -> Vec<Table>;
+    /// The charts of one workload's results, for the HTML report.
+    fn charts(results: &[Entry<Self>]) -> Vec<Chart>;
     /// One line about a finished cell, for the progress output.
     fn headline(result: &CellResult, metrics: &Self::Metrics) -> String;
     /// Every figure the family's cells may report.
@@ -290,9 +292,9 @@ macro_rules! families {
             }
         }
 
-        /// The family tables of one workload's results (all of one family).
-        pub fn tables(results: &[&CellResult]) -> Vec<Table> {
-            let mut out = Vec::new();
+        /// The family tables and charts of one workload's results (all of one family).
+        pub fn presentation(results: &[&CellResult]) -> (Vec<Table>, Vec<Chart>) {
+            let mut out = (Vec::new(), Vec::new());
             $(
                 let mine: Vec<Entry<$module::Family>> = results
                     .iter()
@@ -305,7 +307,8 @@ macro_rules! families {
                     })
                     .collect();
                 if !mine.is_empty() {
-                    out.extend(<$module::Family as WorkloadFamily>::tables(&mine));
+                    out.0.extend(<$module::Family as WorkloadFamily>::tables(&mine));
+                    out.1.extend(<$module::Family as WorkloadFamily>::charts(&mine));
                 }
             )*
             out
@@ -314,6 +317,13 @@ macro_rules! families {
         /// Every figure any family reports.
         pub fn all_measures() -> impl Iterator<Item = &'static MeasureSpec> {
             [$(<$module::Family as WorkloadFamily>::MEASURES,)*].into_iter().flatten()
+        }
+
+        /// Every figure the family of a cell may report.
+        pub fn family_measures(r: &CellResult) -> &'static [MeasureSpec] {
+            match &r.metrics {
+                $(Metrics::$variant(_) => <$module::Family as WorkloadFamily>::MEASURES,)*
+            }
         }
 
         /// The figures a cell measured.

@@ -1,10 +1,15 @@
 //! Reports rendered from result lines: comparison tables, one row per condition (or problem)
-//! and backend, so that a run on three engines fits a terminal. The tables are built once
-//! ([`Table`]); each format is a [`Reporter`] in a module of its own.
+//! and backend, so that a run on three engines fits a terminal, and charts for the HTML page.
+//! The tables and charts are built once ([`Report`]); each format is a [`Reporter`] in a
+//! module of its own.
 
+pub mod chart;
+mod html;
 mod markdown;
 mod terminal;
 
+pub use chart::Chart;
+pub use html::Html;
 pub use markdown::Markdown;
 pub use terminal::Terminal;
 
@@ -46,14 +51,36 @@ impl Column {
     }
 }
 
+/// Everything a report shows, whatever its format.
+#[derive(Clone, Debug, Default)]
+pub struct Report<'a> {
+    pub suite: &'a str,
+    pub env: Option<&'a Environment>,
+    pub tables: Vec<Table>,
+    /// Drawn only where a format can draw (HTML).
+    pub charts: Vec<Chart>,
+    pub warnings: Vec<String>,
+}
+
+impl<'a> Report<'a> {
+    /// The report of a run's results: tables, charts, and the warnings given.
+    pub fn of(
+        suite: &'a str,
+        env: Option<&'a Environment>,
+        results: &[CellResult],
+        warnings: Vec<String>,
+    ) -> Self {
+        Report { suite, env, tables: tables(results), charts: charts(results), warnings }
+    }
+
+    /// Tables alone (history, comparisons).
+    pub fn tables(suite: &'a str, tables: Vec<Table>) -> Self {
+        Report { suite, tables, ..Default::default() }
+    }
+}
+
 pub trait Reporter {
-    fn render(
-        &self,
-        suite: &str,
-        env: Option<&Environment>,
-        tables: &[Table],
-        warnings: &[String],
-    ) -> String;
+    fn render(&self, report: &Report) -> String;
 }
 
 /// Two backends' losses at a step agree when |a − b| ≤ PARITY_ABS + PARITY_REL·|a|.
@@ -66,11 +93,97 @@ pub fn tables(results: &[CellResult]) -> Vec<Table> {
     let mut out: Vec<Table> = Vec::new();
     for w in workloads {
         let mine: Vec<&CellResult> = results.iter().filter(|r| r.cell.workload == w).collect();
-        out.extend(families::tables(&mine));
+        out.extend(families::presentation(&mine).0);
     }
     out.extend(rounds_table(results));
     out.extend(parity_table(results));
     out
+}
+
+/// The report's charts: each workload's family charts, then speed and memory per cell.
+pub fn charts(results: &[CellResult]) -> Vec<Chart> {
+    let workloads = first_appearance(results.iter().map(|r| r.cell.workload.as_str()));
+    let mut out: Vec<Chart> = Vec::new();
+    for w in &workloads {
+        let mine: Vec<&CellResult> = results.iter().filter(|r| r.cell.workload == *w).collect();
+        out.extend(families::presentation(&mine).1);
+    }
+    out.extend(speed_charts(results));
+    out.extend(memory_chart(results));
+    out
+}
+
+/// Each speed figure's median per cell, with the 95% bootstrap interval of the median over
+/// the rounds where there are two or more.
+fn speed_charts(results: &[CellResult]) -> Vec<Chart> {
+    let by_cell = compare::by_cell(results.to_vec());
+    let rounds = results.iter().map(|r| r.round + 1).max().unwrap_or(1);
+    let mut charts: Vec<(String, &'static str, Vec<chart::Bar>)> = Vec::new();
+    let mut rng = randbench_core::rng::Rng::stream(0, "report");
+    for (cell, cell_rounds) in &by_cell {
+        for (name, (spec, xs)) in compare::figures(cell_rounds) {
+            if spec.kind != MeasureKind::Speed || spec.better != stats::Better::Higher {
+                continue;
+            }
+            let Some(estimate) = stats::bootstrap_median(&xs, 2000, &mut rng) else { continue };
+            let bar = chart::Bar {
+                label: format!("{} {} s{}", cell.backend, cell.variant, cell.seed),
+                value: estimate.value,
+                interval: (xs.len() >= 2).then_some((estimate.lo, estimate.hi)),
+            };
+            let title = format!("{} {name}", cell.workload);
+            match charts.iter_mut().find(|c| c.0 == title) {
+                Some(c) => c.2.push(bar),
+                None => charts.push((title, spec.unit, vec![bar])),
+            }
+        }
+    }
+    charts
+        .into_iter()
+        .map(|(title, unit, bars)| Chart {
+            caption: if rounds >= 2 {
+                format!(
+                    "median over {rounds} rounds, whiskers: its 95% bootstrap interval; \
+                     longer is faster"
+                )
+            } else {
+                "one round: no interval (run with --rounds 5 or more for 95% intervals); \
+                 longer is faster"
+                    .into()
+            },
+            title,
+            kind: chart::ChartKind::Bars(chart::Bars { value_label: unit.into(), bars }),
+        })
+        .collect()
+}
+
+/// Peak memory of each cell (first round): the process's resident set, and the device's
+/// where a GPU reported it.
+fn memory_chart(results: &[CellResult]) -> Option<Chart> {
+    let mib = |b: randbench_core::units::Bytes| b.0 as f64 / (1u64 << 20) as f64;
+    let bars: Vec<chart::Bar> = results
+        .iter()
+        .filter(|r| r.round == 0)
+        .flat_map(|r| {
+            let label = |what: &str| format!("{} {what}", r.cell.compact());
+            r.memory
+                .host_peak
+                .map(|b| chart::Bar { label: label("host"), value: mib(b), interval: None })
+                .into_iter()
+                .chain(r.memory.device_peak.map(|b| chart::Bar {
+                    label: label("device"),
+                    value: mib(b),
+                    interval: None,
+                }))
+        })
+        .collect();
+    (!bars.is_empty()).then(|| Chart {
+        title: "peak memory".into(),
+        caption: "host: the peak resident memory of the process during the cell; device: the \
+                  GPU memory the cell held"
+            .into(),
+        kind: chart::ChartKind::Bars(chart::Bars { value_label: "MiB".into(), bars }),
+    })
 }
 
 /// With more than one round: every speed figure of every cell over its rounds — median,

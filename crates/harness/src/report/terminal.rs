@@ -1,7 +1,6 @@
 //! Tables for the terminal: box drawing, figures right-aligned.
 
-use super::{Reporter, Table};
-use crate::env::Environment;
+use super::{Report, Reporter, Table};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement};
 
 pub struct Terminal;
@@ -24,19 +23,13 @@ pub fn grid(t: &Table, style: comfy_table::TableStyle) -> String {
 }
 
 impl Reporter for Terminal {
-    fn render(
-        &self,
-        suite: &str,
-        _env: Option<&Environment>,
-        tables: &[Table],
-        warnings: &[String],
-    ) -> String {
+    fn render(&self, r: &Report) -> String {
         let mut out = String::new();
-        for w in warnings {
+        for w in &r.warnings {
             out += &format!("warning: {w}\n");
         }
-        for t in tables {
-            out += &format!("\n{suite} / {}: {}\n", t.title, t.caption);
+        for t in &r.tables {
+            out += &format!("\n{} / {}: {}\n", r.suite, t.title, t.caption);
             out += &grid(t, UTF8_FULL_CONDENSED);
             out += "\n";
             for n in &t.notes {

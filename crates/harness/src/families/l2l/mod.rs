@@ -6,6 +6,7 @@
 //! meta-trains with periodic validation (the best checkpoint is kept), saves the optimizer's
 //! weights, and evaluates everything on the same held-out problems.
 
+mod charts;
 mod meta;
 mod tables;
 pub mod weights;
@@ -16,7 +17,7 @@ use super::{
 };
 use crate::cell::{CellResult, Observer};
 use crate::datasets::{load_data, DataSpec, RawData};
-use crate::report::Table;
+use crate::report::{Chart, Table};
 use crate::suite::{Ctx, SuiteError};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::data::Split;
@@ -591,6 +592,10 @@ impl WorkloadFamily for Family {
 
     fn tables(results: &[Entry<Self>]) -> Vec<Table> {
         tables::all(results)
+    }
+
+    fn charts(results: &[Entry<Self>]) -> Vec<Chart> {
+        charts::all(results)
     }
 
     fn headline(result: &CellResult, metrics: &Metrics) -> String {

@@ -3,6 +3,7 @@
 //! and Gaussian inputs, with and without explicit regularizers; measure the time it took and
 //! what the model learned.
 
+mod charts;
 mod tables;
 mod train;
 
@@ -12,7 +13,7 @@ use super::{
 };
 use crate::cell::{CellResult, Observer};
 use crate::datasets::{load_data, DataSpec, RawData};
-use crate::report::Table;
+use crate::report::{Chart, Table};
 use crate::suite::{Ctx, RawOptimizer, SuiteError};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::corrupt::Condition;
@@ -428,6 +429,10 @@ impl WorkloadFamily for Family {
 
     fn tables(results: &[Entry<Self>]) -> Vec<Table> {
         vec![tables::comparison(results)]
+    }
+
+    fn charts(results: &[Entry<Self>]) -> Vec<Chart> {
+        charts::all(results)
     }
 
     fn headline(result: &CellResult, metrics: &Metrics) -> String {
