@@ -157,3 +157,41 @@ pub fn eval_graph(model: &Model, batch: usize, feed: Feed) -> GResult<Graph> {
     g.output("correct", correct);
     Ok(g)
 }
+
+/// The loss landscape along the line through two parameter points, at `points` places in one
+/// program (Im, Tao and Branson's interpolations): θ(α) = θ_a + α·(θ_b − θ_a).
+/// Inputs: θ_a's parameters, θ_b's, one scalar `alpha{k}` per place, then the batch as
+/// [`Feed`] says. Outputs, per place k: `loss{k}` and `correct{k}`, both per example [b].
+pub fn interpolation_graph(
+    model: &Model,
+    batch: usize,
+    feed: Feed,
+    points: usize,
+) -> GResult<Graph> {
+    let mut g = Graph::new();
+    let specs = model.params()?;
+    let a: Vec<NodeId> =
+        specs.iter().map(|p| g.input(format!("a.{}", p.name), &p.shape, DType::F32)).collect();
+    let b: Vec<NodeId> =
+        specs.iter().map(|p| g.input(format!("b.{}", p.name), &p.shape, DType::F32)).collect();
+    let alphas: Vec<NodeId> =
+        (0..points).map(|k| g.input(format!("alpha{k}"), &[], DType::F32)).collect();
+    let (x, y) = batch_inputs(&mut g, model, batch, feed)?;
+    let mut directions = Vec::new();
+    for (&pa, &pb) in a.iter().zip(&b) {
+        directions.push(g.sub(pb, pa)?);
+    }
+    for (k, &alpha) in alphas.iter().enumerate() {
+        let mut params = Vec::new();
+        for (&pa, &d) in a.iter().zip(&directions) {
+            let step = g.mul(d, alpha)?;
+            params.push(g.add(pa, step)?);
+        }
+        let logits = model.forward(&mut g, &params, x, &[])?;
+        let loss = g.softmax_cross_entropy(logits, y)?;
+        let correct = g.correct_predictions(logits, y)?;
+        g.output(format!("loss{k}"), loss);
+        g.output(format!("correct{k}"), correct);
+    }
+    Ok(g)
+}

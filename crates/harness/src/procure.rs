@@ -188,6 +188,13 @@ pub fn tables(runs: &[StoredRun], prices: Option<&Prices>) -> Vec<Table> {
              the run's own RAPL/NVML average power (measured)"
                 .to_string(),
         ];
+        if rows.iter().any(|r| r[4] == "no power") {
+            notes.push(
+                "no power: give the machine's `watts:` in the price file, or run where RAPL \
+                 (/sys/class/powercap) or NVML counters are readable"
+                    .into(),
+            );
+        }
         best.sort_by(|a, b| a.0.total_cmp(&b.0));
         if let Some((c, who)) = best.first() {
             notes.push(format!("cheapest: {who}, {} {currency}", money(*c)));

@@ -5,6 +5,7 @@
 
 pub mod l2l;
 pub mod randomization;
+pub mod surfaces;
 
 use crate::cell::{CellResult, Observer, Status};
 use crate::executor::CellJob;
@@ -92,6 +93,21 @@ impl MeasureKind {
         }
     }
 }
+
+/// Steps run before the clock starts, on a throwaway copy of the state: the first runs pay
+/// for lazy library loading, first-run planning and allocator growth. The same count on every
+/// engine and family (and in the PyTorch peer).
+pub const WARMUP_STEPS: usize = 5;
+
+/// Timed training steps per second (the median over every timed step): families that train
+/// share it, so that the history and comparisons read it alike.
+pub const STEPS_PER_SECOND: MeasureSpec = MeasureSpec {
+    name: "steps_per_second",
+    unit: "steps/s",
+    better: Better::Higher,
+    kind: MeasureKind::Speed,
+    threshold: 0.05,
+};
 
 /// One figure of one cell.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -314,9 +330,17 @@ macro_rules! families {
             out
         }
 
-        /// Every figure any family reports.
+        /// Every figure any family reports, each name once (families share some).
         pub fn all_measures() -> impl Iterator<Item = &'static MeasureSpec> {
-            [$(<$module::Family as WorkloadFamily>::MEASURES,)*].into_iter().flatten()
+            let mut seen: Vec<&'static str> = Vec::new();
+            [$(<$module::Family as WorkloadFamily>::MEASURES,)*]
+                .into_iter()
+                .flatten()
+                .filter(move |m| {
+                    let new = !seen.contains(&m.name);
+                    seen.push(m.name);
+                    new
+                })
         }
 
         /// Every figure the family of a cell may report.
@@ -366,4 +390,5 @@ impl Workload {
 families! {
     Randomization => randomization,
     LearnedOptimizer => l2l,
+    LossSurface => surfaces,
 }

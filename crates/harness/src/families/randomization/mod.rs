@@ -9,7 +9,7 @@ mod train;
 
 use super::{
     Entry, Job, MeasureKind, MeasureSpec, Measured, PrepareError, Record, WorkloadFamily,
-    WorkloadSpec,
+    WorkloadSpec, STEPS_PER_SECOND,
 };
 use crate::cell::{CellResult, Observer};
 use crate::datasets::{load_data, DataSpec, RawData};
@@ -50,7 +50,7 @@ pub struct RawRandomization {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
-enum RawModel {
+pub(crate) enum RawModel {
     Mlp { hidden: Spanned<Vec<usize>>, activation: Option<Activation> },
     Cnn(CnnSpec),
 }
@@ -72,6 +72,38 @@ pub enum ModelSpec {
 }
 
 impl ModelSpec {
+    /// Checks a model as written: positive widths; for a CNN, an odd kernel.
+    pub(crate) fn validate(cx: &Ctx, raw: Spanned<RawModel>) -> Result<ModelSpec, SuiteError> {
+        let model_at = raw.referenced;
+        Ok(match raw.value {
+            RawModel::Mlp { hidden, activation } => {
+                cx.check(
+                    &hidden,
+                    |h| h.iter().all(|&w| w > 0),
+                    |h| format!("hidden layer widths must be positive, found {h:?}"),
+                )?;
+                ModelSpec::Mlp {
+                    hidden: hidden.value,
+                    activation: activation.unwrap_or(Activation::Relu),
+                }
+            }
+            RawModel::Cnn(spec) => {
+                if spec.channels.is_empty()
+                    || spec.channels.contains(&0)
+                    || spec.kernel % 2 == 0
+                    || spec.hidden == 0
+                {
+                    return Err(cx.at(
+                        model_at,
+                        "cnn needs non-empty positive `channels`, an odd `kernel` and a \
+                         positive `hidden`",
+                    ));
+                }
+                ModelSpec::Cnn(spec)
+            }
+        })
+    }
+
     pub fn model(&self, input: [usize; 3], classes: usize) -> Model {
         match self {
             ModelSpec::Mlp { hidden, activation } => {
@@ -269,34 +301,7 @@ impl WorkloadFamily for Family {
                 }
             }
         }
-        let model_at = r.model.referenced;
-        let model = match r.model.value {
-            RawModel::Mlp { hidden, activation } => {
-                cx.check(
-                    &hidden,
-                    |h| h.iter().all(|&w| w > 0),
-                    |h| format!("hidden layer widths must be positive, found {h:?}"),
-                )?;
-                ModelSpec::Mlp {
-                    hidden: hidden.value,
-                    activation: activation.unwrap_or(Activation::Relu),
-                }
-            }
-            RawModel::Cnn(spec) => {
-                if spec.channels.is_empty()
-                    || spec.channels.contains(&0)
-                    || spec.kernel % 2 == 0
-                    || spec.hidden == 0
-                {
-                    return Err(cx.at(
-                        model_at,
-                        "cnn needs non-empty positive `channels`, an odd `kernel` and a \
-                         positive `hidden`",
-                    ));
-                }
-                ModelSpec::Cnn(spec)
-            }
-        };
+        let model = ModelSpec::validate(cx, r.model)?;
         let mut regularizers = Vec::new();
         for reg in
             r.regularizers.unwrap_or_else(|| vec![Spanned::new(RawRegularizer::default(), at, at)])
@@ -452,13 +457,6 @@ impl WorkloadFamily for Family {
     }
 }
 
-const STEPS_PER_SECOND: MeasureSpec = MeasureSpec {
-    name: "steps_per_second",
-    unit: "steps/s",
-    better: Better::Higher,
-    kind: MeasureKind::Speed,
-    threshold: 0.05,
-};
 const SECONDS_TO_FIT: MeasureSpec = MeasureSpec {
     name: "seconds_to_fit",
     unit: "s",

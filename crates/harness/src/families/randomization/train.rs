@@ -4,7 +4,7 @@
 
 use super::{EpochRecord, Metrics, Randomization};
 use crate::cell::{Observer, Progress, Status, TRACE_STEPS};
-use crate::families::{Job, Record, WorkloadFamily};
+use crate::families::{Job, Record, WorkloadFamily, WARMUP_STEPS};
 use crate::slowdown;
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::corrupt::Condition;
@@ -19,10 +19,6 @@ use randbench_core::HostTensor;
 use std::borrow::Cow;
 use std::time::Instant;
 
-/// Steps run before the clock starts, on a throwaway copy of the state: the first runs pay
-/// for lazy library loading, first-run planning and allocator growth. The same count on every
-/// engine (and in the PyTorch peer).
-pub const WARMUP_STEPS: usize = 5;
 /// Examples per evaluation run.
 const EVAL_CHUNK: usize = 1000;
 
