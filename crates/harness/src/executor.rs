@@ -161,6 +161,18 @@ fn kill_after(timeout: Duration) -> Duration {
     timeout + (timeout / 10).max(Duration::from_secs(2))
 }
 
+/// The program running now, to start cells with: on Linux `/proc/self/exe`, which still
+/// names this program after a rebuild replaced or deleted its file (a nightly run whose binary
+/// is rebuilt mid-run; `current_exe` then names a path that is gone), elsewhere `current_exe`.
+fn own_executable() -> std::io::Result<PathBuf> {
+    let running = Path::new("/proc/self/exe");
+    if running.exists() {
+        Ok(running.to_path_buf())
+    } else {
+        std::env::current_exe()
+    }
+}
+
 impl Executor for ChildProcess {
     fn execute(&mut self, job: &CellJob, obs: &mut dyn Observer) -> CellResult {
         let failed = |status, why| failed(job, BackendInfo::default(), status, why);
@@ -171,7 +183,7 @@ impl Executor for ChildProcess {
             grad: job.grad,
             artifacts: job.artifacts.map(Path::to_path_buf),
         };
-        let exe = match std::env::current_exe() {
+        let exe = match own_executable() {
             Ok(e) => e,
             Err(e) => {
                 return failed(

@@ -367,3 +367,35 @@ fn a_full_disk_leaves_only_whole_result_lines() {
     let r = results(&out);
     assert_eq!(r.len(), 1, "the first line stays");
 }
+
+#[test]
+fn cells_still_start_after_the_binary_was_rebuilt_under_the_run() {
+    let dir = scratch("rebuilt");
+    let s = suite(&dir, "");
+    let out = dir.join("out");
+    // A second name for the binary, removed while the run goes, as a rebuild replaces it.
+    let exe = dir.join("randbench-under-test");
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_randbench"), &exe).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_randbench"), &exe).unwrap();
+    }
+    let child = Command::new(&exe)
+        .args(["run", &s, "--isolate", "process", "--out", out.to_str().unwrap()])
+        .env("RANDBENCH_TEST_DELAY", "candle-cpu=10")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !out.join("environment.json").is_file() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the run did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(&exe).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = results(&out);
+    assert_eq!(r.len(), 2);
+    for line in &r {
+        assert!(line["error"].is_null(), "{line}");
+    }
+}
