@@ -6,6 +6,7 @@
 pub mod l2l;
 pub mod randomization;
 pub mod surfaces;
+mod training;
 
 use crate::cell::{CellResult, Observer, Status};
 use crate::executor::CellJob;
@@ -92,6 +93,14 @@ impl MeasureKind {
             (Verdict::TooNoisy, _) => "too noisy to tell",
         }
     }
+}
+
+/// Mean loss and accuracy of parameters over a data set.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fit {
+    /// None where the loss was not finite (JSON has no NaN).
+    pub loss: Option<f64>,
+    pub accuracy: f64,
 }
 
 /// Steps run before the clock starts, on a throwaway copy of the state: the first runs pay

@@ -13,7 +13,7 @@ mod tables;
 
 use super::randomization::{ModelSpec, RawModel};
 use super::{
-    Entry, Job, MeasureKind, MeasureSpec, Measured, PrepareError, Record, WorkloadFamily,
+    Entry, Fit, Job, MeasureKind, MeasureSpec, Measured, PrepareError, Record, WorkloadFamily,
     WorkloadSpec, STEPS_PER_SECOND,
 };
 use crate::cell::{CellResult, Observer};
@@ -131,14 +131,6 @@ impl fmt::Display for Variant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("optimizers")
     }
-}
-
-/// Mean loss and accuracy of parameters over a data set.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Fit {
-    /// None where the loss was not finite (JSON has no NaN).
-    pub loss: Option<f64>,
-    pub accuracy: f64,
 }
 
 /// Where one training run ended.

@@ -3,16 +3,15 @@
 //! every end point evaluated and every line walked by programs that evaluate all of a line's
 //! points at once.
 
-use super::{Endpoint, Fit, Line, LossSurface, Metrics};
-use crate::cell::{Observer, Progress, Status, TRACE_STEPS};
-use crate::families::{Job, Record, WorkloadFamily, WARMUP_STEPS};
-use crate::slowdown;
+use super::{Endpoint, Line, LossSurface, Metrics};
+use crate::cell::{Observer, Progress, Status};
+use crate::families::training::{fits, Steps, Trainer};
+use crate::families::{Fit, Job, Record, WorkloadFamily};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::models::init_params;
-use randbench_core::optim::Optimizer;
 use randbench_core::rng::Rng;
 use randbench_core::stats::Summary;
-use randbench_core::train::{eval_graph, interpolation_graph, training_step, Feed};
+use randbench_core::train::{eval_graph, interpolation_graph, Feed};
 use randbench_core::units::Seconds;
 use randbench_core::HostTensor;
 use std::time::Instant;
@@ -21,158 +20,6 @@ use std::time::Instant;
 const EVAL_CHUNK: usize = 1000;
 /// Examples per run of a line's program, which holds a forward pass per point.
 const LINE_CHUNK: usize = 250;
-
-/// One optimizer's step programs (a full batch, and the last smaller one of an epoch).
-struct Steps<B: Backend> {
-    optimizer: Optimizer,
-    full: B::Program,
-    rest: Option<B::Program>,
-    params: usize,
-    state: usize,
-}
-
-/// The training data on the device, and what a step is fed besides its state.
-struct Trainer<'a, B: Backend> {
-    b: &'a B,
-    data: (B::Tensor, B::Tensor),
-    delay: Option<std::time::Duration>,
-    timeout: Option<Seconds>,
-    started: Instant,
-}
-
-/// Where one run ended, and what it left on the way.
-struct Trained {
-    /// The parameters at the end; `None` if the loss stopped being finite.
-    params: Option<Vec<HostTensor>>,
-    diverged_at: Option<usize>,
-    /// The parameters before the global step of each requested snapshot.
-    snapshots: Vec<(usize, Vec<HostTensor>)>,
-}
-
-impl<B: Backend> Trainer<'_, B> {
-    /// One step: its indices uploaded, the program run, the device waited for.
-    fn step(
-        &self,
-        prog: &mut B::Program,
-        state: &[B::Tensor],
-        chunk: &[usize],
-    ) -> BResult<(Vec<B::Tensor>, f64)> {
-        let t0 = Instant::now();
-        if let Some(d) = self.delay {
-            std::thread::sleep(d);
-        }
-        let idx = HostTensor::i64(vec![chunk.len()], chunk.iter().map(|&i| i as i64).collect())
-            .expect("length");
-        let idx = self.b.upload(&idx)?;
-        let mut inputs: Vec<&B::Tensor> = state.iter().collect();
-        inputs.extend([&self.data.0, &self.data.1, &idx]);
-        let out = self.b.run(prog, &inputs)?;
-        self.b.sync()?;
-        Ok((out, t0.elapsed().as_secs_f64()))
-    }
-
-    /// Trains from `params` (with the optimizer's state fresh) on `batches`, the budget's
-    /// batches from global step `first` on; snapshots the parameters before each step in
-    /// `snapshot_at`.
-    #[allow(clippy::too_many_arguments)]
-    fn train(
-        &self,
-        steps: &mut Steps<B>,
-        params: &[HostTensor],
-        shapes: &[Vec<usize>],
-        batches: &[Vec<usize>],
-        first: usize,
-        snapshot_at: &[usize],
-        record: &mut Record,
-        trace: bool,
-        times: &mut Vec<f64>,
-        obs: &dyn Observer,
-    ) -> BResult<Option<Trained>> {
-        let b = self.b;
-        let mut start: Vec<HostTensor> = params.to_vec();
-        start.extend(steps.optimizer.initial_state(shapes));
-        let mut state = start.iter().map(|t| b.upload(t)).collect::<BResult<Vec<_>>>()?;
-        let n_state = steps.params + steps.state;
-        let download = |state: &[B::Tensor]| -> BResult<Vec<HostTensor>> {
-            state[..steps.params].iter().map(|t| b.download(t)).collect()
-        };
-        let mut snapshots = Vec::new();
-        for (i, chunk) in batches.iter().enumerate() {
-            let global = first + i;
-            if snapshot_at.contains(&global) {
-                snapshots.push((global, download(&state)?));
-            }
-            if obs.should_stop() {
-                record.status = Status::Interrupted;
-                return Ok(None);
-            }
-            if self.timeout.is_some_and(|t| self.started.elapsed().as_secs_f64() > t.0) {
-                record.status = Status::Timeout;
-                return Ok(None);
-            }
-            let prog = if chunk.len() == batches[0].len() {
-                &mut steps.full
-            } else {
-                steps.rest.as_mut().expect("a program for the last batch")
-            };
-            let (mut out, dt) = self.step(prog, &state, chunk)?;
-            times.push(dt);
-            let loss = b.download(&out[n_state])?.to_scalar().expect("scalar loss");
-            if !loss.is_finite() {
-                return Ok(Some(Trained {
-                    params: None,
-                    diverged_at: Some(global + 1),
-                    snapshots,
-                }));
-            }
-            if trace && record.step_losses.len() < TRACE_STEPS {
-                record.step_losses.push(loss);
-            }
-            out.truncate(n_state);
-            state = out;
-        }
-        Ok(Some(Trained { params: Some(download(&state)?), diverged_at: None, snapshots }))
-    }
-}
-
-/// Per-point sums of a program's per-example outputs `loss{k}`, `correct{k}` over a data set
-/// on the device, in chunks of `chunk` (the last padded with repeats of its first example,
-/// whose results are dropped): mean loss and accuracy per point.
-fn fits<B: Backend>(
-    b: &B,
-    prog: &mut B::Program,
-    leading: &[&B::Tensor],
-    data: &(B::Tensor, B::Tensor),
-    n: usize,
-    chunk: usize,
-    points: usize,
-) -> BResult<Vec<Fit>> {
-    let mut sums = vec![(0.0f64, 0.0f64); points];
-    for start in (0..n).step_by(chunk) {
-        let valid = chunk.min(n - start);
-        let idx: Vec<i64> =
-            (0..chunk).map(|i| (start + if i < valid { i } else { 0 }) as i64).collect();
-        let idx = b.upload(&HostTensor::i64(vec![chunk], idx).expect("length"))?;
-        let mut inputs: Vec<&B::Tensor> = leading.to_vec();
-        inputs.extend([&data.0, &data.1, &idx]);
-        let out = b.run(prog, &inputs)?;
-        for (k, sum) in sums.iter_mut().enumerate() {
-            let sum_of = |t: &B::Tensor| -> BResult<f64> {
-                let h = b.download(t)?;
-                Ok(h.as_f32().expect("f32")[..valid].iter().map(|&v| v as f64).sum())
-            };
-            sum.0 += sum_of(&out[2 * k])?;
-            sum.1 += sum_of(&out[2 * k + 1])?;
-        }
-    }
-    Ok(sums
-        .into_iter()
-        .map(|(loss, correct)| Fit {
-            loss: Some(loss / n as f64).filter(|l| l.is_finite()),
-            accuracy: correct / n as f64,
-        })
-        .collect())
-}
 
 /// The highest loss on the segment α ∈ [0, 1] (the ends' own losses included) above the
 /// higher end's.
@@ -220,21 +67,11 @@ pub fn run<B: Backend>(
 
     obs.progress(Progress::Compiling);
     let compiling = Instant::now();
-    let mut steps: Vec<Steps<B>> = Vec::new();
-    for &optimizer in &w.optimizers {
-        let step = training_step(&model, &optimizer, w.batch, feed(n), false)?;
-        let rest = match n % w.batch {
-            0 => None,
-            r => Some(b.compile(&training_step(&model, &optimizer, r, feed(n), false)?.graph)?),
-        };
-        steps.push(Steps {
-            optimizer,
-            full: b.compile(&step.graph)?,
-            rest,
-            params: step.params,
-            state: step.state,
-        });
-    }
+    let mut steps: Vec<Steps<B>> = w
+        .optimizers
+        .iter()
+        .map(|&o| Steps::compile(b, &model, o, w.batch, n))
+        .collect::<BResult<_>>()?;
     let points = w.grid.len();
     let chunk = |c: usize, of: usize| c.min(of);
     let mut eval_train = b.compile(&eval_graph(&model, chunk(EVAL_CHUNK, n), feed(n))?)?;
@@ -250,49 +87,22 @@ pub fn run<B: Backend>(
     )?)?;
     record.compile_seconds = Some(Seconds(compiling.elapsed().as_secs_f64()));
 
-    let (tx, ty) = train.tensors();
+    let trainer = Trainer::new(b, train, w.timeout)?;
     let (vx, vy) = test.tensors();
-    let trainer = Trainer {
-        b,
-        data: (b.upload(&tx)?, b.upload(&ty)?),
-        delay: slowdown::step_delay(b.id()),
-        timeout: w.timeout,
-        started: Instant::now(),
-    };
     let test_dev = (b.upload(&vx)?, b.upload(&vy)?);
     let initial = init_params(&specs, job.seed);
 
     // Warm-up of every optimizer's programs on throwaway states and indices of their own.
-    {
-        let mut warm_rng = Rng::stream(job.seed, "warmup");
-        for (i, s) in steps.iter_mut().enumerate() {
-            let mut state: Vec<HostTensor> = initial.clone();
-            state.extend(s.optimizer.initial_state(&shapes));
-            let mut state = state.iter().map(|t| b.upload(t)).collect::<BResult<Vec<_>>>()?;
-            for k in 0..WARMUP_STEPS {
-                let chunk: Vec<usize> = (0..w.batch).map(|_| warm_rng.below(n)).collect();
-                let (mut out, dt) = trainer.step(&mut s.full, &state, &chunk)?;
-                if i == 0 && k == 0 {
-                    record.first_step_seconds = Some(Seconds(dt));
-                }
-                out.truncate(s.params + s.state);
-                state = out;
-            }
-            if let Some(rest) = s.rest.as_mut() {
-                let chunk: Vec<usize> = (0..n % w.batch).collect();
-                trainer.step(rest, &state, &chunk)?;
-            }
+    let mut warm_rng = Rng::stream(job.seed, "warmup");
+    for (i, s) in steps.iter_mut().enumerate() {
+        let first = s.warm_up(&trainer, &initial, &shapes, w.batch, &mut warm_rng)?;
+        if i == 0 {
+            record.first_step_seconds = Some(Seconds(first));
         }
     }
 
     // The same batches, in the same order, for every run: one permutation per epoch.
-    let mut order_rng = Rng::stream(job.seed, "order");
-    let batches: Vec<Vec<usize>> = (0..w.epochs)
-        .flat_map(|_| {
-            let order = order_rng.permutation(n);
-            order.chunks(w.batch).map(|c| c.to_vec()).collect::<Vec<_>>()
-        })
-        .collect();
+    let batches = trainer.batches(job.seed, w.epochs, w.batch);
     let total = batches.len();
     let runs = w.optimizers.len() + w.switches.len();
     let mut times: Vec<f64> = Vec::new();

@@ -1,0 +1,253 @@
+//! Training and evaluation on a data set kept on the device, for the families that train a
+//! model several times in one cell (loss surfaces, random-weight networks): step programs per
+//! optimizer, a trainer that runs them over given batches with snapshots, and evaluation of
+//! per-example outputs summed over a data set.
+
+use crate::cell::{Observer, Status, TRACE_STEPS};
+use crate::families::{Fit, Record, WARMUP_STEPS};
+use crate::slowdown;
+use randbench_core::backend::{BResult, Backend};
+use randbench_core::data::Dataset;
+use randbench_core::models::Model;
+use randbench_core::optim::Optimizer;
+use randbench_core::rng::Rng;
+use randbench_core::train::{training_step, Feed};
+use randbench_core::units::Seconds;
+use randbench_core::HostTensor;
+use std::time::Instant;
+
+/// One optimizer's step programs (a full batch, and the last smaller one of an epoch).
+pub struct Steps<B: Backend> {
+    pub optimizer: Optimizer,
+    full: B::Program,
+    rest: Option<B::Program>,
+    params: usize,
+    state: usize,
+}
+
+impl<B: Backend> Steps<B> {
+    /// The step programs of `model` with `optimizer` on batches of `batch` from a data set of
+    /// `examples` on the device.
+    pub fn compile(
+        b: &B,
+        model: &Model,
+        optimizer: Optimizer,
+        batch: usize,
+        examples: usize,
+    ) -> BResult<Self> {
+        let feed = Feed::Gather { examples };
+        let step = training_step(model, &optimizer, batch, feed, false)?;
+        let rest = match examples % batch {
+            0 => None,
+            r => Some(b.compile(&training_step(model, &optimizer, r, feed, false)?.graph)?),
+        };
+        Ok(Steps {
+            optimizer,
+            full: b.compile(&step.graph)?,
+            rest,
+            params: step.params,
+            state: step.state,
+        })
+    }
+
+    /// Runs `WARMUP_STEPS` steps (and the last batch's program once) on a throwaway state
+    /// from `params`, with indices drawn from `rng`; returns the first step's time.
+    pub fn warm_up(
+        &mut self,
+        t: &Trainer<B>,
+        params: &[HostTensor],
+        shapes: &[Vec<usize>],
+        batch: usize,
+        rng: &mut Rng,
+    ) -> BResult<f64> {
+        let b = t.b;
+        let mut state: Vec<HostTensor> = params.to_vec();
+        state.extend(self.optimizer.initial_state(shapes));
+        let mut state = state.iter().map(|x| b.upload(x)).collect::<BResult<Vec<_>>>()?;
+        let mut first = 0.0;
+        for k in 0..WARMUP_STEPS {
+            let chunk: Vec<usize> = (0..batch).map(|_| rng.below(t.examples)).collect();
+            let (mut out, dt) = t.step(&mut self.full, &state, &chunk)?;
+            if k == 0 {
+                first = dt;
+            }
+            out.truncate(self.params + self.state);
+            state = out;
+        }
+        if let Some(rest) = self.rest.as_mut() {
+            let chunk: Vec<usize> = (0..t.examples % batch).collect();
+            t.step(rest, &state, &chunk)?;
+        }
+        Ok(first)
+    }
+}
+
+/// The training data on the device, and what a step is fed besides its state.
+pub struct Trainer<'a, B: Backend> {
+    pub b: &'a B,
+    /// Images and labels.
+    pub data: (B::Tensor, B::Tensor),
+    examples: usize,
+    delay: Option<std::time::Duration>,
+    timeout: Option<Seconds>,
+    started: Instant,
+}
+
+/// Where one run ended, and what it left on the way.
+pub struct Trained {
+    /// The parameters at the end; `None` if the loss stopped being finite.
+    pub params: Option<Vec<HostTensor>>,
+    pub diverged_at: Option<usize>,
+    /// The parameters before the global step of each requested snapshot.
+    pub snapshots: Vec<(usize, Vec<HostTensor>)>,
+}
+
+impl<'a, B: Backend> Trainer<'a, B> {
+    /// Uploads a data set for training on `b`; the clock for `timeout` starts now.
+    pub fn new(b: &'a B, data: &Dataset, timeout: Option<Seconds>) -> BResult<Self> {
+        let (x, y) = data.tensors();
+        Ok(Trainer {
+            b,
+            data: (b.upload(&x)?, b.upload(&y)?),
+            examples: data.len(),
+            delay: slowdown::step_delay(b.id()),
+            timeout,
+            started: Instant::now(),
+        })
+    }
+
+    /// `epochs` shuffled passes over the data, from the seed's `order` stream: the batches
+    /// (as example indices) of every step.
+    pub fn batches(&self, seed: u64, epochs: usize, batch: usize) -> Vec<Vec<usize>> {
+        let mut order_rng = Rng::stream(seed, "order");
+        (0..epochs)
+            .flat_map(|_| {
+                let order = order_rng.permutation(self.examples);
+                order.chunks(batch).map(|c| c.to_vec()).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// One step: its indices uploaded, the program run, the device waited for.
+    pub fn step(
+        &self,
+        prog: &mut B::Program,
+        state: &[B::Tensor],
+        chunk: &[usize],
+    ) -> BResult<(Vec<B::Tensor>, f64)> {
+        let t0 = Instant::now();
+        if let Some(d) = self.delay {
+            std::thread::sleep(d);
+        }
+        let idx = HostTensor::i64(vec![chunk.len()], chunk.iter().map(|&i| i as i64).collect())
+            .expect("length");
+        let idx = self.b.upload(&idx)?;
+        let mut inputs: Vec<&B::Tensor> = state.iter().collect();
+        inputs.extend([&self.data.0, &self.data.1, &idx]);
+        let out = self.b.run(prog, &inputs)?;
+        self.b.sync()?;
+        Ok((out, t0.elapsed().as_secs_f64()))
+    }
+
+    /// Trains from `params` (with the optimizer's state fresh) on `batches`, the budget's
+    /// batches from global step `first` on; snapshots the parameters before each step in
+    /// `snapshot_at`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train(
+        &self,
+        steps: &mut Steps<B>,
+        params: &[HostTensor],
+        shapes: &[Vec<usize>],
+        batches: &[Vec<usize>],
+        first: usize,
+        snapshot_at: &[usize],
+        record: &mut Record,
+        trace: bool,
+        times: &mut Vec<f64>,
+        obs: &dyn Observer,
+    ) -> BResult<Option<Trained>> {
+        let b = self.b;
+        let mut start: Vec<HostTensor> = params.to_vec();
+        start.extend(steps.optimizer.initial_state(shapes));
+        let mut state = start.iter().map(|t| b.upload(t)).collect::<BResult<Vec<_>>>()?;
+        let n_state = steps.params + steps.state;
+        let download = |state: &[B::Tensor]| -> BResult<Vec<HostTensor>> {
+            state[..steps.params].iter().map(|t| b.download(t)).collect()
+        };
+        let mut snapshots = Vec::new();
+        for (i, chunk) in batches.iter().enumerate() {
+            let global = first + i;
+            if snapshot_at.contains(&global) {
+                snapshots.push((global, download(&state)?));
+            }
+            if obs.should_stop() {
+                record.status = Status::Interrupted;
+                return Ok(None);
+            }
+            if self.timeout.is_some_and(|t| self.started.elapsed().as_secs_f64() > t.0) {
+                record.status = Status::Timeout;
+                return Ok(None);
+            }
+            let prog = if chunk.len() == batches[0].len() {
+                &mut steps.full
+            } else {
+                steps.rest.as_mut().expect("a program for the last batch")
+            };
+            let (mut out, dt) = self.step(prog, &state, chunk)?;
+            times.push(dt);
+            let loss = b.download(&out[n_state])?.to_scalar().expect("scalar loss");
+            if !loss.is_finite() {
+                return Ok(Some(Trained {
+                    params: None,
+                    diverged_at: Some(global + 1),
+                    snapshots,
+                }));
+            }
+            if trace && record.step_losses.len() < TRACE_STEPS {
+                record.step_losses.push(loss);
+            }
+            out.truncate(n_state);
+            state = out;
+        }
+        Ok(Some(Trained { params: Some(download(&state)?), diverged_at: None, snapshots }))
+    }
+}
+
+/// Per-point sums of a program's per-example outputs `loss{k}`, `correct{k}` over a data set
+/// on the device, in chunks of `chunk` (the last padded with repeats of its first example,
+/// whose results are dropped): mean loss and accuracy per point.
+pub fn fits<B: Backend>(
+    b: &B,
+    prog: &mut B::Program,
+    leading: &[&B::Tensor],
+    data: &(B::Tensor, B::Tensor),
+    n: usize,
+    chunk: usize,
+    points: usize,
+) -> BResult<Vec<Fit>> {
+    let mut sums = vec![(0.0f64, 0.0f64); points];
+    for start in (0..n).step_by(chunk) {
+        let valid = chunk.min(n - start);
+        let idx: Vec<i64> =
+            (0..chunk).map(|i| (start + if i < valid { i } else { 0 }) as i64).collect();
+        let idx = b.upload(&HostTensor::i64(vec![chunk], idx).expect("length"))?;
+        let mut inputs: Vec<&B::Tensor> = leading.to_vec();
+        inputs.extend([&data.0, &data.1, &idx]);
+        let out = b.run(prog, &inputs)?;
+        for (k, sum) in sums.iter_mut().enumerate() {
+            let sum_of = |t: &B::Tensor| -> BResult<f64> {
+                let h = b.download(t)?;
+                Ok(h.as_f32().expect("f32")[..valid].iter().map(|&v| v as f64).sum())
+            };
+            sum.0 += sum_of(&out[2 * k])?;
+            sum.1 += sum_of(&out[2 * k + 1])?;
+        }
+    }
+    Ok(sums
+        .into_iter()
+        .map(|(loss, correct)| Fit {
+            loss: Some(loss / n as f64).filter(|l| l.is_finite()),
+            accuracy: correct / n as f64,
+        })
+        .collect())
+}
