@@ -8,10 +8,10 @@ fn main() {
         return;
     };
     let cuda = std::path::Path::new(&lib).join("libtorch_cuda.so").exists();
-    for kind in ["bins", "tests", "benches"] {
-        println!("cargo:rustc-link-arg-{kind}=-Wl,-rpath,{lib}");
-        if cuda {
-            println!("cargo:rustc-link-arg-{kind}=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-        }
+    // Every linked target: binaries, benches, integration tests and the library's own unit
+    // tests (which `-tests` does not reach).
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    if cuda {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
 }
