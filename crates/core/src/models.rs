@@ -225,6 +225,36 @@ impl Model {
         }
     }
 
+    /// A CNN's feature maps after its first `depth` blocks (convolution, bias, ReLU, 2×2 max
+    /// pooling) for x [b, c, h, w]; `params` needs only those blocks' weights and biases.
+    pub fn conv_features(
+        &self,
+        g: &mut Graph,
+        params: &[NodeId],
+        x: NodeId,
+        depth: usize,
+    ) -> GResult<NodeId> {
+        let Model::Cnn { spec, .. } = self else {
+            return Err(GraphError::Invalid("feature maps are a CNN's".into()));
+        };
+        if depth > spec.channels.len() {
+            return Err(GraphError::Invalid(format!(
+                "the CNN has {} blocks, not {depth}",
+                spec.channels.len()
+            )));
+        }
+        let mut h = x;
+        for l in 0..depth {
+            h = g.conv2d(h, params[2 * l], 1, spec.kernel / 2)?;
+            let c = spec.channels[l];
+            let bias = g.reshape(params[2 * l + 1], &[1, c, 1, 1])?;
+            h = g.add(h, bias)?;
+            h = g.relu(h)?;
+            h = g.max_pool2d(h, 2)?;
+        }
+        Ok(h)
+    }
+
     /// Logits [b, classes] for x [b, c, h, w]. `masks` is empty (no dropout) or one
     /// mask per dropout site, holding 0 or 1/(1-p), multiplied into the activation.
     pub fn forward(
@@ -255,15 +285,7 @@ impl Model {
                 Ok(h)
             }
             Model::Cnn { spec, .. } => {
-                let mut h = x;
-                for l in 0..spec.channels.len() {
-                    h = g.conv2d(h, params[2 * l], 1, spec.kernel / 2)?;
-                    let c = spec.channels[l];
-                    let bias = g.reshape(params[2 * l + 1], &[1, c, 1, 1])?;
-                    h = g.add(h, bias)?;
-                    h = g.relu(h)?;
-                    h = g.max_pool2d(h, 2)?;
-                }
+                let mut h = self.conv_features(g, params, x, spec.channels.len())?;
                 let k = 2 * spec.channels.len();
                 let flat = g.shape(h)[1..].iter().product();
                 h = g.reshape(h, &[b, flat])?;

@@ -195,3 +195,64 @@ pub fn interpolation_graph(
     }
     Ok(g)
 }
+
+/// A CNN's feature maps after its first `depth` blocks, flattened: `features` [b, F].
+/// Inputs: those blocks' parameters (2 per block), then the batch as [`Feed`] says (its
+/// labels unused but kept, so that every data program takes the data alike).
+pub fn features_graph(model: &Model, depth: usize, batch: usize, feed: Feed) -> GResult<Graph> {
+    let mut g = Graph::new();
+    let specs = model.params()?;
+    let params: Vec<NodeId> =
+        specs[..2 * depth].iter().map(|p| g.input(p.name.clone(), &p.shape, DType::F32)).collect();
+    let (x, _) = batch_inputs(&mut g, model, batch, feed)?;
+    let h = model.conv_features(&mut g, &params, x, depth)?;
+    let flat = g.shape(h)[1..].iter().product();
+    let features = g.reshape(h, &[batch, flat])?;
+    g.output("features", features);
+    Ok(g)
+}
+
+/// One step of reconstructing `images` inputs from their feature maps (He, Wang and Hopcroft):
+/// the loss is the mean squared difference between the feature maps of `x` after `depth`
+/// blocks and `target`, its gradient is taken with respect to the input, and `optimizer`
+/// updates the input. Inputs: the blocks' parameters, `x` [images, c, h, w], the optimizer's
+/// slots for `x` and its step counter where it keeps one, then `target` [images, F]. Outputs:
+/// the new `x`, the new slots (and counter), then `loss` (of the `x` given) — so that a run's
+/// first outputs feed the next run's `x` and state.
+pub fn inversion_step(
+    model: &Model,
+    depth: usize,
+    images: usize,
+    optimizer: &Optimizer,
+) -> GResult<TrainStep> {
+    let mut g = Graph::new();
+    let specs = model.params()?;
+    let params: Vec<NodeId> =
+        specs[..2 * depth].iter().map(|p| g.input(p.name.clone(), &p.shape, DType::F32)).collect();
+    let [c, h, w] = model.input_shape();
+    let x = g.input("x", &[images, c, h, w], DType::F32);
+    let slots: Vec<NodeId> = (0..optimizer.slots_per_param())
+        .map(|k| g.input(format!("x.slot{k}"), &[images, c, h, w], DType::F32))
+        .collect();
+    let counter = optimizer.counts_steps().then(|| g.input("step", &[], DType::F32));
+    let maps = model.conv_features(&mut g, &params, x, depth)?;
+    let flat: usize = g.shape(maps)[1..].iter().product();
+    let target = g.input("target", &[images, flat], DType::F32);
+    let features = g.reshape(maps, &[images, flat])?;
+    let diff = g.sub(features, target)?;
+    let squared = g.square(diff)?;
+    let loss = g.mean_all(squared)?;
+    let grads = g.grads(loss, &[x])?;
+    let scalars = optimizer.begin_step(&mut g, counter, None)?;
+    let (new_x, new_slots) = optimizer.update(&mut g, x, grads[0], &slots, &scalars)?;
+    g.output("x", new_x);
+    for (k, s) in new_slots.iter().enumerate() {
+        g.output(format!("slot{k}"), *s);
+    }
+    if let Some(t) = scalars.counter {
+        g.output("step", t);
+    }
+    g.output("loss", loss);
+    let state = new_slots.len() + usize::from(counter.is_some());
+    Ok(TrainStep { graph: g, params: 1, state, masks: 0 })
+}

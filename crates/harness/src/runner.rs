@@ -318,7 +318,7 @@ pub fn render(
     if let Some(w) = compare::busy_warning(results) {
         warnings.push(format!("{busy_cells} of {} cells: {w}", results.len()));
     }
-    let report = Report::of(suite, env, results, warnings);
+    let report = Report::of(suite, env, out, results, warnings);
     for (file, text) in [(REPORT_FILE, Markdown.render(&report)), (HTML_FILE, Html.render(&report))]
     {
         write_atomic(&out.join(file), &text)

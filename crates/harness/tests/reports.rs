@@ -8,8 +8,9 @@ use common::{randbench, scratch};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Both families, small: three label-corruption levels (Figure 1a–1c charts) and a learned
-/// optimizer meta-trained for a few problems (loss-against-step charts).
+/// Families, small: three label-corruption levels (Figure 1a–1c charts), a learned optimizer
+/// meta-trained for a few problems (loss-against-step charts), and a random CNN's
+/// reconstructions (a PSNR chart and a picture).
 const SUITE: &str = r#"
 seeds: [0]
 workloads:
@@ -29,6 +30,15 @@ workloads:
       evaluation: {problems: 4, steps: 20}
       baselines: {tuning_problems: 2}
       memory_unrolls: []
+  - random_weights:
+      name: tiny-rw
+      data: {source: synthetic, train: 200, test: 50, image: [1, 8, 8]}
+      model:
+        cnn: {channels: [3, 4], kernel: 3, hidden: 8}
+      images: 1
+      reconstruction: {steps: 20, lr: 0.05}
+      training: {epochs: 1, batch: 50, optimizer: {kind: adam, lr: 0.01}}
+      probe: {epochs: 1, lr: 0.01}
 "#;
 
 fn run_suite(dir: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> PathBuf {
@@ -102,12 +112,16 @@ fn the_html_report_opens_in_headless_chromium_with_its_charts_and_no_network() {
     let run = run_suite(&dir, "run", &["--backends", "candle-cpu"], &[]);
     let page = run.join("report.html");
     let html = std::fs::read_to_string(&page).unwrap();
-    // Self-contained: no script, no stylesheet or image from elsewhere, and a policy that
-    // forbids fetching anything.
+    // Self-contained: no script, no stylesheet or image from elsewhere (pictures are data
+    // URLs), and a policy that forbids fetching anything.
     assert!(html.contains("Content-Security-Policy\" content=\"default-src 'none'"));
-    for external in ["<script", "<link", "src=", "url(", "@import"] {
+    for external in ["<script", "<link", "url(", "@import"] {
         assert!(!html.contains(external), "the page holds {external}");
     }
+    assert_eq!(
+        html.matches("src=\"").count(),
+        html.matches("src=\"data:image/png;base64,").count()
+    );
 
     let (dom, requests) = open_in_chromium(&browser, &page, &dir);
     assert!(requests.is_empty(), "the report asked the network for {requests:?}");
@@ -124,13 +138,18 @@ fn the_html_report_opens_in_headless_chromium_with_its_charts_and_no_network() {
         "tiny-l2l on candle-cpu: meta-training",
         "tiny steps_per_second",
         "tiny-l2l unrolls_per_second",
+        "tiny-rw: reconstruction PSNR against depth",
+        "tiny-rw steps_per_second",
+        "tiny-rw on candle-cpu: tiny-rw-seed0-candle-cpu-image0.png",
         "peak memory",
     ];
     for t in titles {
         assert!(dom.contains(&format!("<h3>{t}</h3>")), "no chart {t:?}");
     }
     assert_eq!(figures, titles.len(), "{dom}");
-    assert_eq!(svgs, figures);
+    // Every chart is drawn, but the picture, which is an image.
+    assert_eq!(svgs, figures - 1);
+    assert_eq!(dom.matches("<img class=\"picture\"").count(), 1);
     // Drawn lines: three conditions' training accuracy, one engine's line in each of the two
     // corruption charts, then the learned optimizer's curves.
     assert!(dom.matches("class=\"series\"").count() >= 5);

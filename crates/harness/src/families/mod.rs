@@ -5,6 +5,7 @@
 
 pub mod l2l;
 pub mod randomization;
+pub mod randweights;
 pub mod surfaces;
 mod training;
 
@@ -400,4 +401,5 @@ families! {
     Randomization => randomization,
     LearnedOptimizer => l2l,
     LossSurface => surfaces,
+    RandomWeights => randweights,
 }

@@ -16,6 +16,10 @@ pub struct Chart {
 pub enum ChartKind {
     Lines(Lines),
     Bars(Bars),
+    /// A PNG file in the run's directory, embedded where the format can (HTML).
+    Picture {
+        file: String,
+    },
 }
 
 /// Series of points joined by lines, each with an optional shaded interval.
@@ -121,10 +125,12 @@ impl Axis {
 }
 
 impl Chart {
-    pub fn svg(&self) -> String {
+    /// The chart as SVG; `None` for a picture, which is not drawn but shown.
+    pub fn svg(&self) -> Option<String> {
         match &self.kind {
-            ChartKind::Lines(l) => lines_svg(l),
-            ChartKind::Bars(b) => bars_svg(b),
+            ChartKind::Lines(l) => Some(lines_svg(l)),
+            ChartKind::Bars(b) => Some(bars_svg(b)),
+            ChartKind::Picture { .. } => None,
         }
     }
 }
@@ -380,7 +386,7 @@ mod tests {
                 ],
             }),
         };
-        let svg = chart.svg();
+        let svg = chart.svg().unwrap();
         // "a" breaks at its zero (no place on a log axis): two polylines; "b & c" one.
         assert_eq!(svg.matches("class=\"series\"").count(), 3, "{svg}");
         assert!(svg.contains("b &amp; c") && svg.contains("loss &lt;log&gt;"));
@@ -400,7 +406,7 @@ mod tests {
                 ],
             }),
         };
-        let svg = chart.svg();
+        let svg = chart.svg().unwrap();
         assert_eq!(svg.matches("class=\"bar\"").count(), 2);
         assert_eq!(svg.matches("<path").count(), 1);
     }

@@ -2,8 +2,9 @@
 //! and every table. Its content security policy forbids every fetch, so the page opens the
 //! same offline and can never call out.
 
-use super::chart::escape;
+use super::chart::{escape, ChartKind};
 use super::{Report, Reporter, Table};
+use std::path::Path;
 
 pub struct Html;
 
@@ -19,6 +20,38 @@ figure { margin: 1.5em 0; } figcaption { font-size: 0.9em; color: #555; max-widt
 .warning { background: #fff4d6; padding: 0.4em 0.8em; border-left: 4px solid #e6a700; }
 .notes { font-size: 0.85em; color: #555; }
 ";
+
+/// A PNG of the run's directory, inline (a data URL: the page stays one file).
+fn picture(dir: Option<&Path>, file: &str) -> String {
+    match dir.map(|d| std::fs::read(d.join(file))) {
+        Some(Ok(bytes)) => format!(
+            "<img class=\"picture\" alt=\"{}\" src=\"data:image/png;base64,{}\">\n",
+            escape(file),
+            base64(&bytes)
+        ),
+        Some(Err(e)) => {
+            format!("<p class=\"warning\">{}: {}</p>\n", escape(file), escape(&e.to_string()))
+        }
+        None => format!("<p>{}</p>\n", escape(file)),
+    }
+}
+
+/// Standard base64 with padding (RFC 4648).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
 
 fn table(t: &Table) -> String {
     let class = |numeric: bool| if numeric { " class=\"num\"" } else { "" };
@@ -54,7 +87,7 @@ impl Reporter for Html {
         let mut out = format!(
             "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
              <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; \
-             style-src 'unsafe-inline'\">\n<title>randbench report: {suite}</title>\n\
+             style-src 'unsafe-inline'; img-src data:\">\n<title>randbench report: {suite}</title>\n\
              <style>{STYLE}</style>\n</head>\n<body>\n<h1>randbench report: {suite}</h1>\n",
             suite = escape(r.suite)
         );
@@ -71,10 +104,14 @@ impl Reporter for Html {
         if !r.charts.is_empty() {
             out += "<h2 id=\"charts\">Charts</h2>\n";
             for c in &r.charts {
+                let body = match (&c.kind, c.svg()) {
+                    (_, Some(svg)) => svg,
+                    (ChartKind::Picture { file }, None) => picture(r.dir, file),
+                    (_, None) => String::new(),
+                };
                 out += &format!(
-                    "<figure class=\"chart\">\n<h3>{}</h3>\n{}<figcaption>{}</figcaption>\n</figure>\n",
+                    "<figure class=\"chart\">\n<h3>{}</h3>\n{body}<figcaption>{}</figcaption>\n</figure>\n",
                     escape(&c.title),
-                    c.svg(),
                     escape(&c.caption)
                 );
             }

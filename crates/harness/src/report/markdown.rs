@@ -1,5 +1,6 @@
 //! `report.md`: the same tables as Markdown, with the run's environment.
 
+use super::chart::ChartKind;
 use super::terminal::grid;
 use super::{Report, Reporter};
 use comfy_table::presets::ASCII_MARKDOWN;
@@ -21,6 +22,11 @@ impl Reporter for Markdown {
         if !r.charts.is_empty() {
             out +=
                 &format!("Charts ({}) are in report.html next to this file.\n\n", r.charts.len());
+        }
+        for c in &r.charts {
+            if let ChartKind::Picture { file } = &c.kind {
+                out += &format!("![{}]({file})\n\n{}\n\n", c.title, c.caption);
+            }
         }
         for t in &r.tables {
             out += &format!("## {}\n\n{}\n\n", t.title, t.caption);

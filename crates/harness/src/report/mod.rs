@@ -56,6 +56,8 @@ impl Column {
 pub struct Report<'a> {
     pub suite: &'a str,
     pub env: Option<&'a Environment>,
+    /// The run's directory, where pictures are.
+    pub dir: Option<&'a std::path::Path>,
     pub tables: Vec<Table>,
     /// Drawn only where a format can draw (HTML).
     pub charts: Vec<Chart>,
@@ -67,10 +69,18 @@ impl<'a> Report<'a> {
     pub fn of(
         suite: &'a str,
         env: Option<&'a Environment>,
+        dir: &'a std::path::Path,
         results: &[CellResult],
         warnings: Vec<String>,
     ) -> Self {
-        Report { suite, env, tables: tables(results), charts: charts(results), warnings }
+        Report {
+            suite,
+            env,
+            dir: Some(dir),
+            tables: tables(results),
+            charts: charts(results),
+            warnings,
+        }
     }
 
     /// Tables alone (history, comparisons).
