@@ -2,18 +2,12 @@
 //! give candle's values, forward and with gradients (candle's autograd on one side).
 #![cfg(all(feature = "candle", any(feature = "tch", feature = "ort")))]
 
-use randbench::backends::{usable_here, with_backend, BackendVisitor};
-use randbench_core::testing::{max_rel_diff, op_cases, run_on, with_gradients};
-use randbench_core::{Backend, BackendId, Device, Engine, GradMode, Graph, HostTensor};
+mod common;
 
-struct Run<'a>(&'a Graph, &'a [HostTensor]);
-
-impl BackendVisitor for Run<'_> {
-    type Out = Vec<HostTensor>;
-    fn visit<B: Backend>(self, b: &B) -> Vec<HostTensor> {
-        run_on(b, self.0, self.1)
-    }
-}
+use common::RunGraph;
+use randbench::backends::{usable_here, with_backend};
+use randbench_core::testing::{max_rel_diff, op_cases, with_gradients};
+use randbench_core::{BackendId, Device, Engine, GradMode, HostTensor};
 
 fn values(t: &HostTensor) -> Vec<f64> {
     match t.data() {
@@ -34,9 +28,10 @@ fn every_op_forward_and_gradient_agrees_with_candle() {
     for seed in 0..3 {
         for case in op_cases(seed) {
             let g = with_gradients(&case, seed);
-            let expected = with_backend(candle, GradMode::Native, Run(&g, &case.inputs)).unwrap();
+            let expected =
+                with_backend(candle, GradMode::Native, RunGraph(&g, &case.inputs)).unwrap();
             for &id in &others {
-                let got = with_backend(id, GradMode::Native, Run(&g, &case.inputs)).unwrap();
+                let got = with_backend(id, GradMode::Native, RunGraph(&g, &case.inputs)).unwrap();
                 for (k, (name, _)) in g.outputs().iter().enumerate() {
                     let err = max_rel_diff(&values(&got[k]), &values(&expected[k]));
                     assert!(

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::Quiet;
-use randbench::backends::{usable_here, with_backend, BackendVisitor};
+use common::{cpu_backend_ids, Quiet};
+use randbench::backends::{with_backend, BackendVisitor};
 use randbench::executor::{CellJob, Executor, InProcess};
 use randbench::families::l2l::weights;
 use randbench::families::Metrics;
@@ -13,11 +13,7 @@ use randbench::suite::parse;
 use randbench_core::l2l::{unroll, LstmOptimizer, Outer};
 use randbench_core::models::init_params;
 use randbench_core::testing::{max_rel_diff, meta_inputs, run_on, small_quadratics};
-use randbench_core::{Backend, BackendId, Device, Engine, GradMode, HostTensor};
-
-fn cpu_backends() -> Vec<BackendId> {
-    usable_here().into_iter().filter(|id| id.device == Device::Cpu).collect()
-}
+use randbench_core::{Backend, BackendId, Engine, GradMode, HostTensor};
 
 /// Runs the suite's one workload on `backend` in this process, seed 0.
 fn run_cell(
@@ -58,7 +54,7 @@ workloads:
 
 #[test]
 fn the_simple_problem_converges_on_every_engine() {
-    for id in cpu_backends() {
+    for id in cpu_backend_ids() {
         let r = run_cell(SIMPLE, id, None);
         assert_eq!(r.status, randbench::cell::Status::Ok, "{id}: {:?}", r.error);
         let m = metrics(&r);
@@ -74,7 +70,7 @@ fn the_simple_problem_converges_on_every_engine() {
 fn the_same_seed_gives_the_same_meta_training() {
     let short =
         SIMPLE.replace("epochs: 500", "epochs: 30").replace("eval_every: 500", "eval_every: 10");
-    let id = cpu_backends()[0];
+    let id = cpu_backend_ids()[0];
     let (a, b) = (run_cell(&short, id, None), run_cell(&short, id, None));
     assert_eq!(a.step_losses.len(), 30);
     assert_eq!(a.step_losses, b.step_losses);
@@ -124,9 +120,9 @@ fn the_outer_gradient_agrees_across_engines_and_gradient_modes() {
     let g = unroll(&opt, &q, 2, Outer::Gradient, false).unwrap();
     let inputs = meta_inputs(&opt, &q, 2, 3);
     let reference =
-        with_backend(cpu_backends()[0], GradMode::Symbolic, MetaGradient(&g, &inputs)).unwrap();
+        with_backend(cpu_backend_ids()[0], GradMode::Symbolic, MetaGradient(&g, &inputs)).unwrap();
     let mut compared = 0;
-    for id in cpu_backends() {
+    for id in cpu_backend_ids() {
         for mode in [GradMode::Native, GradMode::Symbolic] {
             let got = with_backend(id, mode, MetaGradient(&g, &inputs)).unwrap();
             for (k, (a, b)) in got.iter().zip(&reference).enumerate() {
@@ -164,7 +160,7 @@ fn weights_saved_on_one_engine_give_the_same_updates_on_another() {
         .replace("problem: {simple: {}}", "problem: {quadratic: {functions: 8, dim: 10}}")
         .replace("layers: 0, preprocess: none, output_scale: 1.0, init: zeros", "hidden: 20")
         .replace("epochs: 500", "epochs: 5");
-    let ids = cpu_backends();
+    let ids = cpu_backend_ids();
     let r = run_cell(&short, ids[0], Some(&dir));
     let path = metrics(&r).weights.clone().expect("the weights were saved");
     let opt = LstmOptimizer::default();

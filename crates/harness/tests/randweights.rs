@@ -4,31 +4,15 @@
 
 mod common;
 
-use common::Quiet;
-use randbench::backends::{default_grad, usable_here, with_backend, BackendVisitor};
-use randbench::executor::{CellJob, Executor, InProcess};
+use common::{cpu_backend_ids, run_on_cpu_backends, RunGraph};
+use randbench::backends::with_backend;
 use randbench::families::Metrics;
-use randbench::suite::parse;
 use randbench_core::models::{init_params, CnnSpec, Model};
 use randbench_core::optim::Optimizer;
 use randbench_core::reference::{evaluate_values, RefValue};
 use randbench_core::rng::Rng;
-use randbench_core::testing::run_on;
 use randbench_core::train::{features_graph, inversion_step, Feed};
-use randbench_core::{Backend, BackendId, Device, GradMode, Graph, HostTensor};
-
-fn cpu_backends() -> Vec<BackendId> {
-    usable_here().into_iter().filter(|id| id.device == Device::Cpu).collect()
-}
-
-struct Run<'a>(&'a Graph, &'a [HostTensor]);
-
-impl BackendVisitor for Run<'_> {
-    type Out = Vec<HostTensor>;
-    fn visit<B: Backend>(self, b: &B) -> Vec<HostTensor> {
-        run_on(b, self.0, self.1)
-    }
-}
+use randbench_core::{GradMode, HostTensor};
 
 #[test]
 fn the_input_gradient_of_a_small_conv_net_matches_finite_differences_on_every_engine() {
@@ -72,9 +56,9 @@ fn the_input_gradient_of_a_small_conv_net_matches_finite_differences_on_every_en
     let step = inversion_step(&model, depth, 1, &Optimizer::sgd(1.0)).unwrap();
     let mut inputs = params.clone();
     inputs.extend([x, target.clone()]);
-    for id in cpu_backends() {
+    for id in cpu_backend_ids() {
         for mode in [GradMode::Native, GradMode::Symbolic] {
-            let out = with_backend(id, mode, Run(&step.graph, &inputs)).unwrap();
+            let out = with_backend(id, mode, RunGraph(&step.graph, &inputs)).unwrap();
             let moved = out[0].as_f32().unwrap();
             for (i, g) in numeric.iter().enumerate() {
                 let engine = (pixels[i] - moved[i]) as f64;
@@ -110,25 +94,7 @@ fn metrics(r: &randbench::cell::CellResult) -> &randbench::families::randweights
 
 #[test]
 fn a_reconstruction_on_a_tiny_image_reduces_the_feature_loss_alike_on_every_engine() {
-    let suite = parse(SUITE, std::path::Path::new("tiny.yaml")).unwrap();
-    let workload = &suite.workloads[0];
-    let data = workload.prepare().unwrap();
-    let results: Vec<_> = cpu_backends()
-        .into_iter()
-        .map(|id| {
-            let cell = suite.cells(&[id]).remove(0);
-            let job = CellJob {
-                suite: &suite,
-                workload,
-                data: &data,
-                cell: &cell,
-                round: 0,
-                grad: default_grad(id),
-                artifacts: None,
-            };
-            InProcess.execute(&job, &mut Quiet)
-        })
-        .collect();
+    let results = run_on_cpu_backends(SUITE);
     let first = metrics(&results[0]);
     // Two depths, random and trained weights.
     assert_eq!(first.reconstructions.len(), 4);

@@ -3,30 +3,14 @@
 
 mod common;
 
-use common::Quiet;
-use randbench::backends::{usable_here, with_backend, BackendVisitor};
-use randbench::executor::{CellJob, Executor, InProcess};
+use common::{cpu_backend_ids, run_on_cpu_backends, RunGraph};
+use randbench::backends::with_backend;
 use randbench::families::Metrics;
-use randbench::suite::parse;
 use randbench_core::models::{init_params, Activation, CnnSpec, Model};
 use randbench_core::reference::{evaluate, RefValue};
 use randbench_core::rng::Rng;
-use randbench_core::testing::run_on;
 use randbench_core::train::{eval_graph, interpolation_graph, Feed};
-use randbench_core::{Backend, BackendId, Device, GradMode, Graph, HostTensor};
-
-fn cpu_backends() -> Vec<BackendId> {
-    usable_here().into_iter().filter(|id| id.device == Device::Cpu).collect()
-}
-
-struct Run<'a>(&'a Graph, &'a [HostTensor]);
-
-impl BackendVisitor for Run<'_> {
-    type Out = Vec<HostTensor>;
-    fn visit<B: Backend>(self, b: &B) -> Vec<HostTensor> {
-        run_on(b, self.0, self.1)
-    }
-}
+use randbench_core::{GradMode, HostTensor};
 
 fn f32s(t: &HostTensor) -> Vec<f64> {
     t.as_f32().unwrap().iter().map(|&v| v as f64).collect()
@@ -83,8 +67,8 @@ fn the_line_program_matches_the_host_side_interpolation_at_a_few_alphas() {
                 (out[0].data.clone(), out[1].data.clone())
             })
             .collect();
-        for id in cpu_backends() {
-            let out = with_backend(id, GradMode::Native, Run(&line, &inputs)).unwrap();
+        for id in cpu_backend_ids() {
+            let out = with_backend(id, GradMode::Native, RunGraph(&line, &inputs)).unwrap();
             for (k, (loss, correct)) in expected.iter().enumerate() {
                 let got = f32s(&out[2 * k]);
                 for (g, e) in got.iter().zip(loss) {
@@ -128,25 +112,7 @@ fn surface(r: &randbench::cell::CellResult) -> &randbench::families::surfaces::M
 
 #[test]
 fn every_engine_walks_the_same_lines() {
-    let suite = parse(SUITE, std::path::Path::new("tiny.yaml")).unwrap();
-    let workload = &suite.workloads[0];
-    let data = workload.prepare().unwrap();
-    let results: Vec<_> = cpu_backends()
-        .into_iter()
-        .map(|id| {
-            let cell = suite.cells(&[id]).remove(0);
-            let job = CellJob {
-                suite: &suite,
-                workload,
-                data: &data,
-                cell: &cell,
-                round: 0,
-                grad: randbench::backends::default_grad(id),
-                artifacts: None,
-            };
-            InProcess.execute(&job, &mut Quiet)
-        })
-        .collect();
+    let results = run_on_cpu_backends(SUITE);
     let first = surface(&results[0]);
     // Three optimizers and one switch: four end points; three pairs and the switch's two lines.
     let names: Vec<&str> = first.endpoints.iter().map(|e| e.name.as_str()).collect();

@@ -83,14 +83,52 @@ pub fn run_tiny(
     out
 }
 
-/// Every CPU backend usable here, as `--backends` takes them (`candle-cpu,tch-cpu,…`).
-pub fn cpu_backends() -> String {
+/// Every CPU backend usable here.
+pub fn cpu_backend_ids() -> Vec<randbench_core::BackendId> {
     randbench::backends::usable_here()
         .into_iter()
         .filter(|id| id.device == randbench_core::Device::Cpu)
-        .map(|id| id.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
+        .collect()
+}
+
+/// Every CPU backend usable here, as `--backends` takes them (`candle-cpu,tch-cpu,…`).
+pub fn cpu_backends() -> String {
+    cpu_backend_ids().iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// Runs a graph once on a backend: `with_backend(id, mode, RunGraph(&graph, &inputs))`.
+pub struct RunGraph<'a>(pub &'a randbench_core::Graph, pub &'a [randbench_core::HostTensor]);
+
+impl randbench::backends::BackendVisitor for RunGraph<'_> {
+    type Out = Vec<randbench_core::HostTensor>;
+    fn visit<B: randbench_core::Backend>(self, b: &B) -> Self::Out {
+        randbench_core::testing::run_on(b, self.0, self.1)
+    }
+}
+
+/// The first cell of a suite's first workload, run in this process on every CPU backend
+/// (each in its default gradient mode), seed as the suite says.
+pub fn run_on_cpu_backends(suite_text: &str) -> Vec<randbench::cell::CellResult> {
+    use randbench::executor::Executor;
+    let suite = randbench::suite::parse(suite_text, std::path::Path::new("test.yaml")).unwrap();
+    let workload = &suite.workloads[0];
+    let data = workload.prepare().unwrap();
+    cpu_backend_ids()
+        .into_iter()
+        .map(|id| {
+            let cell = suite.cells(&[id]).remove(0);
+            let job = randbench::executor::CellJob {
+                suite: &suite,
+                workload,
+                data: &data,
+                cell: &cell,
+                round: 0,
+                grad: randbench::backends::default_grad(id),
+                artifacts: None,
+            };
+            randbench::executor::InProcess.execute(&job, &mut Quiet)
+        })
+        .collect()
 }
 
 /// Held by the tests of one file that time real runs, so that they do not run beside each

@@ -170,6 +170,40 @@ impl fmt::Display for Regularizer {
     }
 }
 
+impl ModelSpec {
+    /// Loads a workload's images and checks them against its batch and model before anything
+    /// runs: a batch larger than the training set, an empty test set, or a model too deep for
+    /// the images fail here, not in every cell.
+    pub(crate) fn prepare_images(
+        &self,
+        data: &DataSpec,
+        batch: usize,
+    ) -> Result<Split, PrepareError> {
+        let split = load_data(data)?;
+        if batch > split.train.len() {
+            return Err(PrepareError::Mismatch(format!(
+                "batch {batch} is larger than the {} training examples",
+                split.train.len()
+            )));
+        }
+        if split.test.is_empty() {
+            return Err(PrepareError::Mismatch(
+                "the test set is empty: give `data.test` of at least 1, or data with a test \
+                 split"
+                    .into(),
+            ));
+        }
+        let model = self.model(split.train.shape, split.train.classes);
+        eval_graph(&model, 1, Feed::Batch).map_err(|e| {
+            PrepareError::Mismatch(format!(
+                "the model does not fit {:?} images: {e}",
+                split.train.shape
+            ))
+        })?;
+        Ok(split)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Randomization {
     pub name: String,
@@ -361,31 +395,7 @@ impl WorkloadFamily for Family {
     }
 
     fn prepare(w: &Randomization) -> Result<Split, PrepareError> {
-        let split = load_data(&w.data)?;
-        if w.batch > split.train.len() {
-            return Err(PrepareError::Mismatch(format!(
-                "batch {} is larger than the {} training examples",
-                w.batch,
-                split.train.len()
-            )));
-        }
-        if split.test.is_empty() {
-            return Err(PrepareError::Mismatch(
-                "the test set is empty: give `data.test` of at least 1, or data with a test \
-                 split"
-                    .into(),
-            ));
-        }
-        // The model's shapes against the images: a CNN too deep for them fails here, not in
-        // every cell.
-        let model = w.model.model(split.train.shape, split.train.classes);
-        eval_graph(&model, 1, Feed::Batch).map_err(|e| {
-            PrepareError::Mismatch(format!(
-                "the model does not fit {:?} images: {e}",
-                split.train.shape
-            ))
-        })?;
-        Ok(split)
+        w.model.prepare_images(&w.data, w.batch)
     }
 
     fn variants(w: &Randomization) -> Vec<Variant> {

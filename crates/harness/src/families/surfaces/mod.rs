@@ -17,14 +17,13 @@ use super::{
     WorkloadSpec, STEPS_PER_SECOND,
 };
 use crate::cell::{CellResult, Observer};
-use crate::datasets::{load_data, DataSpec, RawData};
+use crate::datasets::{DataSpec, RawData};
 use crate::report::{Chart, Table};
 use crate::suite::{Ctx, RawOptimizer, SuiteError};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::data::Split;
 use randbench_core::optim::Optimizer;
 use randbench_core::stats::{Better, Summary};
-use randbench_core::train::{eval_graph, Feed};
 use randbench_core::units::Seconds;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::{Location, Spanned};
@@ -294,29 +293,7 @@ impl WorkloadFamily for Family {
     }
 
     fn prepare(w: &LossSurface) -> Result<Split, PrepareError> {
-        let split = load_data(&w.data)?;
-        if w.batch > split.train.len() {
-            return Err(PrepareError::Mismatch(format!(
-                "batch {} is larger than the {} training examples",
-                w.batch,
-                split.train.len()
-            )));
-        }
-        if split.test.is_empty() {
-            return Err(PrepareError::Mismatch(
-                "the test set is empty: give `data.test` of at least 1, or data with a test \
-                 split"
-                    .into(),
-            ));
-        }
-        let model = w.model.model(split.train.shape, split.train.classes);
-        eval_graph(&model, 1, Feed::Batch).map_err(|e| {
-            PrepareError::Mismatch(format!(
-                "the model does not fit {:?} images: {e}",
-                split.train.shape
-            ))
-        })?;
-        Ok(split)
+        w.model.prepare_images(&w.data, w.batch)
     }
 
     fn variants(_: &LossSurface) -> Vec<Variant> {
