@@ -99,6 +99,8 @@ fn a_small_suite_writes_results_tables_and_report() {
     // The same seed trains the same way: epochs are part of the snapshot.
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
     insta::with_settings!({filters => vec![
+        // The machine and build line differs from machine to machine.
+        (r"(?m)^tiny: machine .*$", "tiny: machine [environment]"),
         // Right-aligned figures: the padding before them varies with their width.
         (r" *\d+(\.\d+)? (µs|ms|s)\b", " [time]"),
         (r"┆ +\d+ ┆", "┆ [rate] ┆"),

@@ -25,6 +25,17 @@ pub fn grid(t: &Table, style: comfy_table::TableStyle) -> String {
 impl Reporter for Terminal {
     fn render(&self, r: &Report) -> String {
         let mut out = String::new();
+        // One line of the environment (the files hold all of it): which machine and build.
+        if let Some(e) = r.env {
+            out += &format!(
+                "{}: machine {} ({}), randbench {} at {}\n",
+                r.suite,
+                e.fingerprint(),
+                e.hardware(),
+                e.randbench_version,
+                e.git_commit.as_deref().map_or("an unknown commit", |c| &c[..c.len().min(10)]),
+            );
+        }
         for w in &r.warnings {
             out += &format!("warning: {w}\n");
         }

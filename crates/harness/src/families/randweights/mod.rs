@@ -103,7 +103,7 @@ pub struct Variant;
 
 impl fmt::Display for Variant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("random-and-trained")
+        f.write_str("reconstruct")
     }
 }
 
