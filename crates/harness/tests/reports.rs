@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{randbench, scratch};
+use common::{randbench, run_suite, scratch};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -40,17 +40,6 @@ workloads:
       training: {epochs: 1, batch: 50, optimizer: {kind: adam, lr: 0.01}}
       probe: {epochs: 1, lr: 0.01}
 "#;
-
-fn run_suite(dir: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> PathBuf {
-    let suite = dir.join("tiny.yaml");
-    std::fs::write(&suite, SUITE).unwrap();
-    let out = dir.join(name);
-    let mut args = vec!["run", suite.to_str().unwrap(), "--out", out.to_str().unwrap()];
-    args.extend(extra);
-    let o = randbench(&args, env);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
-}
 
 /// Debian's Chromium, or `None` (then the test says so, and fails where
 /// RANDBENCH_REQUIRE_BROWSER is set, as scripts/test.sh sets it).
@@ -109,7 +98,7 @@ fn open_in_chromium(browser: &Path, page: &Path, scratch: &Path) -> (String, Vec
 fn the_html_report_opens_in_headless_chromium_with_its_charts_and_no_network() {
     let Some(browser) = chromium() else { return };
     let dir = scratch("reports", "html");
-    let run = run_suite(&dir, "run", &["--backends", "candle-cpu"], &[]);
+    let run = run_suite(&dir, SUITE, "run", &["--backends", "candle-cpu"], &[]);
     let page = run.join("report.html");
     let html = std::fs::read_to_string(&page).unwrap();
     // Self-contained: no script, no stylesheet or image from elsewhere (pictures are data
@@ -184,6 +173,7 @@ fn procurement_puts_machines_side_by_side_with_cost_and_energy_to_each_target() 
     for (name, threads) in [("small", "1"), ("large", "2")] {
         let run = run_suite(
             &dir,
+            SUITE,
             name,
             &["--backends", "candle-cpu", "--machine", name],
             &[("RANDBENCH_THREADS", threads)],

@@ -25,7 +25,33 @@ pub struct Steps<B: Backend> {
     state: usize,
 }
 
+/// Uploads host tensors to the device, in order.
+pub fn upload_all<B: Backend>(b: &B, ts: &[HostTensor]) -> BResult<Vec<B::Tensor>> {
+    ts.iter().map(|t| b.upload(t)).collect()
+}
+
+/// The example indices of the chunk of `chunk` examples from `start` of a data set of `n`: the
+/// last chunk is padded with repeats of its first example, whose results the caller drops.
+/// Also how many of the chunk's results are real.
+pub fn padded_indices(start: usize, chunk: usize, n: usize) -> (HostTensor, usize) {
+    let valid = chunk.min(n - start);
+    let idx = (0..chunk).map(|i| (start + if i < valid { i } else { 0 }) as i64).collect();
+    (HostTensor::i64(vec![chunk], idx).expect("length"), valid)
+}
+
 impl<B: Backend> Steps<B> {
+    /// The parameters given and the optimizer's fresh state, on the device.
+    fn fresh_state(
+        &self,
+        b: &B,
+        params: &[HostTensor],
+        shapes: &[Vec<usize>],
+    ) -> BResult<Vec<B::Tensor>> {
+        let mut state: Vec<HostTensor> = params.to_vec();
+        state.extend(self.optimizer.initial_state(shapes));
+        upload_all(b, &state)
+    }
+
     /// The step programs of `model` with `optimizer` on batches of `batch` from a data set of
     /// `examples` on the device.
     pub fn compile(
@@ -60,10 +86,7 @@ impl<B: Backend> Steps<B> {
         batch: usize,
         rng: &mut Rng,
     ) -> BResult<f64> {
-        let b = t.b;
-        let mut state: Vec<HostTensor> = params.to_vec();
-        state.extend(self.optimizer.initial_state(shapes));
-        let mut state = state.iter().map(|x| b.upload(x)).collect::<BResult<Vec<_>>>()?;
+        let mut state = self.fresh_state(t.b, params, shapes)?;
         let mut first = 0.0;
         for k in 0..WARMUP_STEPS {
             let chunk: Vec<usize> = (0..batch).map(|_| rng.below(t.examples)).collect();
@@ -167,9 +190,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         obs: &dyn Observer,
     ) -> BResult<Option<Trained>> {
         let b = self.b;
-        let mut start: Vec<HostTensor> = params.to_vec();
-        start.extend(steps.optimizer.initial_state(shapes));
-        let mut state = start.iter().map(|t| b.upload(t)).collect::<BResult<Vec<_>>>()?;
+        let mut state = steps.fresh_state(b, params, shapes)?;
         let n_state = steps.params + steps.state;
         let download = |state: &[B::Tensor]| -> BResult<Vec<HostTensor>> {
             state[..steps.params].iter().map(|t| b.download(t)).collect()
@@ -227,10 +248,8 @@ pub fn fits<B: Backend>(
 ) -> BResult<Vec<Fit>> {
     let mut sums = vec![(0.0f64, 0.0f64); points];
     for start in (0..n).step_by(chunk) {
-        let valid = chunk.min(n - start);
-        let idx: Vec<i64> =
-            (0..chunk).map(|i| (start + if i < valid { i } else { 0 }) as i64).collect();
-        let idx = b.upload(&HostTensor::i64(vec![chunk], idx).expect("length"))?;
+        let (idx, valid) = padded_indices(start, chunk, n);
+        let idx = b.upload(&idx)?;
         let mut inputs: Vec<&B::Tensor> = leading.to_vec();
         inputs.extend([&data.0, &data.1, &idx]);
         let out = b.run(prog, &inputs)?;

@@ -73,8 +73,20 @@ pub fn run_tiny(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> PathBuf {
+    run_suite(dir, TIMED_SUITE, name, extra, env)
+}
+
+/// Writes `text` to `dir/tiny.yaml`, runs it into `dir/name` (which must succeed), and
+/// returns that directory.
+pub fn run_suite(
+    dir: &std::path::Path,
+    text: &str,
+    name: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> PathBuf {
     let suite = dir.join("tiny.yaml");
-    std::fs::write(&suite, TIMED_SUITE).unwrap();
+    std::fs::write(&suite, text).unwrap();
     let out = dir.join(name);
     let mut args = vec!["run", suite.to_str().unwrap(), "--out", out.to_str().unwrap()];
     args.extend(extra);

@@ -4,7 +4,8 @@
 
 use super::{EpochRecord, Metrics, Randomization};
 use crate::cell::{Observer, Progress, Status, TRACE_STEPS};
-use crate::families::{Job, Record, WorkloadFamily, WARMUP_STEPS};
+use crate::families::training::{fits, upload_all};
+use crate::families::{Fit, Job, Record, WorkloadFamily, WARMUP_STEPS};
 use crate::slowdown;
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::corrupt::Condition;
@@ -109,23 +110,9 @@ fn evaluate<B: Backend>(
     params: &[B::Tensor],
     data: &(B::Tensor, B::Tensor),
     n: usize,
-) -> BResult<(f64, f64)> {
-    let chunk = EVAL_CHUNK.min(n);
-    let (mut loss, mut correct) = (0.0, 0.0);
-    for start in (0..n).step_by(chunk) {
-        let valid = chunk.min(n - start);
-        // The last chunk is padded with repeats of its first example; their results are dropped.
-        let idx: Vec<i64> =
-            (0..chunk).map(|i| (start + if i < valid { i } else { 0 }) as i64).collect();
-        let idx = b.upload(&HostTensor::i64(vec![chunk], idx).expect("length"))?;
-        let inputs: Vec<&B::Tensor> = params.iter().chain([&data.0, &data.1, &idx]).collect();
-        let out = b.run(prog, &inputs)?;
-        let l = b.download(&out[0])?;
-        let c = b.download(&out[1])?;
-        loss += l.as_f32().expect("f32")[..valid].iter().map(|&v| v as f64).sum::<f64>();
-        correct += c.as_f32().expect("f32")[..valid].iter().map(|&v| v as f64).sum::<f64>();
-    }
-    Ok((loss / n as f64, correct / n as f64))
+) -> BResult<Fit> {
+    let leading: Vec<&B::Tensor> = params.iter().collect();
+    Ok(fits(b, prog, &leading, data, n, EVAL_CHUNK.min(n), 1)?[0])
 }
 
 pub fn run<B: Backend>(
@@ -168,8 +155,7 @@ pub fn run<B: Backend>(
         b.compile(&eval_graph(&model, EVAL_CHUNK.min(test.len()), gather(test.len()))?)?;
     record.compile_seconds = Some(Seconds(compiling.elapsed().as_secs_f64()));
 
-    let upload_all =
-        |ts: &[HostTensor]| ts.iter().map(|t| b.upload(t)).collect::<BResult<Vec<_>>>();
+    let upload_all = |ts: &[HostTensor]| upload_all(b, ts);
     let mut initial = init_params(&specs, job.seed);
     initial.extend(optimizer.initial_state(&shapes));
     let n_params = progs.step.params;
@@ -274,9 +260,8 @@ pub fn run<B: Backend>(
             }
         }
         m.epochs = epoch;
-        let (train_loss, train_accuracy) =
+        let Fit { loss: train_loss, accuracy: train_accuracy } =
             evaluate(b, &mut eval_train, &state[..n_params], &train_dev, n)?;
-        let train_loss = Some(train_loss).filter(|l| l.is_finite());
         m.history.push(EpochRecord { epoch, train_loss, train_accuracy, seconds: m.train_seconds });
         obs.progress(Progress::Epoch { epoch, of: w.max_epochs, score: train_accuracy });
         if train_accuracy >= w.target_accuracy {
@@ -290,10 +275,9 @@ pub fn run<B: Backend>(
     m.train_accuracy = m.history.last().map(|h| h.train_accuracy);
     m.train_loss = m.history.last().and_then(|h| h.train_loss);
     if !matches!(record.status, Status::Interrupted | Status::Diverged) {
-        let (loss, accuracy) =
-            evaluate(b, &mut eval_test, &state[..n_params], &test_dev, test.len())?;
-        m.test_loss = Some(loss).filter(|l| l.is_finite());
-        m.test_accuracy = Some(accuracy);
+        let fit = evaluate(b, &mut eval_test, &state[..n_params], &test_dev, test.len())?;
+        m.test_loss = fit.loss;
+        m.test_accuracy = Some(fit.accuracy);
     }
     let rates: Vec<f64> = step_seconds.iter().map(|(s, _)| 1.0 / s).collect();
     let examples: Vec<f64> = step_seconds.iter().map(|(s, n)| *n as f64 / s).collect();

@@ -5,7 +5,7 @@
 
 use super::{Metrics, RandomWeights, Reconstruction, Weights};
 use crate::cell::{Observer, Progress, Status};
-use crate::families::training::{fits, Steps, Trainer};
+use crate::families::training::{fits, padded_indices, upload_all, Steps, Trainer};
 use crate::families::{Job, Record, WorkloadFamily};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::data::Dataset;
@@ -29,23 +29,56 @@ fn adam(lr: f64) -> Optimizer {
     )
 }
 
-fn upload_all<B: Backend>(b: &B, ts: &[HostTensor]) -> BResult<Vec<B::Tensor>> {
-    ts.iter().map(|t| b.upload(t)).collect()
+/// A model's evaluation over a data set of `n` examples on the device.
+struct Evaluation<B: Backend> {
+    prog: B::Program,
+    n: usize,
+    chunk: usize,
 }
 
-/// Accuracy of `params` over a data set on the device.
-fn accuracy<B: Backend>(
-    b: &B,
-    model: &Model,
-    params: &[HostTensor],
-    data: &(B::Tensor, B::Tensor),
-    n: usize,
-) -> BResult<f64> {
-    let chunk = CHUNK.min(n);
-    let mut prog = b.compile(&eval_graph(model, chunk, Feed::Gather { examples: n })?)?;
-    let dev = upload_all(b, params)?;
-    let refs: Vec<&B::Tensor> = dev.iter().collect();
-    Ok(fits(b, &mut prog, &refs, data, n, chunk, 1)?[0].accuracy)
+impl<B: Backend> Evaluation<B> {
+    fn compile(b: &B, model: &Model, n: usize) -> BResult<Self> {
+        let chunk = CHUNK.min(n);
+        let prog = b.compile(&eval_graph(model, chunk, Feed::Gather { examples: n })?)?;
+        Ok(Evaluation { prog, n, chunk })
+    }
+
+    /// Accuracy of `params` over `data`.
+    fn accuracy(
+        &mut self,
+        b: &B,
+        params: &[HostTensor],
+        data: &(B::Tensor, B::Tensor),
+    ) -> BResult<f64> {
+        let dev = upload_all(b, params)?;
+        let refs: Vec<&B::Tensor> = dev.iter().collect();
+        Ok(fits(b, &mut self.prog, &refs, data, self.n, self.chunk, 1)?[0].accuracy)
+    }
+}
+
+/// A depth's reconstruction programs, compiled once for both weights: the target feature
+/// maps, and one step on the image.
+struct Inversion<B: Backend> {
+    features: B::Program,
+    step: B::Program,
+    /// Outputs of a step that feed the next: the image and the optimizer's state.
+    carried: usize,
+}
+
+impl<B: Backend> Inversion<B> {
+    fn compile(b: &B, model: &Model, depth: usize, images: usize, lr: f64) -> BResult<Self> {
+        let step = inversion_step(model, depth, images, &adam(lr))?;
+        Ok(Inversion {
+            features: b.compile(&features_graph(model, depth, images, Feed::Batch)?)?,
+            step: b.compile(&step.graph)?,
+            carried: 1 + step.state,
+        })
+    }
+}
+
+/// The lowest and highest value.
+fn range(x: &[f32]) -> (f32, f32) {
+    x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)))
 }
 
 /// The flattened feature maps after `depth` blocks of every example of a data set on the
@@ -65,10 +98,8 @@ fn features_of<B: Backend>(
     let mut out = Vec::new();
     let mut width = 0;
     for start in (0..n).step_by(chunk) {
-        let valid = chunk.min(n - start);
-        let idx: Vec<i64> =
-            (0..chunk).map(|i| (start + if i < valid { i } else { 0 }) as i64).collect();
-        let idx = b.upload(&HostTensor::i64(vec![chunk], idx).expect("length"))?;
+        let (idx, valid) = padded_indices(start, chunk, n);
+        let idx = b.upload(&idx)?;
         let mut inputs: Vec<&B::Tensor> = dev.iter().collect();
         inputs.extend([&data.0, &data.1, &idx]);
         let f = b.download(&b.run(&mut prog, &inputs)?[0])?;
@@ -78,49 +109,43 @@ fn features_of<B: Backend>(
     Ok((out, width))
 }
 
-/// Rebuilds `x0` from its feature maps after `depth` blocks, starting from `start`: Adam on
-/// the image for the workload's steps. The feature loss before the first step and at the
-/// last, the image reached, and the time the steps took.
+/// Rebuilds the images `x0` (on the device, with dummy `labels`) from their feature maps
+/// after `depth` blocks, starting from `start`: Adam on the image for the workload's steps.
+/// The feature loss before the first step and at the last, the images reached, and the time
+/// the steps took.
+#[allow(clippy::too_many_arguments)]
 fn reconstruct<B: Backend>(
     b: &B,
     w: &RandomWeights,
-    model: &Model,
+    inv: &mut Inversion<B>,
     depth: usize,
     params: &[HostTensor],
-    x0: &HostTensor,
+    x0: (&B::Tensor, &B::Tensor),
     start: &HostTensor,
 ) -> BResult<(Option<f64>, Option<f64>, HostTensor, f64)> {
-    let k = x0.shape()[0];
     let blocks = upload_all(b, &params[..2 * depth])?;
-    let mut features = b.compile(&features_graph(model, depth, k, Feed::Batch)?)?;
-    let (x0_dev, labels) =
-        (b.upload(x0)?, b.upload(&HostTensor::i64(vec![k], vec![0; k]).expect("length"))?);
     let mut inputs: Vec<&B::Tensor> = blocks.iter().collect();
-    inputs.extend([&x0_dev, &labels]);
-    let target = b.run(&mut features, &inputs)?.remove(0);
-    let optimizer = adam(w.lr);
-    let step = inversion_step(model, depth, k, &optimizer)?;
-    let mut prog = b.compile(&step.graph)?;
+    inputs.extend([x0.0, x0.1]);
+    let target = b.run(&mut inv.features, &inputs)?.remove(0);
     let mut state = vec![start.clone()];
-    state.extend(optimizer.initial_state(&[x0.shape().to_vec()]));
+    state.extend(adam(w.lr).initial_state(&[start.shape().to_vec()]));
     let mut state = upload_all(b, &state)?;
-    let carried = 1 + step.state;
     let finite = |v: f32| Some(v as f64).filter(|l| l.is_finite());
     let (mut first, mut last) = (None, None);
     let t0 = Instant::now();
     for s in 0..w.steps {
         let mut inputs: Vec<&B::Tensor> = blocks.iter().chain(&state).collect();
         inputs.push(&target);
-        let mut out = b.run(&mut prog, &inputs)?;
+        let mut out = b.run(&mut inv.step, &inputs)?;
         // Only the first and last losses are read: a read waits for the device.
         if s == 0 || s + 1 == w.steps {
-            let loss = finite(b.download(&out[carried])?.to_scalar().expect("scalar"));
+            let loss = finite(b.download(&out[inv.carried])?.to_scalar().expect("scalar"));
             if s == 0 {
                 first = loss;
             }
             last = loss;
         }
-        out.truncate(carried);
+        out.truncate(inv.carried);
         state = out;
     }
     b.sync()?;
@@ -132,10 +157,9 @@ fn reconstruct<B: Backend>(
 pub fn mse_psnr(x: &[f32], x0: &[f32]) -> (f64, f64) {
     let mse = x.iter().zip(x0).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>()
         / x0.len() as f64;
-    let (lo, hi) =
-        x0.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
-    let range = (hi - lo) as f64;
-    (mse, 10.0 * (range * range / mse.max(1e-12)).log10())
+    let (lo, hi) = range(x0);
+    let peak = (hi - lo) as f64;
+    (mse, 10.0 * (peak * peak / mse.max(1e-12)).log10())
 }
 
 /// One PNG per image: the original, then its reconstruction from each depth; the random
@@ -151,8 +175,7 @@ fn draw(
     let gap = 4;
     let cols = 1 + rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let (width, height) = (cols * (tw + gap) + gap, rows.len() * (th + gap) + gap);
-    let (lo, hi) =
-        x0.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+    let (lo, hi) = range(x0);
     let span = (hi - lo).max(1e-6);
     let mut pixels = vec![255u8; width * height * c];
     let mut tile = |image: &[f32], row: usize, col: usize| {
@@ -231,9 +254,10 @@ pub fn run<B: Backend>(
     record.diverged_at = trained.diverged_at;
     let (vx, vy) = test.tensors();
     let test_dev = (b.upload(&vx)?, b.upload(&vy)?);
-    m.untrained_test_accuracy = Some(accuracy(b, &model, &random, &test_dev, test.len())?);
+    let mut eval_test = Evaluation::compile(b, &model, test.len())?;
+    m.untrained_test_accuracy = Some(eval_test.accuracy(b, &random, &test_dev)?);
     if let Some(p) = &trained.params {
-        m.trained_test_accuracy = Some(accuracy(b, &model, p, &test_dev, test.len())?);
+        m.trained_test_accuracy = Some(eval_test.accuracy(b, p, &test_dev)?);
     }
     obs.progress(Progress::Epoch {
         epoch: 1,
@@ -273,7 +297,8 @@ pub fn run<B: Backend>(
     if let Some(p) = &probed.params {
         let (px, py) = probe_test.tensors();
         let dev = (b.upload(&px)?, b.upload(&py)?);
-        m.probe_test_accuracy = Some(accuracy(b, &probe, p, &dev, probe_test.len())?);
+        let mut eval_probe = Evaluation::compile(b, &probe, probe_test.len())?;
+        m.probe_test_accuracy = Some(eval_probe.accuracy(b, p, &dev)?);
     }
     obs.progress(Progress::Epoch { epoch: 2, of: 3, score: m.probe_test_accuracy.unwrap_or(0.0) });
 
@@ -288,6 +313,11 @@ pub fn run<B: Backend>(
         (0..k * c * h * wd).map(|_| noise_rng.uniform() as f32).collect(),
     )
     .expect("length");
+    let x0_dev =
+        (b.upload(&x0)?, b.upload(&HostTensor::i64(vec![k], vec![0; k]).expect("length"))?);
+    let mut inversions = (1..=depths)
+        .map(|depth| Inversion::compile(b, &model, depth, k, w.lr))
+        .collect::<BResult<Vec<_>>>()?;
     let mut rebuilt: Vec<(Weights, Vec<HostTensor>)> = Vec::new();
     let weights = [(Weights::Random, Some(&random)), (Weights::Trained, trained.params.as_ref())];
     for (which, params) in weights {
@@ -298,8 +328,15 @@ pub fn run<B: Backend>(
                 record.status = Status::Interrupted;
                 return Ok(m);
             }
-            let (start_loss, end_loss, x, seconds) =
-                reconstruct(b, w, &model, depth, params, &x0, &start)?;
+            let (start_loss, end_loss, x, seconds) = reconstruct(
+                b,
+                w,
+                &mut inversions[depth - 1],
+                depth,
+                params,
+                (&x0_dev.0, &x0_dev.1),
+                &start,
+            )?;
             let (mse, psnr) = mse_psnr(x.as_f32().expect("f32"), x0.as_f32().expect("f32"));
             m.reconstructions.push(Reconstruction {
                 weights: which,

@@ -5,7 +5,7 @@
 
 use super::{Endpoint, Line, LossSurface, Metrics};
 use crate::cell::{Observer, Progress, Status};
-use crate::families::training::{fits, Steps, Trainer};
+use crate::families::training::{fits, upload_all, Steps, Trainer};
 use crate::families::{Fit, Job, Record, WorkloadFamily};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::models::init_params;
@@ -164,11 +164,9 @@ pub fn run<B: Backend>(
     m.steps_per_second = Summary::of(&times.iter().map(|t| 1.0 / t).collect::<Vec<_>>());
 
     // Every end point on the training and test sets.
-    let upload_all =
-        |ts: &[HostTensor]| ts.iter().map(|t| b.upload(t)).collect::<BResult<Vec<_>>>();
     let mut on_device: Vec<Option<Vec<B::Tensor>>> = Vec::new();
     for (name, params, diverged_at) in &ends {
-        let dev = params.as_deref().map(upload_all).transpose()?;
+        let dev = params.as_deref().map(|p| upload_all(b, p)).transpose()?;
         let (train_fit, test_fit) = match &dev {
             Some(p) => {
                 let p: Vec<&B::Tensor> = p.iter().collect();
