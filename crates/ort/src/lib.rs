@@ -18,6 +18,7 @@ use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{IoBinding, Session};
 use ort::value::{DynTensor, DynTensorValueType, Tensor};
+use ort::AsPointer;
 use randbench_core::autodiff::expand_grads;
 use randbench_core::backend::{
     check_inputs, BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine,
@@ -208,6 +209,15 @@ impl OrtBackend {
             .lib(self.id)?
             .with_optimization_level(GraphOptimizationLevel::All)
             .lib(self.id)?;
+        // The session must use the environment's one thread pool. ort asks for that when it
+        // commits a session from a file or bytes, but `Model::into_session` skips the step, so
+        // every session made its own pool, whose idle threads spun against the working one.
+        // SAFETY: the builder's options pointer is valid for as long as `builder` lives, and
+        // the returned status is taken over (and released) by `result_from_status`.
+        unsafe {
+            ort::Error::result_from_status((ort::api().DisablePerSessionThreads)(builder.ptr_mut()))
+        }
+        .lib(self.id)?;
         // RANDBENCH_ORT_PROFILE=PREFIX writes ONNX Runtime's per-node profile of each session.
         if let Ok(prefix) = std::env::var("RANDBENCH_ORT_PROFILE") {
             builder = builder.with_profiling(prefix).lib(self.id)?;
