@@ -70,8 +70,9 @@ def step_benchmark(steps, device):
             step()
             sync(device)
             times.append(time.perf_counter() - t)
+    mean = sum(times) / len(times)
     times.sort()
-    return {"median_step_seconds": times[len(times) // 2], "steps": len(times)}
+    return {"median_step_seconds": times[len(times) // 2], "mean_step_seconds": mean, "steps": len(times)}
 
 
 def randomization(max_epochs, device):

@@ -5,6 +5,9 @@
 //!   cargo bench -p randbench --features tch --bench peer_pytorch             # MLP step, L2L unroll
 //!   cargo bench -p randbench --features tch --bench peer_pytorch -- --suite  # and the randomization suite
 //!
+//! `--suite` runs the whole randomization suite on every side in turns, each side right after
+//! its own fixed-batch steps, and compares rates over all steps (see [`compare_suite`]).
+//!
 //! The step: 784-512-10 MLP, batch 128, SGD momentum, on a fixed batch; timed step by step
 //! after warm-up, weights reset every 50 steps (untimed) on both sides. All sides take turns,
 //! three rounds each, and the medians of the rounds are compared: this machine's speed drifts
@@ -111,14 +114,14 @@ fn python(script: &str, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON from the peer")
 }
 
-/// Median seconds of one training step through randbench on backend `b`.
+/// The seconds of every timed training step through randbench on backend `b`.
 struct StepTimer {
     round_trip: bool,
 }
 
 impl BackendVisitor for StepTimer {
-    type Out = f64;
-    fn visit<B: Backend>(self, b: &B) -> f64 {
+    type Out = Vec<f64>;
+    fn visit<B: Backend>(self, b: &B) -> Vec<f64> {
         let model = Model::mlp([1, 28, 28], &[512], 10, Activation::Relu);
         let specs = model.params().unwrap();
         let opt = Optimizer::momentum(0.01, 0.9);
@@ -152,7 +155,7 @@ impl BackendVisitor for StepTimer {
                 }
             }
         }
-        Summary::of(&times).unwrap().median
+        times
     }
 }
 
@@ -188,14 +191,13 @@ fn compare_step() {
         );
         hand.push(hand_step_median());
         for (k, (_, id, grad, round_trip)) in sides.iter().enumerate() {
-            ours[k].push(
-                randbench::backends::with_backend(
-                    *id,
-                    *grad,
-                    StepTimer { round_trip: *round_trip },
-                )
-                .unwrap(),
-            );
+            let times = randbench::backends::with_backend(
+                *id,
+                *grad,
+                StepTimer { round_trip: *round_trip },
+            )
+            .unwrap();
+            ours[k].push(Summary::of(&times).unwrap().median);
         }
     }
     let med = |v: &[f64]| Summary::of(v).unwrap().median;
@@ -299,60 +301,158 @@ fn compare_unroll() {
     }
 }
 
-fn compare_suite() {
+/// Rounds of the suite comparison: each runs the whole suite once on every side.
+const SUITE_ROUNDS: usize = 2;
+
+/// The randomization suite's conditions, in the suite's order.
+const CONDITIONS: [&str; 5] =
+    ["true_labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian"];
+
+/// One side's run of the whole suite: per condition, epochs to fit (if it fitted), training
+/// seconds, steps and test accuracy.
+struct SuiteRun {
+    conditions: Vec<(Option<u64>, f64, f64, f64)>,
+}
+
+impl SuiteRun {
+    /// Steps per second over the whole suite: all steps over all training seconds.
+    fn rate(&self) -> f64 {
+        let (seconds, steps) =
+            self.conditions.iter().fold((0.0, 0.0), |(s, n), c| (s + c.1, n + c.2));
+        steps / seconds
+    }
+}
+
+fn peer_suite() -> SuiteRun {
     let peer = python("pytorch_eager.py", &["randomization"]);
-    let out = std::env::temp_dir().join(format!("randbench-peer-{}", std::process::id()));
+    SuiteRun {
+        conditions: CONDITIONS
+            .iter()
+            .map(|c| {
+                let p = &peer[c];
+                (
+                    p["epochs_to_fit"].as_u64(),
+                    p["train_seconds"].as_f64().unwrap(),
+                    p["steps"].as_f64().unwrap(),
+                    p["test_accuracy"].as_f64().unwrap(),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// The suite through `randbench run` on one backend and gradient mode, in this process's turn.
+fn randbench_suite(id: BackendId, grad: GradMode) -> SuiteRun {
+    let out = std::env::temp_dir().join(format!("randbench-peer-{}-{id}", std::process::id()));
     let status = Command::new(env!("CARGO_BIN_EXE_randbench"))
-        .args(["run", "randomization", "--backends", "tch-cpu", "--out"])
+        .args(["run", "randomization", "--isolate", "none", "--backends", &id.to_string()])
+        .args(["--grad", if grad == GradMode::Native { "native" } else { "symbolic" }, "--out"])
         .arg(&out)
         .stdout(std::process::Stdio::null())
         .status()
         .expect("randbench runs");
-    assert!(status.success());
+    assert!(status.success(), "randbench run randomization failed on {id}");
     let (results, _) = randbench::results::read(&out).unwrap();
+    std::fs::remove_dir_all(&out).unwrap();
+    let conditions = CONDITIONS
+        .iter()
+        .map(|c| {
+            let m = results
+                .iter()
+                .find_map(|r| match &r.metrics {
+                    randbench::families::Metrics::Randomization(m)
+                        if r.cell.variant.to_string() == *c =>
+                    {
+                        Some(m)
+                    }
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no result for {c} on {id}"));
+            (
+                m.epochs_to_fit.map(|e| e as u64),
+                m.train_seconds.0,
+                m.steps as f64,
+                m.test_accuracy.unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    SuiteRun { conditions }
+}
+
+/// The whole randomization suite against the fixed batch, every side taking turns: in each
+/// round the PyTorch eager loop and then every randbench side run the suite, each right after
+/// its own fixed-batch steps. Both rates are all steps over all their seconds (the suite's
+/// training seconds, evaluation excluded on both sides), so the tail counts as it does in a
+/// real run; the medians of the rounds are compared.
+fn compare_suite() {
+    let sides: Vec<(String, BackendId, GradMode)> =
+        sides().into_iter().filter(|s| !s.3).map(|(name, id, grad, _)| (name, id, grad)).collect();
+    let steps = STEPS.to_string();
+    // Per side (the peer first): fixed-batch rates, suite rates, suite runs.
+    let n = sides.len() + 1;
+    let (mut fixed, mut suite, mut runs) =
+        (vec![Vec::new(); n], vec![Vec::new(); n], Vec::with_capacity(n));
+    runs.resize_with(n, || None);
+    for round in 1..=SUITE_ROUNDS {
+        let p = python("pytorch_eager.py", &["step", "--steps", &steps]);
+        fixed[0].push(1.0 / p["mean_step_seconds"].as_f64().unwrap());
+        let run = peer_suite();
+        suite[0].push(run.rate());
+        eprintln!("round {round}: PyTorch eager {:.0} steps/s over the suite", run.rate());
+        runs[0] = Some(run);
+        for (k, (name, id, grad)) in sides.iter().enumerate() {
+            let times =
+                randbench::backends::with_backend(*id, *grad, StepTimer { round_trip: false })
+                    .unwrap();
+            fixed[k + 1].push(times.len() as f64 / times.iter().sum::<f64>());
+            let run = randbench_suite(*id, *grad);
+            suite[k + 1].push(run.rate());
+            eprintln!("round {round}: randbench {name} {:.0} steps/s over the suite", run.rate());
+            runs[k + 1] = Some(run);
+        }
+    }
+    let med = |v: &[f64]| Summary::of(v).unwrap().median;
+    let names: Vec<String> = std::iter::once("PyTorch eager (python)".to_string())
+        .chain(sides.iter().map(|(name, ..)| format!("randbench {name}")))
+        .collect();
     println!(
-        "\nrandomization suite (Fashion-MNIST, 5,000 images), trained to 100% training accuracy."
+        "\nRandomization suite (Fashion-MNIST, 5,000 images, five conditions, to 100% training \
+         accuracy) against the fixed batch, median of {SUITE_ROUNDS} rounds in turns; steps/s \
+         is all steps over all training seconds (evaluation excluded)"
     );
-    println!("The two sides draw different random numbers, so epochs differ; steps/s compares the engines.");
     println!(
-        "  {:<16} {:>26} {:>26} {:>14}",
-        "condition", "PyTorch eager", "randbench tch-cpu", "steps/s ratio"
+        "  {:<32} {:>12} {:>12} {:>12} {:>12}",
+        "", "fixed batch", "suite", "suite/fixed", "vs PyTorch"
     );
-    let (mut sums_p, mut sums_r) = ((0.0, 0.0), (0.0, 0.0));
-    for r in &results {
-        let randbench::families::Metrics::Randomization(m) = &r.metrics else { continue };
-        let condition = r.cell.variant.to_string();
-        let p = &peer[&condition];
-        let (ps, pn) = (p["train_seconds"].as_f64().unwrap(), p["steps"].as_f64().unwrap());
-        let (rs, rn) = (m.train_seconds.0, m.steps as f64);
-        sums_p = (sums_p.0 + ps, sums_p.1 + pn);
-        sums_r = (sums_r.0 + rs, sums_r.1 + rn);
-        let pe =
-            p["epochs_to_fit"].as_u64().map(|e| e.to_string()).unwrap_or_else(|| "no fit".into());
-        let re = m.epochs_to_fit.map(|e| e.to_string()).unwrap_or_else(|| "no fit".into());
+    let peer_suite_rate = med(&suite[0]);
+    for (k, name) in names.iter().enumerate() {
+        let (f, s) = (med(&fixed[k]), med(&suite[k]));
         println!(
-            "  {:<16} {:>6} ep {:>7.2} s {:>5.0}/s {:>6} ep {:>7.2} s {:>5.0}/s {:>13.2}×",
-            condition,
-            pe,
-            ps,
-            pn / ps,
-            re,
-            rs,
-            rn / rs,
-            (rn / rs) / (pn / ps)
+            "  {:<32} {:>8.0} /s {:>8.0} /s {:>11.2}× {:>11.2}×",
+            name,
+            f,
+            s,
+            s / f,
+            s / peer_suite_rate
         );
     }
     println!(
-        "  {:<16} {:>9} {:>7.2} s {:>5.0}/s {:>9} {:>7.2} s {:>5.0}/s {:>13.2}×",
-        "all five",
-        "",
-        sums_p.0,
-        sums_p.1 / sums_p.0,
-        "",
-        sums_r.0,
-        sums_r.1 / sums_r.0,
-        (sums_r.1 / sums_r.0) / (sums_p.1 / sums_p.0)
+        "\nOutcomes of the last round: epochs to fit (– if not within 400) and test accuracy."
     );
+    println!("The PyTorch side draws other random numbers than randbench, so its epochs differ.");
+    print!("  {:<32}", "");
+    for c in CONDITIONS {
+        print!(" {c:>16}");
+    }
+    println!();
+    for (name, run) in names.iter().zip(&runs) {
+        print!("  {name:<32}");
+        for (epochs, _, _, test) in &run.as_ref().unwrap().conditions {
+            let e = epochs.map(|e| e.to_string()).unwrap_or_else(|| "–".into());
+            print!(" {:>16}", format!("{e} ep {:.1}%", 100.0 * test));
+        }
+        println!();
+    }
 }
 
 fn main() {
