@@ -646,3 +646,44 @@ macro_rules! backend_conformance_tests {
         }
     };
 }
+
+/// A fresh, empty directory for one test, `randbench-KIND-PID-NAME` under the temp dir,
+/// removed when the test passes; a failing test's stays for a look.
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(kind: &str, name: &str) -> Self {
+        let d =
+            std::env::temp_dir().join(format!("randbench-{kind}-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("a directory under the temp dir");
+        Scratch(d)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

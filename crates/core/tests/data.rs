@@ -7,13 +7,11 @@ use randbench_core::data::{
     translate_batch, write_idx, Dataset, Split, FASHION_MNIST_DIR,
 };
 use randbench_core::rng::Rng;
+use randbench_core::testing::Scratch;
 use std::io::Write;
-use std::path::PathBuf;
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("randbench-data-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn tmp(name: &str) -> Scratch {
+    Scratch::new("data", name)
 }
 
 #[test]

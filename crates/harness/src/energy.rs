@@ -209,8 +209,7 @@ mod tests {
 
     #[test]
     fn packages_are_counted_once_and_wraps_are_undone() {
-        let root = std::env::temp_dir().join(format!("randbench-rapl-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let root = randbench_core::testing::Scratch::new("rapl", "zones");
         zone(&root, "intel-rapl:0", 900, 1000);
         zone(&root, "intel-rapl:0:0", 5, 1000); // the cores, inside package 0
         zone(&root, "intel-rapl:1", 100, 5000);

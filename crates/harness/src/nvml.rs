@@ -387,8 +387,7 @@ int nvmlDeviceGetPowerManagementLimit(void *d, unsigned *mw) { *mw = 700000; ret
 
     #[test]
     fn a_drivers_answers_become_the_gpu_description() {
-        let dir = std::env::temp_dir().join(format!("randbench-nvml-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = randbench_core::testing::Scratch::new("nvml", "driver");
         let (src, lib) = (dir.join("nvml.c"), dir.join("libnvidia-ml-fake.so"));
         std::fs::write(&src, FAKE_NVML).unwrap();
         let built = std::process::Command::new("cc")

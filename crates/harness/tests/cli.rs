@@ -2,14 +2,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn randbench(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_randbench")).args(args).output().expect("randbench runs")
 }
 
-fn scratch(name: &str) -> PathBuf {
+fn scratch(name: &str) -> common::Scratch {
     common::scratch("cli", name)
 }
 

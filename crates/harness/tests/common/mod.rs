@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use randbench::cell::{Observer, Progress};
+pub use randbench_core::testing::Scratch;
 use std::path::PathBuf;
 
 /// An observer that shows nothing and never asks a cell to stop.
@@ -14,12 +15,10 @@ impl Observer for Quiet {
     }
 }
 
-/// A fresh, empty directory for one test: `randbench-KIND-PID-NAME` under the temp dir.
-pub fn scratch(kind: &str, name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("randbench-{kind}-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh, empty directory for one test: `randbench-KIND-PID-NAME` under the temp dir,
+/// removed when the test passes.
+pub fn scratch(kind: &str, name: &str) -> Scratch {
+    Scratch::new(kind, name)
 }
 
 /// The bytes of an IDX file of unsigned bytes with these dimensions.
