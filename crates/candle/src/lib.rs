@@ -295,7 +295,15 @@ impl Backend for CandleBackend {
             library: format!("candle {CANDLE_VERSION}"),
             device_name: self.id.device.to_string(),
             threads: candle_core::utils::get_num_threads(),
-            extra: vec![("grad".into(), format!("{:?}", self.mode).to_lowercase())],
+            extra: vec![
+                ("grad".into(), format!("{:?}", self.mode).to_lowercase()),
+                // How long its elementwise pool spins after an op (randbench sets it short).
+                (
+                    "spin_limit".into(),
+                    std::env::var("CANDLE_BARRIER_POOL_SPIN_LIMIT")
+                        .unwrap_or_else(|_| "candle's default".into()),
+                ),
+            ],
         }
     }
 

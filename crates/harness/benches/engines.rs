@@ -19,7 +19,7 @@
 //! turns (`peer_pytorch`, `ir_overhead`).
 
 use criterion::measurement::WallTime;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use criterion::{criterion_group, BenchmarkGroup, Criterion};
 use randbench::backends::BackendVisitor;
 use randbench_core::l2l::{carried, unroll, LstmOptimizer, Outer};
 use randbench_core::models::{init_params, Activation, Model};
@@ -148,4 +148,10 @@ criterion_group! {
     config = Criterion::default().measurement_time(std::time::Duration::from_secs(8));
     targets = train_step, eval_pass, l2l_unroll
 }
-criterion_main!(benches);
+fn main() {
+    // As the randbench binary starts: the same allocator settings and engine threads.
+    randbench::sys::tune_allocator();
+    randbench::backends::configure_cpu_threads().expect("RANDBENCH_THREADS");
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

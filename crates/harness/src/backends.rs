@@ -158,13 +158,25 @@ pub fn cpu_threads() -> Result<usize, ThreadsError> {
     }
 }
 
+/// How many times candle's elementwise pool spins after an op before its threads sleep,
+/// unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` says otherwise. candle runs elementwise ops on that
+/// pool and products on rayon's, each with a thread per core; at candle's default (25,000
+/// spins, about a millisecond here) the spinning took the cores the products needed, and two
+/// threads trained no faster than one (432–442 steps/s on the 784-512-10 MLP; 550–576 with
+/// short spins, the two taking turns on 2 cores).
+const CANDLE_SPIN_LIMIT: &str = "1000";
+
 /// Gives every CPU engine of this process, and of the cell processes it starts, the count
-/// [`cpu_threads`] says. candle and rayon read theirs from the environment when their pools
-/// start, so `main` calls this first, before any thread exists.
+/// [`cpu_threads`] says, and candle's pool its spin limit. candle and rayon read theirs from
+/// the environment when their pools start, so `main` (and each bench) calls this first,
+/// before any thread exists.
 pub fn configure_cpu_threads() -> Result<usize, ThreadsError> {
     let n = cpu_threads()?;
     for var in [THREADS_VAR, "RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
         std::env::set_var(var, n.to_string());
+    }
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", CANDLE_SPIN_LIMIT);
     }
     Ok(n)
 }

@@ -383,6 +383,24 @@ fn every_cpu_engine_computes_with_the_thread_count_asked_for() {
     for r in &results {
         assert_eq!(r["backend_info"]["threads"], 1, "{}", r["cell"]["backend"]);
     }
+    // candle's elementwise pool spins briefly after each op, unless the caller says otherwise.
+    let spin_limit = |r: &serde_json::Value| {
+        r["backend_info"]["extra"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|kv| (kv[0] == "spin_limit").then(|| kv[1].as_str().unwrap().to_string()))
+    };
+    let candle = results.iter().find(|r| r["cell"]["backend"] == "candle-cpu").unwrap();
+    assert_eq!(spin_limit(candle).as_deref(), Some("1000"));
+    let given = dir.join("given");
+    let o = Command::new(env!("CARGO_BIN_EXE_randbench"))
+        .args(["run", &suite, "--backends", "candle-cpu", "--out", given.to_str().unwrap()])
+        .env("CANDLE_BARRIER_POOL_SPIN_LIMIT", "7")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(spin_limit(&lines(&given)[0]).as_deref(), Some("7"));
 
     let o = Command::new(env!("CARGO_BIN_EXE_randbench"))
         .args(["run", &suite, "--out", dir.join("zero").to_str().unwrap()])
