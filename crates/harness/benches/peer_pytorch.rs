@@ -5,8 +5,8 @@
 //!   cargo bench -p randbench --features tch --bench peer_pytorch             # MLP step, L2L unroll
 //!   cargo bench -p randbench --features tch --bench peer_pytorch -- --suite  # and the randomization suite
 //!
-//! `--suite` runs the whole randomization suite on every side in turns, each side right after
-//! its own fixed-batch steps, and compares rates over all steps (see [`compare_suite`]).
+//! `--suite` runs the whole randomization suite on every side in turns, each side between two
+//! runs of its own fixed-batch steps, and compares rates over all steps (see [`compare_suite`]).
 //!
 //! The step: 784-512-10 MLP, batch 128, SGD momentum, on a fixed batch; timed step by step
 //! after warm-up, weights reset every 50 steps (untimed) on both sides. All sides take turns,
@@ -117,6 +117,7 @@ fn python(script: &str, args: &[&str]) -> serde_json::Value {
 /// The seconds of every timed training step through randbench on backend `b`.
 struct StepTimer {
     round_trip: bool,
+    steps: usize,
 }
 
 impl BackendVisitor for StepTimer {
@@ -135,7 +136,7 @@ impl BackendVisitor for StepTimer {
         let n = step.params + step.state;
         let mut times = Vec::new();
         let mut warm = WARMUP;
-        while times.len() < STEPS {
+        while times.len() < self.steps {
             let mut state: Vec<B::Tensor> = initial.iter().map(|t| b.upload(t).unwrap()).collect();
             for _ in 0..RESET_EVERY {
                 let t = Instant::now();
@@ -194,7 +195,7 @@ fn compare_step() {
             let times = randbench::backends::with_backend(
                 *id,
                 *grad,
-                StepTimer { round_trip: *round_trip },
+                StepTimer { round_trip: *round_trip, steps: STEPS },
             )
             .unwrap();
             ours[k].push(Summary::of(&times).unwrap().median);
@@ -303,6 +304,8 @@ fn compare_unroll() {
 
 /// Rounds of the suite comparison: each runs the whole suite once on every side.
 const SUITE_ROUNDS: usize = 2;
+/// Timed steps on the fixed batch before and after each side's suite run.
+const SUITE_FIXED_STEPS: usize = 1000;
 
 /// The randomization suite's conditions, in the suite's order.
 const CONDITIONS: [&str; 5] =
@@ -380,41 +383,49 @@ fn randbench_suite(id: BackendId, grad: GradMode) -> SuiteRun {
 }
 
 /// The whole randomization suite against the fixed batch, every side taking turns: in each
-/// round the PyTorch eager loop and then every randbench side run the suite, each right after
-/// its own fixed-batch steps. Both rates are all steps over all their seconds (the suite's
+/// round the PyTorch eager loop and then every randbench side run the suite, each between two
+/// runs of its own fixed-batch steps. Both rates are all steps over all their seconds (the suite's
 /// training seconds, evaluation excluded on both sides), so the tail counts as it does in a
 /// real run; the medians of the rounds are compared.
 fn compare_suite() {
     let sides: Vec<(String, BackendId, GradMode)> =
         sides().into_iter().filter(|s| !s.3).map(|(name, id, grad, _)| (name, id, grad)).collect();
-    let steps = STEPS.to_string();
-    // Per side (the peer first): fixed-batch rates, suite rates, suite runs.
-    let n = sides.len() + 1;
-    let (mut fixed, mut suite, mut runs) =
-        (vec![Vec::new(); n], vec![Vec::new(); n], Vec::with_capacity(n));
-    runs.resize_with(n, || None);
-    for round in 1..=SUITE_ROUNDS {
-        let p = python("pytorch_eager.py", &["step", "--steps", &steps]);
-        fixed[0].push(1.0 / p["mean_step_seconds"].as_f64().unwrap());
-        let run = peer_suite();
-        suite[0].push(run.rate());
-        eprintln!("round {round}: PyTorch eager {:.0} steps/s over the suite", run.rate());
-        runs[0] = Some(run);
-        for (k, (name, id, grad)) in sides.iter().enumerate() {
-            let times =
-                randbench::backends::with_backend(*id, *grad, StepTimer { round_trip: false })
-                    .unwrap();
-            fixed[k + 1].push(times.len() as f64 / times.iter().sum::<f64>());
-            let run = randbench_suite(*id, *grad);
-            suite[k + 1].push(run.rate());
-            eprintln!("round {round}: randbench {name} {:.0} steps/s over the suite", run.rate());
-            runs[k + 1] = Some(run);
-        }
-    }
-    let med = |v: &[f64]| Summary::of(v).unwrap().median;
     let names: Vec<String> = std::iter::once("PyTorch eager (python)".to_string())
         .chain(sides.iter().map(|(name, ..)| format!("randbench {name}")))
         .collect();
+    let fixed_steps = SUITE_FIXED_STEPS.to_string();
+    // Steps per second over all timed steps on the fixed batch; `None` is the peer.
+    let fixed_rate = |side: Option<&(String, BackendId, GradMode)>| match side {
+        None => {
+            let p = python("pytorch_eager.py", &["step", "--steps", &fixed_steps]);
+            1.0 / p["mean_step_seconds"].as_f64().unwrap()
+        }
+        Some((_, id, grad)) => {
+            let timer = StepTimer { round_trip: false, steps: SUITE_FIXED_STEPS };
+            let times = randbench::backends::with_backend(*id, *grad, timer).unwrap();
+            times.len() as f64 / times.iter().sum::<f64>()
+        }
+    };
+    // Per side (the peer first): fixed-batch rates, suite rates, the last suite run.
+    let n = names.len();
+    let (mut fixed, mut suite) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+    let mut runs: Vec<Option<SuiteRun>> = (0..n).map(|_| None).collect();
+    for round in 1..=SUITE_ROUNDS {
+        for k in 0..n {
+            let side = k.checked_sub(1).map(|i| &sides[i]);
+            // The fixed batch right before and right after the suite brackets it in time.
+            fixed[k].push(fixed_rate(side));
+            let run = match side {
+                None => peer_suite(),
+                Some((_, id, grad)) => randbench_suite(*id, *grad),
+            };
+            fixed[k].push(fixed_rate(side));
+            suite[k].push(run.rate());
+            eprintln!("round {round}: {} {:.0} steps/s over the suite", names[k], run.rate());
+            runs[k] = Some(run);
+        }
+    }
+    let med = |v: &[f64]| Summary::of(v).unwrap().median;
     println!(
         "\nRandomization suite (Fashion-MNIST, 5,000 images, five conditions, to 100% training \
          accuracy) against the fixed batch, median of {SUITE_ROUNDS} rounds in turns; steps/s \
@@ -457,6 +468,7 @@ fn compare_suite() {
 
 fn main() {
     randbench::sys::tune_allocator();
+    randbench::backends::configure_cpu_threads().expect("RANDBENCH_THREADS");
     compare_step();
     compare_unroll();
     if std::env::args().any(|a| a == "--suite") {
