@@ -317,7 +317,7 @@ use crate::backend::Backend;
 use crate::l2l::{meta_state, unroll, zero_state, Distribution, LstmOptimizer, Outer, Problem};
 use crate::models::{init_params, Activation, Model};
 use crate::optim::Optimizer;
-use crate::train::{training_step, Feed};
+use crate::train::{starting_state, training_step, Feed};
 
 fn to_f64(t: &HostTensor) -> Vec<f64> {
     RefValue::from_host(t).data
@@ -580,10 +580,7 @@ pub fn fixed_batch_losses<B: Backend>(
 ) -> Vec<f32> {
     let model = Model::mlp([1, 28, 28], &[512], 10, Activation::Relu);
     let step = training_step(&model, optimizer, 128, Feed::Batch, false).expect("graph");
-    let mut state: Vec<HostTensor> = init_params(&model.params().expect("params"), seed);
-    state.extend(optimizer.initial_state(
-        &model.params().expect("params").iter().map(|p| p.shape.clone()).collect::<Vec<_>>(),
-    ));
+    let state = starting_state(&model.params().expect("params"), optimizer, seed);
     let (x, y) = mlp_batch(128, seed);
     let mut prog = b.compile(&step.graph).expect("compile");
     let mut dev: Vec<B::Tensor> = state.iter().map(|t| b.upload(t).expect("upload")).collect();

@@ -6,9 +6,9 @@
 //! Step outputs: updated parameters, updated state, `loss` and `accuracy` of the batch.
 
 use crate::graph::{GResult, Graph, NodeId};
-use crate::models::Model;
+use crate::models::{init_params, Model, ParamSpec};
 use crate::optim::Optimizer;
-use crate::tensor::DType;
+use crate::tensor::{DType, HostTensor};
 
 /// Where a step's batch comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +68,15 @@ fn batch_inputs(
 
 fn param_inputs(g: &mut Graph, model: &Model) -> GResult<Vec<NodeId>> {
     Ok(model.params()?.iter().map(|p| g.input(p.name.clone(), &p.shape, DType::F32)).collect())
+}
+
+/// The state a training step starts from, in its input order: the parameters drawn from the
+/// seed's init stream, then the optimizer's fresh state for them.
+pub fn starting_state(params: &[ParamSpec], optimizer: &Optimizer, seed: u64) -> Vec<HostTensor> {
+    let shapes: Vec<Vec<usize>> = params.iter().map(|p| p.shape.clone()).collect();
+    let mut state = init_params(params, seed);
+    state.extend(optimizer.initial_state(&shapes));
+    state
 }
 
 /// The graph of one training step of `model` with `optimizer` on batches of `batch`, with a

@@ -25,7 +25,7 @@ use randbench_core::l2l::{carried, unroll, LstmOptimizer, Outer};
 use randbench_core::models::{init_params, Activation, Model};
 use randbench_core::optim::Optimizer;
 use randbench_core::testing::{meta_step_inputs, mlp_batch, small_quadratics};
-use randbench_core::train::{eval_graph, training_step, Feed};
+use randbench_core::train::{eval_graph, starting_state, training_step, Feed};
 use randbench_core::{Backend, BackendId, Engine, GradMode, Graph, HostTensor};
 use std::time::Instant;
 
@@ -104,21 +104,16 @@ fn group(
     group.finish();
 }
 
-fn mlp() -> (Model, Vec<HostTensor>) {
-    let model = Model::mlp([1, 28, 28], &[512], 10, Activation::Relu);
-    let params = init_params(&model.params().unwrap(), 0);
-    (model, params)
+/// The 784-512-10 MLP the step and evaluation benchmarks run.
+fn mlp() -> Model {
+    Model::mlp([1, 28, 28], &[512], 10, Activation::Relu)
 }
 
 fn train_step(c: &mut Criterion) {
-    let (model, params) = mlp();
-    let specs = model.params().unwrap();
+    let model = mlp();
     let optimizer = Optimizer::momentum(0.01, 0.9);
     let step = training_step(&model, &optimizer, 128, Feed::Batch, false).unwrap();
-    let mut inputs = params;
-    inputs.extend(
-        optimizer.initial_state(&specs.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()),
-    );
+    let mut inputs = starting_state(&model.params().unwrap(), &optimizer, 0);
     let (x, y) = mlp_batch(128, 0);
     inputs.extend([x, y]);
     // The step's first outputs are the new parameters and optimizer state, in input order.
@@ -127,7 +122,8 @@ fn train_step(c: &mut Criterion) {
 }
 
 fn eval_pass(c: &mut Criterion) {
-    let (model, mut inputs) = mlp();
+    let model = mlp();
+    let mut inputs = init_params(&model.params().unwrap(), 0);
     let graph = eval_graph(&model, 1000, Feed::Batch).unwrap();
     let (x, y) = mlp_batch(1000, 0);
     inputs.extend([x, y]);

@@ -29,7 +29,7 @@ use randbench_core::models::{init_params, Activation, Model};
 use randbench_core::optim::Optimizer;
 use randbench_core::stats::Summary;
 use randbench_core::testing::{meta_step_inputs, mlp_batch, small_quadratics};
-use randbench_core::train::{training_step, Feed};
+use randbench_core::train::{starting_state, training_step, Feed};
 use randbench_core::{Backend, BackendId, GradMode, HostTensor};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -96,7 +96,11 @@ fn hand_step_median() -> f64 {
             }
         }
     }
-    Summary::of(&times).unwrap().median
+    median(&times)
+}
+
+fn median(v: &[f64]) -> f64 {
+    Summary::of(v).expect("measurements").median
 }
 
 fn root() -> PathBuf {
@@ -124,13 +128,10 @@ impl BackendVisitor for StepTimer {
     type Out = Vec<f64>;
     fn visit<B: Backend>(self, b: &B) -> Vec<f64> {
         let model = Model::mlp([1, 28, 28], &[512], 10, Activation::Relu);
-        let specs = model.params().unwrap();
         let opt = Optimizer::momentum(0.01, 0.9);
         let step = training_step(&model, &opt, 128, Feed::Batch, false).unwrap();
         let mut prog = b.compile(&step.graph).unwrap();
-        let mut initial = init_params(&specs, 0);
-        initial
-            .extend(opt.initial_state(&specs.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()));
+        let initial = starting_state(&model.params().unwrap(), &opt, 0);
         let (x, y) = mlp_batch(128, 0);
         let data = [b.upload(&x).unwrap(), b.upload(&y).unwrap()];
         let n = step.params + step.state;
@@ -198,17 +199,16 @@ fn compare_step() {
                 StepTimer { round_trip: *round_trip, steps: STEPS },
             )
             .unwrap();
-            ours[k].push(Summary::of(&times).unwrap().median);
+            ours[k].push(median(&times));
         }
     }
-    let med = |v: &[f64]| Summary::of(v).unwrap().median;
-    let p = med(&peer);
+    let p = median(&peer);
     println!("MLP 784-512-10 training step, batch 128, SGD momentum (median of 3 rounds of {STEPS} steps)");
     println!("  {:<32} {:>8.0} steps/s", "PyTorch eager (python)", 1.0 / p);
-    let h = med(&hand);
+    let h = median(&hand);
     println!("  {:<32} {:>8.0} steps/s   {:.2}× PyTorch", "candle by hand", 1.0 / h, p / h);
     for ((name, id, ..), t) in sides.iter().zip(&ours) {
-        let t = med(t);
+        let t = median(t);
         let ir = match id.engine {
             randbench_core::Engine::Candle => format!("   {:.2}× candle by hand", h / t),
             _ => String::new(),
@@ -267,7 +267,7 @@ impl BackendVisitor for UnrollTimer {
                 times.push(dt);
             }
         }
-        Summary::of(&times).unwrap().median
+        median(&times)
     }
 }
 
@@ -284,15 +284,14 @@ fn compare_unroll() {
             ours[k].push(randbench::backends::with_backend(*id, *grad, UnrollTimer).unwrap());
         }
     }
-    let med = |v: &[f64]| Summary::of(v).unwrap().median;
-    let p = med(&peer);
+    let p = median(&peer);
     println!(
         "\nLearned-optimizer meta-training unroll: 2×20 LSTM, 128 quadratics of dimension 10, \
          20 steps with outer gradient and Adam step (median of 3 rounds of {UNROLLS} unrolls)"
     );
     println!("  {:<32} {:>8.1} unrolls/s", "PyTorch eager (python)", 1.0 / p);
     for ((name, ..), t) in sides.iter().zip(&ours) {
-        let t = med(t);
+        let t = median(t);
         println!(
             "  {:<32} {:>8.1} unrolls/s   {:.2}× PyTorch",
             format!("randbench {name}"),
@@ -425,7 +424,6 @@ fn compare_suite() {
             runs[k] = Some(run);
         }
     }
-    let med = |v: &[f64]| Summary::of(v).unwrap().median;
     println!(
         "\nRandomization suite (Fashion-MNIST, 5,000 images, five conditions, to 100% training \
          accuracy) against the fixed batch, median of {SUITE_ROUNDS} rounds in turns; steps/s \
@@ -435,9 +433,9 @@ fn compare_suite() {
         "  {:<32} {:>12} {:>12} {:>12} {:>12}",
         "", "fixed batch", "suite", "suite/fixed", "vs PyTorch"
     );
-    let peer_suite_rate = med(&suite[0]);
+    let peer_suite_rate = median(&suite[0]);
     for (k, name) in names.iter().enumerate() {
-        let (f, s) = (med(&fixed[k]), med(&suite[k]));
+        let (f, s) = (median(&fixed[k]), median(&suite[k]));
         println!(
             "  {:<32} {:>8.0} /s {:>8.0} /s {:>11.2}× {:>11.2}×",
             name,

@@ -3,10 +3,10 @@
 //! one, and ort-cpu took twice as long over the randomization suite.) A binary of its own, so
 //! that no other test's threads come and go while it counts.
 
-use randbench_core::models::{init_params, Activation, Model};
+use randbench_core::models::{Activation, Model};
 use randbench_core::optim::Optimizer;
 use randbench_core::testing::mlp_batch;
-use randbench_core::train::{training_step, Feed};
+use randbench_core::train::{starting_state, training_step, Feed};
 use randbench_core::{Backend, Device};
 use randbench_ort::{OrtBackend, OrtProgram};
 
@@ -18,12 +18,10 @@ fn threads() -> usize {
 /// its program lives.
 fn compile_and_run(b: &OrtBackend, batch: usize) -> OrtProgram {
     let model = Model::mlp([1, 28, 28], &[32], 10, Activation::Relu);
-    let specs = model.params().unwrap();
     let opt = Optimizer::momentum(0.01, 0.9);
     let step = training_step(&model, &opt, batch, Feed::Batch, false).unwrap();
     let mut prog = b.compile(&step.graph).unwrap();
-    let mut host = init_params(&specs, 0);
-    host.extend(opt.initial_state(&specs.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()));
+    let mut host = starting_state(&model.params().unwrap(), &opt, 0);
     let (x, y) = mlp_batch(batch, 0);
     host.extend([x, y]);
     let inputs: Vec<_> = host.iter().map(|t| b.upload(t).unwrap()).collect();

@@ -10,11 +10,13 @@ use crate::slowdown;
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::corrupt::Condition;
 use randbench_core::data::{translate_batch, Dataset, Split};
-use randbench_core::models::{dropout_masks, init_params, Model};
+use randbench_core::models::{dropout_masks, Model};
 use randbench_core::optim::Optimizer;
 use randbench_core::rng::Rng;
 use randbench_core::stats::Summary;
-use randbench_core::train::{eval_graph, training_step_with, Feed, LearningRate, TrainStep};
+use randbench_core::train::{
+    eval_graph, starting_state, training_step_with, Feed, LearningRate, TrainStep,
+};
 use randbench_core::units::Seconds;
 use randbench_core::HostTensor;
 use std::borrow::Cow;
@@ -146,8 +148,6 @@ pub fn run<B: Backend>(
     };
     obs.progress(Progress::Compiling);
     let compiling = Instant::now();
-    let specs = model.params()?;
-    let shapes: Vec<Vec<usize>> = specs.iter().map(|p| p.shape.clone()).collect();
     let mut progs = compile_steps(b, &model, &optimizer, w.batch, n, &feed)?;
     let gather = |examples| Feed::Gather { examples };
     let mut eval_train = b.compile(&eval_graph(&model, EVAL_CHUNK.min(n), gather(n))?)?;
@@ -156,8 +156,7 @@ pub fn run<B: Backend>(
     record.compile_seconds = Some(Seconds(compiling.elapsed().as_secs_f64()));
 
     let upload_all = |ts: &[HostTensor]| upload_all(b, ts);
-    let mut initial = init_params(&specs, job.seed);
-    initial.extend(optimizer.initial_state(&shapes));
+    let initial = starting_state(&model.params()?, &optimizer, job.seed);
     let n_params = progs.step.params;
     let n_state = n_params + progs.step.state;
     let (tx, ty) = train.tensors();
