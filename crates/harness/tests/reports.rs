@@ -161,7 +161,6 @@ fn the_html_report_opens_in_headless_chromium_with_its_charts_and_no_network() {
         .unwrap();
     let (_, requests) = open_in_chromium(&browser, &leaky, &dir);
     assert_eq!(requests, ["http://example.invalid/x.png"]);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -238,5 +237,4 @@ fn procurement_puts_machines_side_by_side_with_cost_and_energy_to_each_target() 
     let o = randbench(&["procure", "--suite", "absent", "--db", db], &[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("randbench run absent --machine NAME"));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
