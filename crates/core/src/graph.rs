@@ -928,6 +928,16 @@ impl Graph {
         if axis >= shape.len() {
             return Err(shape_err("Concat", &[&shape], format!("axis {axis} out of range")));
         }
+        // A concatenation of concatenations along the same axis is one: each part is copied
+        // once (the gradients of an LSTM's four gate slices join pairwise into nested ones).
+        let xs: Vec<NodeId> = xs
+            .iter()
+            .flat_map(|&x| match self.node(x).op {
+                Op::Concat { axis: inner } if inner == axis => self.node(x).args.clone(),
+                _ => vec![x],
+            })
+            .collect();
+        let xs = xs.as_slice();
         let dtype = self.dtype(first);
         let mut total = 0;
         for &x in xs {
