@@ -27,13 +27,13 @@ impl Preprocess {
         }
     }
 
-    /// The features of a gradient g [n]: [n, features].
+    /// The features of a gradient g [n]: [features, n].
     pub fn apply(self, g: &mut Graph, grad: NodeId) -> GResult<NodeId> {
         match self {
             Preprocess::LogSign { p } => log_sign(g, grad, p),
             Preprocess::None => {
                 let n = g.shape(grad)[0];
-                g.reshape(grad, &[n, 1])
+                g.reshape(grad, &[1, n])
             }
         }
     }
@@ -114,9 +114,10 @@ impl LstmOptimizer {
         ps
     }
 
-    /// (h, c) for each layer, for `n` coordinates.
+    /// (h, c) for each layer, for `n` coordinates: [hidden, n] (coordinates last, as in
+    /// [`lstm_cell`]).
     pub fn state_shapes(&self, n: usize) -> Vec<Vec<usize>> {
-        (0..2 * self.layers).map(|_| vec![n, self.hidden]).collect()
+        (0..2 * self.layers).map(|_| vec![self.hidden, n]).collect()
     }
 
     /// The update for gradient `grad` [n] and the new LSTM state.
@@ -137,13 +138,17 @@ impl LstmOptimizer {
             x = h;
         }
         let k = 2 * self.layers;
-        let out = g.linear(x, phi[k], phi[k + 1])?;
+        // w [features, 1] and b [1] of a linear map, applied to x [features, n].
+        let out = g.matmul_t(phi[k], x, true, false)?;
+        let bias = g.reshape(phi[k + 1], &[1, 1])?;
+        let bias = g.broadcast_to(bias, &[1, n])?;
+        let out = g.add(out, bias)?;
         let out = g.reshape(out, &[n])?;
         Ok((g.scale(out, self.output_scale)?, new_state))
     }
 }
 
-/// The paper's preprocessing of a gradient g [n] into two features [n, 2].
+/// The paper's preprocessing of a gradient g [n] into two features [2, n].
 fn log_sign(g: &mut Graph, grad: NodeId, p: f64) -> GResult<NodeId> {
     let n = g.shape(grad)[0];
     let threshold = (-p).exp();
@@ -162,9 +167,9 @@ fn log_sign(g: &mut Graph, grad: NodeId, p: f64) -> GResult<NodeId> {
     let scaled = g.scale(grad, p.exp())?;
     let f2_small = g.mul(small, scaled)?;
     let f2 = g.add(f2_big, f2_small)?;
-    let f1 = g.reshape(f1, &[n, 1])?;
-    let f2 = g.reshape(f2, &[n, 1])?;
-    g.concat(&[f1, f2], 1)
+    let f1 = g.reshape(f1, &[1, n])?;
+    let f2 = g.reshape(f2, &[1, n])?;
+    g.concat(&[f1, f2], 0)
 }
 
 /// How a quadratic's W and y are drawn.

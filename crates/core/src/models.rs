@@ -311,10 +311,15 @@ pub fn dropout_masks(sites: &[Vec<usize>], p: f64, rng: &mut Rng) -> Vec<HostTen
         .collect()
 }
 
-/// One LSTM cell with fused gates: x[n,i], h and c [n,H], w [i+H, 4H], b [4H].
-/// Gate order i, f, o, g: the three sigmoid gates side by side, so that one sigmoid (and in
-/// the backward pass one sigmoid gradient) covers them — fewer, larger ops, which is what
-/// the learned optimizer's many small steps are bound by. (PyTorch orders them i, f, g, o.)
+/// One LSTM cell with coordinates along the last axis: x [i, n], h and c [H, n]; w [i+H, 4H]
+/// (rows for x, then for h) and b [4H], gates in the order i, f, o, g (PyTorch's LSTMCell
+/// weights transposed and stacked; PyTorch orders the gates i, f, g, o).
+///
+/// Coordinates last make every gate, and every part of the gates' gradient, a contiguous block
+/// of rows: slicing and concatenating them copies whole blocks (or nothing, where an engine
+/// views them), where with coordinates first each of n rows is cut into pieces. The bias rides
+/// in the product as a row of ones, and each gate is its own slice, so that the rest of the
+/// cell is elementwise over [H, n]: one fused kernel where the engine fuses.
 pub fn lstm_cell(
     g: &mut Graph,
     x: NodeId,
@@ -323,14 +328,15 @@ pub fn lstm_cell(
     w: NodeId,
     b: NodeId,
 ) -> GResult<(NodeId, NodeId)> {
-    let hidden = g.shape(h)[1];
-    let xh = g.concat(&[x, h], 1)?;
-    let gates = g.linear(xh, w, b)?;
-    let ifo = g.slice(gates, 1, 0, 3 * hidden)?;
-    let ifo = g.sigmoid(ifo)?;
-    let gate = |g: &mut Graph, k: usize| g.slice(ifo, 1, k * hidden, (k + 1) * hidden);
-    let (i, f, o) = (gate(g, 0)?, gate(g, 1)?, gate(g, 2)?);
-    let gg = g.slice(gates, 1, 3 * hidden, 4 * hidden)?;
+    let (hidden, n) = (g.shape(h)[0], g.shape(h)[1]);
+    let ones = g.full(1.0, &[1, n])?;
+    let xh1 = g.concat(&[x, h, ones], 0)?;
+    let b = g.reshape(b, &[1, 4 * hidden])?;
+    let wb = g.concat(&[w, b], 0)?;
+    let gates = g.matmul_t(wb, xh1, true, false)?;
+    let gate = |g: &mut Graph, k: usize| g.slice(gates, 0, k * hidden, (k + 1) * hidden);
+    let (i, f, o, gg) = (gate(g, 0)?, gate(g, 1)?, gate(g, 2)?, gate(g, 3)?);
+    let (i, f, o) = (g.sigmoid(i)?, g.sigmoid(f)?, g.sigmoid(o)?);
     let gg = g.tanh(gg)?;
     let fc = g.mul(f, c)?;
     let ig = g.mul(i, gg)?;
