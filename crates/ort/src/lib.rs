@@ -9,6 +9,7 @@
 //! ONNX Runtime is opened at run time (`load-dynamic`) from the pinned `onnxruntime` wheel in
 //! the project environment; `ORT_DYLIB_PATH` overrides where.
 
+mod fused;
 mod lower;
 
 use ort::environment::GlobalThreadPoolOptions;
@@ -126,9 +127,22 @@ fn version_of(library: &std::path::Path) -> String {
     }
 }
 
+/// `RANDBENCH_ORT_FUSION`: `on` (the default) or `off`.
+fn fusion_setting() -> Result<bool, String> {
+    match std::env::var("RANDBENCH_ORT_FUSION").as_deref() {
+        Err(_) | Ok("on") => Ok(true),
+        Ok("off") => Ok(false),
+        Ok(other) => Err(format!("RANDBENCH_ORT_FUSION={other}: set it to `on` or `off`")),
+    }
+}
+
 pub struct OrtBackend {
     id: BackendId,
     runtime: &'static Runtime,
+    /// Whether groups of elementwise nodes run as fused kernels: on the CPU provider, unless
+    /// `RANDBENCH_ORT_FUSION=off` (for comparisons); fused kernels are CPU code, and on CUDA
+    /// they would copy every operand over.
+    fuse: bool,
 }
 
 /// A compiled graph: one session, its I/O binding, and the graph for input checks.
@@ -139,6 +153,14 @@ pub struct OrtProgram {
     graph: Graph,
     inputs: Vec<String>,
     outputs: Vec<String>,
+    fused_groups: usize,
+}
+
+impl OrtProgram {
+    /// How many groups of elementwise nodes run as fused kernels.
+    pub fn fused_groups(&self) -> usize {
+        self.fused_groups
+    }
 }
 
 impl OrtBackend {
@@ -161,7 +183,14 @@ impl OrtBackend {
         if let Device::Cuda(n) = device {
             Self::check_cuda(runtime, n)?;
         }
-        Ok(Self { id, runtime })
+        let setting =
+            fusion_setting().map_err(|what| BackendError::Unsupported { backend: id, what })?;
+        Ok(Self { id, runtime, fuse: setting && device == Device::Cpu })
+    }
+
+    /// This backend with fused elementwise kernels on or off (off, whatever is asked, on CUDA).
+    pub fn with_fusion(self, on: bool) -> Self {
+        Self { fuse: on && self.id.device == Device::Cpu, ..self }
     }
 
     #[cfg(feature = "cuda")]
@@ -236,7 +265,17 @@ impl OrtBackend {
                 })?,
             Device::Cpu => builder,
         };
+        if self.fuses() {
+            builder = builder.with_operators(fused::domain().lib(self.id)?).lib(self.id)?;
+            let mut session = builder.edit_from_memory(&fused::base_model(OPSET)).lib(self.id)?;
+            session.apply_model(&model).lib(self.id)?;
+            return session.into_session().lib(self.id);
+        }
         model.into_session(&builder).lib(self.id)
+    }
+
+    fn fuses(&self) -> bool {
+        self.fuse
     }
 
     fn providers(&self) -> &'static str {
@@ -263,6 +302,7 @@ impl Backend for OrtBackend {
             extra: vec![
                 ("providers".into(), self.providers().into()),
                 ("opset".into(), OPSET.to_string()),
+                ("fusion".into(), if self.fuse { "on" } else { "off" }.into()),
                 ("library_path".into(), self.runtime.library.display().to_string()),
             ],
         }
@@ -300,8 +340,8 @@ impl Backend for OrtBackend {
 
     fn compile(&self, g: &Graph) -> BResult<OrtProgram> {
         let graph = expand_grads(g)?;
-        let lowered =
-            lower::lower(&graph).map_err(|e| BackendError::library(self.id, e.to_string()))?;
+        let lowered = lower::lower(&graph, self.fuses())
+            .map_err(|e| BackendError::library(self.id, e.to_string()))?;
         let session = self.session(lowered.model)?;
         let binding = session.create_binding().lib(self.id)?;
         let memory = self.memory_info()?;
@@ -312,6 +352,7 @@ impl Backend for OrtBackend {
             graph,
             inputs: lowered.inputs,
             outputs: lowered.outputs,
+            fused_groups: lowered.fused_groups,
         })
     }
 

@@ -3,8 +3,10 @@
 //! The graph must hold no `Grad` node (the backend expands them first). `StopGradient` is an
 //! alias of its argument. A `BroadcastTo` that feeds an elementwise op is left to ONNX's own
 //! broadcasting instead of being materialized with `Expand`. Every op lowers to ops of the
-//! default ONNX domain at [`OPSET`].
+//! default ONNX domain at [`OPSET`], except groups of elementwise nodes, which become one
+//! `randbench.Fused` node each where the caller asks for fusion (the CPU provider).
 
+use crate::fused;
 use ort::editor::{Graph as OnnxGraph, Model, Node, Opset, ONNX_DOMAIN};
 use ort::memory::Allocator;
 use ort::operator::Attribute;
@@ -12,6 +14,7 @@ use ort::value::{
     Outlet, PrimitiveTensorElementType, Shape, SymbolicDimensions, Tensor, TensorElementType,
     ValueType,
 };
+use randbench_core::fusion::{self, Fusion, Unit};
 use randbench_core::graph::{
     broadcast_shapes, conv_transpose_output_padding, sum_to_axes, BinaryOp, CmpOp, Graph, NodeId,
     Op, UnaryOp,
@@ -62,6 +65,8 @@ pub struct Lowered {
     pub model: Model,
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
+    /// Groups of elementwise nodes lowered to one fused node each.
+    pub fused_groups: usize,
 }
 
 struct Ctx {
@@ -189,15 +194,18 @@ fn reads(g: &Graph, id: NodeId) -> Vec<NodeId> {
     }
 }
 
-pub fn lower(g: &Graph) -> LResult<Lowered> {
+/// The model of `g`; `fuse` runs groups of elementwise nodes as fused kernels.
+pub fn lower(g: &Graph, fuse: bool) -> LResult<Lowered> {
     let mut cx = Ctx {
         graph: OnnxGraph::new().map_err(LowerError::Ort)?,
         counter: 0,
         constants: HashMap::new(),
     };
     let n = g.len();
+    let reads = |id: NodeId| reads(g, id);
     // Which nodes the outputs need, reading through the substitutions above.
-    let needed = g.needed_by(g.output_ids(), |id| reads(g, id));
+    let needed = g.needed_by(g.output_ids(), reads);
+    let fusion = if fuse { fusion::plan(g, &needed, reads) } else { Fusion::none(g) };
     let mut names: Vec<String> = vec![String::new(); n];
     let mut inputs = Vec::new();
     let mut input_outlets = Vec::new();
@@ -215,17 +223,41 @@ pub fn lower(g: &Graph) -> LResult<Lowered> {
             claimed.entry(*id).or_insert(k);
         }
     }
-    for i in 0..n {
-        let id = NodeId::from_index(i);
-        let node = g.node(id);
-        if !needed[i] || matches!(node.op, Op::Input { .. }) {
-            continue;
+    let target = |id: NodeId| claimed.get(&id).map(|&k| outputs[k].clone());
+    for unit in fusion.order(g, &needed, reads) {
+        match unit {
+            Unit::Node(id) => {
+                let a: Vec<String> = reads(id).iter().map(|x| names[x.index()].clone()).collect();
+                let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+                let out = emit(&mut cx, g, id, &a)?;
+                let name = target(id);
+                names[id.index()] = cx.finish(out, name.as_deref())?;
+            }
+            Unit::Group(c) => {
+                let group = &fusion.groups[c];
+                let a: Vec<String> =
+                    group.inputs.iter().map(|x| names[x.index()].clone()).collect();
+                let outs: Vec<String> = group
+                    .outputs
+                    .iter()
+                    .map(|&m| target(m).unwrap_or_else(|| cx.fresh("fused")))
+                    .collect();
+                let (code, consts) = group.kernel.encode();
+                let shapes = fused::encode_shapes(group.outputs.iter().map(|&m| g.shape(m)));
+                let attrs = vec![
+                    attr(fused::CODE, code)?,
+                    attr(fused::CONSTS, consts)?,
+                    attr(fused::SHAPES, shapes)?,
+                ];
+                let name = cx.fresh("node");
+                let node = Node::new(fused::OP, fused::DOMAIN, name, &a, &outs, attrs)
+                    .map_err(LowerError::Ort)?;
+                cx.graph.add_node(node).map_err(LowerError::Ort)?;
+                for (&m, o) in group.outputs.iter().zip(outs) {
+                    names[m.index()] = o;
+                }
+            }
         }
-        let args = reads(g, id);
-        let a: Vec<String> = args.iter().map(|x| names[x.index()].clone()).collect();
-        let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
-        let out = emit(&mut cx, g, id, &a)?;
-        names[i] = cx.finish(out, claimed.get(&id).map(|&k| outputs[k].as_str()))?;
     }
     let mut output_outlets = Vec::new();
     for (k, (_, id)) in g.outputs().iter().enumerate() {
@@ -237,10 +269,13 @@ pub fn lower(g: &Graph) -> LResult<Lowered> {
     }
     cx.graph.set_inputs(input_outlets).map_err(LowerError::Ort)?;
     cx.graph.set_outputs(output_outlets).map_err(LowerError::Ort)?;
-    let mut model = Model::new([Opset::new(ONNX_DOMAIN, OPSET).map_err(LowerError::Ort)?])
-        .map_err(LowerError::Ort)?;
+    let mut opsets = vec![Opset::new(ONNX_DOMAIN, OPSET).map_err(LowerError::Ort)?];
+    if !fusion.groups.is_empty() {
+        opsets.push(Opset::new(fused::DOMAIN, fused::VERSION).map_err(LowerError::Ort)?);
+    }
+    let mut model = Model::new(opsets).map_err(LowerError::Ort)?;
     model.set_graph(cx.graph).map_err(LowerError::Ort)?;
-    Ok(Lowered { model, inputs, outputs })
+    Ok(Lowered { model, inputs, outputs, fused_groups: fusion.groups.len() })
 }
 
 fn emit(cx: &mut Ctx, g: &Graph, id: NodeId, a: &[&str]) -> LResult<Out> {

@@ -1,0 +1,194 @@
+//! The custom operator that runs a fused group of elementwise nodes
+//! ([`randbench_core::fusion`]) on ONNX Runtime's CPU provider: `randbench.Fused`, its kernel
+//! carried in the node's attributes, its work split over the session's thread pool.
+
+use ort::operator::{
+    ComputeContext, Kernel as OrtKernel, KernelContext, Operator, OperatorDomain, OperatorInput,
+    OperatorOutput, ShapeInferenceContext,
+};
+use ort::value::{Shape, SymbolicDimensions, TensorElementType, ValueType};
+use randbench_core::fusion::Kernel;
+
+/// The operator domain of randbench's own ops.
+pub const DOMAIN: &str = "randbench";
+pub const OP: &str = "Fused";
+pub const VERSION: u32 = 1;
+/// Attributes: the kernel's code and constants ([`Kernel::encode`]), and the outputs' shapes
+/// (each its rank, then its dimensions).
+pub const CODE: &str = "code";
+pub const CONSTS: &str = "consts";
+pub const SHAPES: &str = "shapes";
+
+/// Elements each task of the thread pool takes: fewer than two tasks' worth runs on the
+/// calling thread, where handing work over would cost more than it saves.
+const TASK: usize = 8192;
+
+/// The domain holding the fused operator, to register on a session.
+pub fn domain() -> ort::Result<OperatorDomain> {
+    OperatorDomain::new(DOMAIN)?.add(FusedOp)
+}
+
+/// An empty ONNX model (IR version 10) importing the default domain at `opset` and this one:
+/// what a session that runs fused nodes starts from. ONNX Runtime registers a session's custom
+/// operators only when it loads a model from bytes or a file; a session made straight from an
+/// editor-built model (`CreateSessionFromModel`) looks them up before they are registered, so
+/// the editor's model is applied onto this one instead.
+pub fn base_model(opset: u32) -> Vec<u8> {
+    // Protobuf by hand, field by field: ir_version, two opset_imports, a graph named "g".
+    let mut m = vec![0x08, 10];
+    m.extend([0x42, 2, 0x10, opset as u8]);
+    let domain = DOMAIN.as_bytes();
+    m.extend([0x42, (4 + domain.len()) as u8, 0x0A, domain.len() as u8]);
+    m.extend(domain);
+    m.extend([0x10, VERSION as u8]);
+    m.extend([0x3A, 3, 0x12, 1, b'g']);
+    m
+}
+
+/// Output shapes as the `shapes` attribute holds them.
+pub fn encode_shapes<'a>(shapes: impl IntoIterator<Item = &'a [usize]>) -> Vec<i64> {
+    let mut v = Vec::new();
+    for s in shapes {
+        v.push(s.len() as i64);
+        v.extend(s.iter().map(|&d| d as i64));
+    }
+    v
+}
+
+fn decode_shapes(v: &[i64]) -> ort::Result<Vec<Vec<i64>>> {
+    let mut shapes = Vec::new();
+    let mut rest = v;
+    while let Some((&rank, tail)) = rest.split_first() {
+        let rank = usize::try_from(rank).map_err(|_| ort::Error::new("negative rank"))?;
+        let dims = tail.get(..rank).ok_or_else(|| ort::Error::new("shapes cut short"))?;
+        shapes.push(dims.to_vec());
+        rest = &tail[rank..];
+    }
+    Ok(shapes)
+}
+
+struct FusedOp;
+
+impl Operator for FusedOp {
+    type Kernel<'attr> = FusedKernel;
+
+    fn name(&self) -> &str {
+        OP
+    }
+
+    // ort's default range ends at u32::MAX, which ONNX Runtime reads as -1: an empty range.
+    fn versions(&self) -> std::ops::RangeInclusive<u32> {
+        VERSION..=VERSION
+    }
+
+    fn execution_provider_type(&self) -> Option<&str> {
+        Some("CPUExecutionProvider")
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        [OperatorInput::variadic(1).homogenous(TensorElementType::Float32)]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::variadic(1).homogenous(TensorElementType::Float32)]
+    }
+
+    fn create_kernel<'attr>(&self, ctx: &KernelContext<'attr>) -> ort::Result<FusedKernel> {
+        let attr = |name: &str| ort::Error::new(format!("{OP} has no attribute {name}"));
+        let code: Vec<i64> = ctx.get(CODE).ok_or_else(|| attr(CODE))?;
+        let consts: Vec<f32> = ctx.get(CONSTS).ok_or_else(|| attr(CONSTS))?;
+        let shapes: Vec<i64> = ctx.get(SHAPES).ok_or_else(|| attr(SHAPES))?;
+        let kernel = Kernel::decode(&code, &consts).map_err(|e| ort::Error::new(e.to_string()))?;
+        let shapes = decode_shapes(&shapes)?;
+        if shapes.len() != kernel.outputs() {
+            return Err(ort::Error::new("one shape per output"));
+        }
+        Ok(FusedKernel { kernel, shapes })
+    }
+
+    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+        let shapes: Vec<i64> = ctx.attr(SHAPES)?;
+        for (k, s) in decode_shapes(&shapes)?.into_iter().enumerate() {
+            let rank = s.len();
+            let ty = ValueType::Tensor {
+                ty: TensorElementType::Float32,
+                shape: Shape::new(s),
+                dimension_symbols: SymbolicDimensions::empty(rank),
+            };
+            ctx.set_output(k, &ty)?;
+        }
+        Ok(())
+    }
+}
+
+struct FusedKernel {
+    kernel: Kernel,
+    shapes: Vec<Vec<i64>>,
+}
+
+/// Output buffers shared by the pool's tasks, each writing its own range.
+struct Outputs(Vec<(*mut f32, usize)>);
+// SAFETY: tasks write disjoint ranges of the buffers, which outlive the parallel loop.
+unsafe impl Sync for Outputs {}
+unsafe impl Send for Outputs {}
+
+impl Outputs {
+    /// Each buffer's `range`.
+    ///
+    /// # Safety
+    /// `range` lies within the buffers, and nothing else reads or writes it meanwhile.
+    unsafe fn range<'a>(&self, range: std::ops::Range<usize>) -> Vec<&'a mut [f32]> {
+        self.0
+            .iter()
+            .map(|&(p, n)| {
+                debug_assert!(range.end <= n);
+                unsafe { std::slice::from_raw_parts_mut(p.add(range.start), range.len()) }
+            })
+            .collect()
+    }
+}
+
+impl OrtKernel for FusedKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let missing = || ort::Error::new(format!("{OP}: a missing input or output"));
+        let values = (0..self.kernel.inputs())
+            .map(|k| ctx.input(k)?.ok_or_else(missing))
+            .collect::<ort::Result<Vec<_>>>()?;
+        let inputs = values
+            .iter()
+            .map(|v| Ok(v.try_extract_tensor::<f32>()?.1))
+            .collect::<ort::Result<Vec<&[f32]>>>()?;
+        let mut values = self
+            .shapes
+            .iter()
+            .enumerate()
+            .map(|(k, s)| ctx.output(k, s.clone())?.ok_or_else(missing))
+            .collect::<ort::Result<Vec<_>>>()?;
+        let mut outputs = values
+            .iter_mut()
+            .map(|v| Ok(v.try_extract_tensor_mut::<f32>()?.1))
+            .collect::<ort::Result<Vec<&mut [f32]>>>()?;
+        let len = outputs[0].len();
+        // The kernel asserts these; a panic must not cross into ONNX Runtime.
+        if inputs.iter().any(|x| x.len() != len && x.len() != 1)
+            || outputs.iter().any(|o| o.len() != len)
+        {
+            return Err(ort::Error::new(format!("{OP}: operands of different sizes")));
+        }
+        if len < 2 * TASK {
+            self.kernel.run(&inputs, &mut outputs);
+            return Ok(());
+        }
+        let tasks = len.div_ceil(TASK);
+        let buffers = Outputs(outputs.iter_mut().map(|o| (o.as_mut_ptr(), o.len())).collect());
+        let (kernel, buffers) = (&self.kernel, &buffers);
+        ctx.par_for(tasks, tasks, |t| {
+            let range = t * TASK..((t + 1) * TASK).min(len);
+            let ins: Vec<&[f32]> =
+                inputs.iter().map(|x| if x.len() == 1 { *x } else { &x[range.clone()] }).collect();
+            // SAFETY: `range` lies within the outputs, and each task has a range of its own.
+            let mut outs = unsafe { buffers.range(range) };
+            kernel.run(&ins, &mut outs);
+        })
+    }
+}
