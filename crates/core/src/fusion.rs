@@ -342,14 +342,9 @@ pub fn tanh(x: f32) -> f32 {
     let x = x.clamp(-7.905_311, 7.905_311);
     let x2 = x * x;
     let mut p = -2.760_768_5e-16f32;
-    for c in [
-        2.000_188e-13,
-        -8.604_672e-11,
-        5.122_297e-8,
-        1.485_722_4e-5,
-        6.372_619e-4,
-        4.893_524_6e-3,
-    ] {
+    for c in
+        [2.000_188e-13, -8.604_672e-11, 5.122_297e-8, 1.485_722_4e-5, 6.372_619e-4, 4.893_524_6e-3]
+    {
         p = p.mul_add(x2, c);
     }
     let mut q = 1.198_258_4e-6f32;
@@ -362,18 +357,22 @@ pub fn tanh(x: f32) -> f32 {
 /// Groups of a graph's elementwise nodes, each run as one [`Kernel`].
 pub struct Fusion {
     pub groups: Vec<Group>,
+    /// The group that computes each node, or writes it (a concatenation it writes in place).
     group_of: Vec<Option<usize>>,
-    /// Nodes no group runs as its own, as every reader recomputes them.
-    recomputed: Vec<bool>,
+    /// Nodes nothing runs on their own: values every reader recomputes, slices every reader
+    /// reads in place, concatenations a group writes in place.
+    absorbed: Vec<bool>,
 }
 
 /// A fused group: its members in graph order (reshapes and `StopGradient`s among them cost
-/// nothing), the nodes it reads (its kernel's inputs, in order), and the members read outside
-/// it or by the graph's outputs (its kernel's outputs, in order). Its kernel may also compute
-/// cheap values of other groups again instead of reading them.
+/// nothing); the nodes its kernel reads, in order, each from an element offset (a slice read
+/// in place is its source from the slice's start); and what it writes, in order: its members
+/// read outside it or by the graph's outputs, then concatenations of its members. Its kernel
+/// may also compute cheap values of other groups again instead of reading them.
 pub struct Group {
     pub members: Vec<NodeId>,
     pub inputs: Vec<NodeId>,
+    pub offsets: Vec<usize>,
     pub outputs: Vec<NodeId>,
     pub kernel: Kernel,
 }
@@ -513,39 +512,95 @@ pub fn plan(g: &Graph, needed: &[bool], reads: impl Fn(NodeId) -> Vec<NodeId>) -
             all
         })
         .collect();
-    // Who reads each member from outside the groups that compute it.
+    // A concatenation of a group's own values along a contiguous axis is written in place by
+    // the group (an LSTM's four gate gradients), instead of each value being written out and
+    // copied again.
+    let mut concats: Vec<Vec<NodeId>> = vec![Vec::new(); kept.len()];
+    let mut absorbed = vec![false; n];
+    for i in (0..n).filter(|&i| needed[i] && group_of[i].is_none()) {
+        let id = NodeId::from_index(i);
+        let node = g.node(id);
+        let Op::Concat { axis } = node.op else { continue };
+        let Some(c) = group_of[node.args[0].index()] else { continue };
+        let size = numel(g.shape(kept[c][0]));
+        let own = |a: &NodeId| kept[c].binary_search(a).is_ok() && numel(g.shape(*a)) == size;
+        if contiguous(&node.shape, axis) && node.args.iter().all(own) {
+            concats[c].push(id);
+            absorbed[i] = true;
+        }
+    }
+    // Who reads each member from outside the groups that compute it (a group reading a slice
+    // in place reads the slice's source).
     let mut read_outside = vec![false; n];
     for (_, id) in g.outputs() {
         read_outside[id.index()] = true;
     }
-    for i in (0..n).filter(|&i| needed[i] && group_of[i].is_none()) {
+    let mut plain_read = vec![false; n];
+    for i in (0..n).filter(|&i| needed[i] && group_of[i].is_none() && !absorbed[i]) {
         for a in reads(NodeId::from_index(i)) {
             read_outside[a.index()] = true;
+            plain_read[a.index()] = true;
         }
     }
     for nodes in &computed {
         for &m in nodes {
             for a in reads(m) {
                 if nodes.binary_search(&a).is_err() {
-                    read_outside[a.index()] = true;
+                    let (source, _) = view(g, a);
+                    read_outside[source.index()] = true;
                 }
             }
+        }
+    }
+    // Slices that only groups read, in place, are never made.
+    for i in 0..n {
+        let a = NodeId::from_index(i);
+        if needed[i] && view(g, a).0 != a && !plain_read[i] && !g.output_ids().contains(&a) {
+            absorbed[i] = true;
         }
     }
     // A group whose every value is recomputed where it is read is not run at all.
     let mut groups = Vec::new();
     let mut renumber: Vec<Option<usize>> = vec![None; kept.len()];
-    let mut recomputed = vec![false; n];
-    for (c, (own, nodes)) in kept.into_iter().zip(computed).enumerate() {
-        if own.iter().any(|m| read_outside[m.index()]) {
+    for (c, ((own, nodes), cats)) in kept.into_iter().zip(computed).zip(concats).enumerate() {
+        if own.iter().any(|m| read_outside[m.index()]) || !cats.is_empty() {
             renumber[c] = Some(groups.len());
-            groups.push(build_group(g, own, nodes, &read_outside, &reads));
+            groups.push(build_group(g, own, nodes, cats, &read_outside, &reads));
         } else {
-            own.iter().for_each(|m| recomputed[m.index()] = true);
+            own.iter().for_each(|m| absorbed[m.index()] = true);
         }
     }
-    let group_of = group_of.iter().map(|c| c.and_then(|c| renumber[c])).collect();
-    Fusion { groups, group_of, recomputed }
+    let mut group_of: Vec<Option<usize>> =
+        group_of.iter().map(|c| c.and_then(|c| renumber[c])).collect();
+    for (c, group) in groups.iter().enumerate() {
+        for &out in &group.outputs {
+            group_of[out.index()] = Some(c);
+        }
+    }
+    Fusion { groups, group_of, absorbed }
+}
+
+/// Whether a slice or concatenation along `axis` of a tensor of `shape` is one contiguous
+/// range per part: every axis before it has one element.
+fn contiguous(shape: &[usize], axis: usize) -> bool {
+    shape[..axis].iter().all(|&d| d == 1)
+}
+
+/// What reading `a` reads: a slice that is one contiguous range of its source (through
+/// slices of slices) is its source from an element offset; anything else is itself from 0.
+fn view(g: &Graph, a: NodeId) -> (NodeId, usize) {
+    match g.node(a).op {
+        Op::Slice { axis, start, .. } => {
+            let source = g.node(a).args[0];
+            let shape = g.shape(source);
+            if !contiguous(shape, axis) {
+                return (a, 0);
+            }
+            let (root, offset) = view(g, source);
+            (root, offset + start * numel(&shape[axis + 1..]))
+        }
+        _ => (a, 0),
+    }
 }
 
 /// Puts `id` and the members of all `groups` into the first of them, keeping graph order.
@@ -644,21 +699,30 @@ fn depends_outside(
 }
 
 /// A group's kernel: `nodes` (its own members and what it recomputes, in graph order) as
-/// instructions, its own members that are read outside as outputs.
+/// instructions; as outputs, its own members that are read outside, then the concatenations
+/// of its values it writes in place (each output one register per part).
 fn build_group(
     g: &Graph,
     members: Vec<NodeId>,
     nodes: Vec<NodeId>,
+    concats: Vec<NodeId>,
     read_outside: &[bool],
     reads: &impl Fn(NodeId) -> Vec<NodeId>,
 ) -> Group {
     let mut inputs: Vec<NodeId> = Vec::new();
+    let mut offsets: Vec<usize> = Vec::new();
     let mut reg: HashMap<NodeId, u32> = HashMap::new();
+    let mut viewed: HashMap<(NodeId, usize), u32> = HashMap::new();
     for &m in &nodes {
         for a in reads(m) {
             if nodes.binary_search(&a).is_err() && !reg.contains_key(&a) {
-                reg.insert(a, inputs.len() as u32);
-                inputs.push(a);
+                let source = view(g, a);
+                let r = *viewed.entry(source).or_insert_with(|| {
+                    inputs.push(source.0);
+                    offsets.push(source.1);
+                    inputs.len() as u32 - 1
+                });
+                reg.insert(a, r);
             }
         }
     }
@@ -685,17 +749,21 @@ fn build_group(
         reg.insert(m, (inputs.len() + instrs.len()) as u32);
         instrs.push(ins);
     }
-    let outputs: Vec<NodeId> =
+    let mut outputs: Vec<NodeId> =
         members.iter().copied().filter(|m| read_outside[m.index()]).collect();
-    let out_regs = outputs.iter().map(|m| reg[m]).collect();
+    let mut out_regs: Vec<u32> = outputs.iter().map(|m| reg[m]).collect();
+    for c in concats {
+        out_regs.extend(g.node(c).args.iter().map(|a| reg[a]));
+        outputs.push(c);
+    }
     let kernel = Kernel::new(inputs.len(), instrs, out_regs).expect("registers in order");
-    Group { members, inputs, outputs, kernel }
+    Group { members, inputs, offsets, outputs, kernel }
 }
 
 impl Fusion {
     /// No groups: every node runs alone.
     pub fn none(g: &Graph) -> Self {
-        Self { groups: Vec::new(), group_of: vec![None; g.len()], recomputed: vec![false; g.len()] }
+        Self { groups: Vec::new(), group_of: vec![None; g.len()], absorbed: vec![false; g.len()] }
     }
 
     /// The group a node belongs to.
@@ -730,7 +798,7 @@ impl Fusion {
         };
         let units: Vec<Unit> = (0..n)
             .map(NodeId::from_index)
-            .filter(|&id| needed[id.index()] && !is_input(id) && !self.recomputed[id.index()])
+            .filter(|&id| needed[id.index()] && !is_input(id) && !self.absorbed[id.index()])
             .map(unit_of)
             .filter(|u| matches!(u, Unit::Node(_)))
             .chain((0..self.groups.len()).map(Unit::Group))
@@ -875,28 +943,37 @@ mod tests {
         let needed = g.needed_by(g.output_ids(), plain_reads(&g));
         let f = plan(&g, &needed, plain_reads(&g));
         assert!(f.groups.len() >= 10, "{} groups", f.groups.len());
+        let mut concats = 0;
         for group in &f.groups {
+            let size = numel(g.shape(group.members[0]));
             let ins: Vec<Vec<f32>> = group
                 .inputs
                 .iter()
-                .map(|a| values[a.index()].iter().map(|&v| v as f32).collect())
+                .zip(&group.offsets)
+                .map(|(a, &at)| {
+                    let v = &values[a.index()];
+                    let part = if v.len() == 1 { &v[..] } else { &v[at..at + size] };
+                    part.iter().map(|&v| v as f32).collect()
+                })
                 .collect();
             let refs: Vec<&[f32]> = ins.iter().map(|v| v.as_slice()).collect();
-            let size = numel(g.shape(group.members[0]));
-            let mut outs: Vec<Vec<f32>> = vec![vec![0.0; size]; group.outputs.len()];
-            let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(|v| v.as_mut_slice()).collect();
-            group.kernel.run(&refs, &mut out_refs);
+            let mut outs: Vec<Vec<f32>> =
+                group.outputs.iter().map(|o| vec![0.0; numel(g.shape(*o))]).collect();
+            concats += outs.iter().filter(|o| o.len() > size).count();
+            let mut parts: Vec<&mut [f32]> =
+                outs.iter_mut().flat_map(|v| v.chunks_mut(size)).collect();
+            group.kernel.run(&refs, &mut parts);
             for (m, got) in group.outputs.iter().zip(&outs) {
                 for (&v, &want) in got.iter().zip(&values[m.index()]) {
                     let err = (v as f64 - want).abs();
-                    assert!(
-                        err <= 1e-5 * want.abs().max(1.0),
-                        "{:?}: {v} vs {want}",
-                        g.node(*m).op
-                    );
+                    let op = &g.node(*m).op;
+                    assert!(err <= 1e-5 * want.abs().max(1.0), "{op:?}: {v} vs {want}");
                 }
             }
         }
+        assert!(concats > 0, "no concatenation was written in place");
+        let views = f.groups.iter().flat_map(|group| &group.offsets).filter(|&&o| o > 0).count();
+        assert!(views > 0, "no slice was read in place");
         // Each needed node is emitted at most once, alone or in its group, after what it reads.
         let order = f.order(&g, &needed, plain_reads(&g));
         let mut done = vec![false; g.len()];
@@ -906,7 +983,12 @@ mod tests {
         for u in order {
             let (members, reads) = match u {
                 Unit::Node(id) => (vec![id], g.node(id).args.clone()),
-                Unit::Group(c) => (f.groups[c].members.clone(), f.groups[c].inputs.clone()),
+                Unit::Group(c) => {
+                    let group = &f.groups[c];
+                    let mut made = group.members.clone();
+                    made.extend(group.outputs.iter().filter(|o| !group.members.contains(o)));
+                    (made, group.inputs.clone())
+                }
             };
             assert!(reads.iter().all(|a| done[a.index()]), "{u:?} before what it reads");
             for m in members {
@@ -914,8 +996,11 @@ mod tests {
                 done[m.index()] = true;
             }
         }
-        // The rest are elementwise values every reader recomputes.
-        let elementwise = |i: usize| computes(&g.node(NodeId::from_index(i)).op);
-        assert!((0..g.len()).all(|i| done[i] || !needed[i] || elementwise(i)));
+        // The rest are elementwise values every reader recomputes, or slices read in place.
+        let absorbed = |i: usize| {
+            let op = &g.node(NodeId::from_index(i)).op;
+            computes(op) || matches!(op, Op::Slice { .. })
+        };
+        assert!((0..g.len()).all(|i| done[i] || !needed[i] || absorbed(i)));
     }
 }

@@ -13,15 +13,17 @@ use randbench_core::fusion::Kernel;
 pub const DOMAIN: &str = "randbench";
 pub const OP: &str = "Fused";
 pub const VERSION: u32 = 1;
-/// Attributes: the kernel's code and constants ([`Kernel::encode`]), and the outputs' shapes
-/// (each its rank, then its dimensions).
+/// Attributes: the kernel's code and constants ([`Kernel::encode`]); the element offset each
+/// input is read from; and the outputs' shapes (each its rank, then its dimensions). An output
+/// holds one or more of the kernel's outputs, end to end.
 pub const CODE: &str = "code";
 pub const CONSTS: &str = "consts";
+pub const OFFSETS: &str = "offsets";
 pub const SHAPES: &str = "shapes";
 
-/// Elements each task of the thread pool takes: fewer than two tasks' worth runs on the
-/// calling thread, where handing work over would cost more than it saves.
-const TASK: usize = 8192;
+/// About how many elements each task of the thread pool takes; fewer than two tasks' worth
+/// run on the calling thread, where handing work over would cost more than it saves.
+const TASK: usize = 4096;
 
 /// The domain holding the fused operator, to register on a session.
 pub fn domain() -> ort::Result<OperatorDomain> {
@@ -97,13 +99,15 @@ impl Operator for FusedOp {
         let attr = |name: &str| ort::Error::new(format!("{OP} has no attribute {name}"));
         let code: Vec<i64> = ctx.get(CODE).ok_or_else(|| attr(CODE))?;
         let consts: Vec<f32> = ctx.get(CONSTS).ok_or_else(|| attr(CONSTS))?;
+        let offsets: Vec<i64> = ctx.get(OFFSETS).ok_or_else(|| attr(OFFSETS))?;
         let shapes: Vec<i64> = ctx.get(SHAPES).ok_or_else(|| attr(SHAPES))?;
         let kernel = Kernel::decode(&code, &consts).map_err(|e| ort::Error::new(e.to_string()))?;
-        let shapes = decode_shapes(&shapes)?;
-        if shapes.len() != kernel.outputs() {
-            return Err(ort::Error::new("one shape per output"));
+        let offsets = offsets.into_iter().map(usize::try_from).collect::<Result<Vec<_>, _>>();
+        let offsets = offsets.map_err(|_| ort::Error::new(format!("{OP}: a negative offset")))?;
+        if offsets.len() != kernel.inputs() {
+            return Err(ort::Error::new(format!("{OP}: one offset per input")));
         }
-        Ok(FusedKernel { kernel, shapes })
+        Ok(FusedKernel { kernel, offsets, shapes: decode_shapes(&shapes)? })
     }
 
     fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
@@ -123,6 +127,7 @@ impl Operator for FusedOp {
 
 struct FusedKernel {
     kernel: Kernel,
+    offsets: Vec<usize>,
     shapes: Vec<Vec<i64>>,
 }
 
@@ -150,11 +155,11 @@ impl Outputs {
 
 impl OrtKernel for FusedKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let missing = || ort::Error::new(format!("{OP}: a missing input or output"));
+        let error = |what: &str| ort::Error::new(format!("{OP}: {what}"));
         let values = (0..self.kernel.inputs())
-            .map(|k| ctx.input(k)?.ok_or_else(missing))
+            .map(|k| ctx.input(k)?.ok_or_else(|| error("a missing input")))
             .collect::<ort::Result<Vec<_>>>()?;
-        let inputs = values
+        let sources = values
             .iter()
             .map(|v| Ok(v.try_extract_tensor::<f32>()?.1))
             .collect::<ort::Result<Vec<&[f32]>>>()?;
@@ -162,28 +167,43 @@ impl OrtKernel for FusedKernel {
             .shapes
             .iter()
             .enumerate()
-            .map(|(k, s)| ctx.output(k, s.clone())?.ok_or_else(missing))
+            .map(|(k, s)| ctx.output(k, s.clone())?.ok_or_else(|| error("a missing output")))
             .collect::<ort::Result<Vec<_>>>()?;
-        let mut outputs = values
+        let written = values
             .iter_mut()
             .map(|v| Ok(v.try_extract_tensor_mut::<f32>()?.1))
             .collect::<ort::Result<Vec<&mut [f32]>>>()?;
-        let len = outputs[0].len();
-        // The kernel asserts these; a panic must not cross into ONNX Runtime.
-        if inputs.iter().any(|x| x.len() != len && x.len() != 1)
-            || outputs.iter().any(|o| o.len() != len)
-        {
-            return Err(ort::Error::new(format!("{OP}: operands of different sizes")));
+        // Every kernel output is `len` elements; an output holds one or more end to end.
+        let total: usize = written.iter().map(|o| o.len()).sum();
+        let len = total / self.kernel.outputs();
+        if len == 0 || written.iter().any(|o| o.len() % len != 0) {
+            return Err(error("outputs that are no whole number of parts"));
         }
+        let mut outputs: Vec<&mut [f32]> =
+            written.into_iter().flat_map(|o| o.chunks_mut(len)).collect();
+        // Each input from its offset; a single value is broadcast. (The kernel asserts the
+        // lengths; a panic must not cross into ONNX Runtime.)
+        let inputs = sources
+            .iter()
+            .zip(&self.offsets)
+            .map(|(x, &at)| match x.get(at..at + len) {
+                _ if x.len() == 1 && at == 0 => Some(*x),
+                part => part,
+            })
+            .collect::<Option<Vec<&[f32]>>>()
+            .ok_or_else(|| error("an input shorter than its offset and length"))?;
         if len < 2 * TASK {
             self.kernel.run(&inputs, &mut outputs);
             return Ok(());
         }
+        // Equal tasks, each a whole number of 16-element vectors but the last.
         let tasks = len.div_ceil(TASK);
+        let each = len.div_ceil(tasks).next_multiple_of(16);
+        let tasks = len.div_ceil(each);
         let buffers = Outputs(outputs.iter_mut().map(|o| (o.as_mut_ptr(), o.len())).collect());
         let (kernel, buffers) = (&self.kernel, &buffers);
         ctx.par_for(tasks, tasks, |t| {
-            let range = t * TASK..((t + 1) * TASK).min(len);
+            let range = t * each..((t + 1) * each).min(len);
             let ins: Vec<&[f32]> =
                 inputs.iter().map(|x| if x.len() == 1 { *x } else { &x[range.clone()] }).collect();
             // SAFETY: `range` lies within the outputs, and each task has a range of its own.

@@ -244,9 +244,11 @@ pub fn lower(g: &Graph, fuse: bool) -> LResult<Lowered> {
                     .collect();
                 let (code, consts) = group.kernel.encode();
                 let shapes = fused::encode_shapes(group.outputs.iter().map(|&m| g.shape(m)));
+                let offsets: Vec<i64> = group.offsets.iter().map(|&o| o as i64).collect();
                 let attrs = vec![
                     attr(fused::CODE, code)?,
                     attr(fused::CONSTS, consts)?,
+                    attr(fused::OFFSETS, offsets)?,
                     attr(fused::SHAPES, shapes)?,
                 ];
                 let name = cx.fresh("node");
