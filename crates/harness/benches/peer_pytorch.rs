@@ -14,6 +14,9 @@
 //! by as much as a factor of two over minutes, so only measurements taken in turn compare.
 //! "host round trip" downloads the parameters and optimizer state after every step and
 //! uploads them again, inside the timed step: what keeping state on the device saves.
+//! "fusion off" runs ONNX Runtime's own ops one by one instead of randbench's fused
+//! elementwise kernels (`RANDBENCH_ORT_FUSION=off`): what fusion saves, on the step and the
+//! unroll.
 //!
 //! The same step written by hand with candle-core and candle-nn ("candle by hand") takes its
 //! turn too: randbench's candle-cpu against it is the cost of the IR.
@@ -161,26 +164,66 @@ impl BackendVisitor for StepTimer {
     }
 }
 
-/// The randbench sides of the comparison: every CPU backend this binary has.
-fn sides() -> Vec<(String, BackendId, GradMode, bool)> {
+/// One randbench side of the comparison.
+struct Side {
+    name: String,
+    id: BackendId,
+    grad: GradMode,
+    variant: Variant,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// The backend as the randbench binary runs it.
+    Plain,
+    /// State downloaded and uploaded again every step (the MLP step only).
+    HostRoundTrip,
+    /// ONNX Runtime's own ops one by one (`RANDBENCH_ORT_FUSION=off`): what fusion saves.
+    FusionOff,
+}
+
+impl Side {
+    /// Runs `v` on this side's backend.
+    fn visit<V: BackendVisitor>(&self, v: V) -> V::Out {
+        // The backend reads the variable when it is made; this bench runs on one thread.
+        if self.variant == Variant::FusionOff {
+            std::env::set_var(FUSION, "off");
+        }
+        let out = randbench::backends::with_backend(self.id, self.grad, v);
+        std::env::remove_var(FUSION);
+        out.unwrap()
+    }
+}
+
+const FUSION: &str = "RANDBENCH_ORT_FUSION";
+
+/// The randbench sides of the comparison: every CPU backend this binary has, in the
+/// `variants` asked for.
+fn sides(variants: &[Variant]) -> Vec<Side> {
     let mut v = Vec::new();
     for id in randbench::backends::usable_here()
         .into_iter()
         .filter(|id| id.device == randbench_core::Device::Cpu)
     {
+        let mut side = |name: String, grad: GradMode, variant: Variant| {
+            if variants.contains(&variant) {
+                v.push(Side { name, id, grad, variant });
+            }
+        };
         if id.engine == randbench_core::Engine::Ort {
-            v.push((format!("{id}"), id, GradMode::Symbolic, false));
-            v.push((format!("{id}, host round trip"), id, GradMode::Symbolic, true));
+            side(format!("{id}"), GradMode::Symbolic, Variant::Plain);
+            side(format!("{id}, host round trip"), GradMode::Symbolic, Variant::HostRoundTrip);
+            side(format!("{id}, fusion off"), GradMode::Symbolic, Variant::FusionOff);
         } else {
-            v.push((format!("{id}, native"), id, GradMode::Native, false));
-            v.push((format!("{id}, symbolic"), id, GradMode::Symbolic, false));
+            side(format!("{id}, native"), GradMode::Native, Variant::Plain);
+            side(format!("{id}, symbolic"), GradMode::Symbolic, Variant::Plain);
         }
     }
     v
 }
 
 fn compare_step() {
-    let sides = sides();
+    let sides = sides(&[Variant::Plain, Variant::HostRoundTrip, Variant::FusionOff]);
     let mut peer = Vec::new();
     let mut hand = Vec::new();
     let mut ours: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
@@ -192,13 +235,9 @@ fn compare_step() {
                 .unwrap(),
         );
         hand.push(hand_step_median());
-        for (k, (_, id, grad, round_trip)) in sides.iter().enumerate() {
-            let times = randbench::backends::with_backend(
-                *id,
-                *grad,
-                StepTimer { round_trip: *round_trip, steps: STEPS },
-            )
-            .unwrap();
+        for (k, side) in sides.iter().enumerate() {
+            let round_trip = side.variant == Variant::HostRoundTrip;
+            let times = side.visit(StepTimer { round_trip, steps: STEPS });
             ours[k].push(median(&times));
         }
     }
@@ -207,15 +246,15 @@ fn compare_step() {
     println!("  {:<32} {:>8.0} steps/s", "PyTorch eager (python)", 1.0 / p);
     let h = median(&hand);
     println!("  {:<32} {:>8.0} steps/s   {:.2}× PyTorch", "candle by hand", 1.0 / h, p / h);
-    for ((name, id, ..), t) in sides.iter().zip(&ours) {
+    for (side, t) in sides.iter().zip(&ours) {
         let t = median(t);
-        let ir = match id.engine {
+        let ir = match side.id.engine {
             randbench_core::Engine::Candle => format!("   {:.2}× candle by hand", h / t),
             _ => String::new(),
         };
         println!(
             "  {:<32} {:>8.0} steps/s   {:.2}× PyTorch{ir}",
-            format!("randbench {name}"),
+            format!("randbench {}", side.name),
             1.0 / t,
             p / t
         );
@@ -272,16 +311,15 @@ impl BackendVisitor for UnrollTimer {
 }
 
 fn compare_unroll() {
-    let sides: Vec<(String, BackendId, GradMode)> =
-        sides().into_iter().filter(|s| !s.3).map(|(name, id, grad, _)| (name, id, grad)).collect();
+    let sides = sides(&[Variant::Plain, Variant::FusionOff]);
     let mut peer = Vec::new();
     let mut ours: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
     let unrolls = UNROLLS.to_string();
     for _ in 0..3 {
         let p = python("pytorch_l2l.py", &["unroll", "--unrolls", &unrolls]);
         peer.push(p["median_unroll_seconds"].as_f64().unwrap());
-        for (k, (_, id, grad)) in sides.iter().enumerate() {
-            ours[k].push(randbench::backends::with_backend(*id, *grad, UnrollTimer).unwrap());
+        for (k, side) in sides.iter().enumerate() {
+            ours[k].push(side.visit(UnrollTimer));
         }
     }
     let p = median(&peer);
@@ -290,11 +328,11 @@ fn compare_unroll() {
          20 steps with outer gradient and Adam step (median of 3 rounds of {UNROLLS} unrolls)"
     );
     println!("  {:<32} {:>8.1} unrolls/s", "PyTorch eager (python)", 1.0 / p);
-    for ((name, ..), t) in sides.iter().zip(&ours) {
+    for (side, t) in sides.iter().zip(&ours) {
         let t = median(t);
         println!(
             "  {:<32} {:>8.1} unrolls/s   {:.2}× PyTorch",
-            format!("randbench {name}"),
+            format!("randbench {}", side.name),
             1.0 / t,
             p / t
         );
@@ -387,21 +425,19 @@ fn randbench_suite(id: BackendId, grad: GradMode) -> SuiteRun {
 /// training seconds, evaluation excluded on both sides), so the tail counts as it does in a
 /// real run; the medians of the rounds are compared.
 fn compare_suite() {
-    let sides: Vec<(String, BackendId, GradMode)> =
-        sides().into_iter().filter(|s| !s.3).map(|(name, id, grad, _)| (name, id, grad)).collect();
+    let sides = sides(&[Variant::Plain]);
     let names: Vec<String> = std::iter::once("PyTorch eager (python)".to_string())
-        .chain(sides.iter().map(|(name, ..)| format!("randbench {name}")))
+        .chain(sides.iter().map(|side| format!("randbench {}", side.name)))
         .collect();
     let fixed_steps = SUITE_FIXED_STEPS.to_string();
     // Steps per second over all timed steps on the fixed batch; `None` is the peer.
-    let fixed_rate = |side: Option<&(String, BackendId, GradMode)>| match side {
+    let fixed_rate = |side: Option<&Side>| match side {
         None => {
             let p = python("pytorch_eager.py", &["step", "--steps", &fixed_steps]);
             1.0 / p["mean_step_seconds"].as_f64().unwrap()
         }
-        Some((_, id, grad)) => {
-            let timer = StepTimer { round_trip: false, steps: SUITE_FIXED_STEPS };
-            let times = randbench::backends::with_backend(*id, *grad, timer).unwrap();
+        Some(side) => {
+            let times = side.visit(StepTimer { round_trip: false, steps: SUITE_FIXED_STEPS });
             times.len() as f64 / times.iter().sum::<f64>()
         }
     };
@@ -416,7 +452,7 @@ fn compare_suite() {
             fixed[k].push(fixed_rate(side));
             let run = match side {
                 None => peer_suite(),
-                Some((_, id, grad)) => randbench_suite(*id, *grad),
+                Some(side) => randbench_suite(side.id, side.grad),
             };
             fixed[k].push(fixed_rate(side));
             suite[k].push(run.rate());
