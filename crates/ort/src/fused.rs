@@ -36,7 +36,9 @@ pub fn domain() -> ort::Result<OperatorDomain> {
 /// editor-built model (`CreateSessionFromModel`) looks them up before they are registered, so
 /// the editor's model is applied onto this one instead.
 pub fn base_model(opset: u32) -> Vec<u8> {
-    // Protobuf by hand, field by field: ir_version, two opset_imports, a graph named "g".
+    // Protobuf by hand, field by field: ir_version, two opset_imports, a graph named "g";
+    // every number below 128, so each varint is one byte.
+    assert!(opset < 128 && VERSION < 128, "one-byte varints");
     let mut m = vec![0x08, 10];
     m.extend([0x42, 2, 0x10, opset as u8]);
     let domain = DOMAIN.as_bytes();
