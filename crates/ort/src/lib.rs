@@ -252,9 +252,9 @@ impl OrtBackend {
             builder = builder.with_profiling(prefix).lib(self.id)?;
         }
         #[cfg(feature = "cuda")]
-        let builder = match self.id.device {
+        if let Device::Cuda(n) = self.id.device {
             // error_on_failure: a provider that fails to load is an error, never a CPU run.
-            Device::Cuda(n) => builder
+            builder = builder
                 .with_execution_providers([CUDA::default()
                     .with_device_id(n as i32)
                     .build()
@@ -262,9 +262,8 @@ impl OrtBackend {
                 .map_err(|e| BackendError::DeviceUnavailable {
                     backend: self.id,
                     reason: e.to_string(),
-                })?,
-            Device::Cpu => builder,
-        };
+                })?;
+        }
         if self.fuses() {
             builder = builder.with_operators(fused::domain().lib(self.id)?).lib(self.id)?;
             let mut session = builder.edit_from_memory(&fused::base_model(OPSET)).lib(self.id)?;
