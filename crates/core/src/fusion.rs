@@ -49,10 +49,11 @@ fn position<T: PartialEq>(all: &[T], x: &T) -> i64 {
 }
 
 impl Instr {
-    fn operands(&self) -> Vec<u32> {
+    /// The first operand, and the second where there is one.
+    fn operands(&self) -> (u32, Option<u32>) {
         match *self {
-            Instr::Unary(_, x) | Instr::Affine { x, .. } | Instr::Clamp { x, .. } => vec![x],
-            Instr::Binary(_, a, b) | Instr::Compare(_, a, b) => vec![a, b],
+            Instr::Unary(_, x) | Instr::Affine { x, .. } | Instr::Clamp { x, .. } => (x, None),
+            Instr::Binary(_, a, b) | Instr::Compare(_, a, b) => (a, Some(b)),
         }
     }
 
@@ -109,7 +110,8 @@ impl Kernel {
     pub fn new(inputs: usize, instrs: Vec<Instr>, outputs: Vec<u32>) -> Result<Self, DecodeError> {
         let valid = |r: u32, limit: usize| (r as usize) < limit;
         for (i, ins) in instrs.iter().enumerate() {
-            if !ins.operands().iter().all(|&r| valid(r, inputs + i)) {
+            let (a, b) = ins.operands();
+            if !std::iter::once(a).chain(b).all(|r| valid(r, inputs + i)) {
                 return Err(DecodeError("an operand names a later register"));
             }
         }
@@ -119,7 +121,8 @@ impl Kernel {
         // Last read of each register; outputs are read at the end.
         let mut last = vec![0usize; inputs + instrs.len()];
         for (i, ins) in instrs.iter().enumerate() {
-            for r in ins.operands() {
+            let (a, b) = ins.operands();
+            for r in std::iter::once(a).chain(b) {
                 last[r as usize] = i;
             }
         }
@@ -259,12 +262,7 @@ impl Kernel {
                 // nothing that is read.
                 unsafe {
                     let out = std::slice::from_raw_parts_mut(base.add(self.slots[i] * BLOCK), n);
-                    let (a, b) = match *ins {
-                        Instr::Binary(_, a, b) | Instr::Compare(_, a, b) => (a, Some(b)),
-                        Instr::Unary(_, x) | Instr::Affine { x, .. } | Instr::Clamp { x, .. } => {
-                            (x, None)
-                        }
-                    };
+                    let (a, b) = ins.operands();
                     let a = std::slice::from_raw_parts(reg(a), n);
                     let b = b.map(|b| std::slice::from_raw_parts(reg(b), n));
                     apply(ins, a, b, out);
@@ -531,10 +529,11 @@ pub fn plan(g: &Graph, needed: &[bool], reads: impl Fn(NodeId) -> Vec<NodeId>) -
     }
     // Who reads each member from outside the groups that compute it (a group reading a slice
     // in place reads the slice's source).
-    let mut read_outside = vec![false; n];
+    let mut graph_output = vec![false; n];
     for (_, id) in g.outputs() {
-        read_outside[id.index()] = true;
+        graph_output[id.index()] = true;
     }
+    let mut read_outside = graph_output.clone();
     let mut plain_read = vec![false; n];
     for i in (0..n).filter(|&i| needed[i] && group_of[i].is_none() && !absorbed[i]) {
         for a in reads(NodeId::from_index(i)) {
@@ -555,7 +554,7 @@ pub fn plan(g: &Graph, needed: &[bool], reads: impl Fn(NodeId) -> Vec<NodeId>) -
     // Slices that only groups read, in place, are never made.
     for i in 0..n {
         let a = NodeId::from_index(i);
-        if needed[i] && view(g, a).0 != a && !plain_read[i] && !g.output_ids().contains(&a) {
+        if needed[i] && view(g, a).0 != a && !plain_read[i] && !graph_output[i] {
             absorbed[i] = true;
         }
     }

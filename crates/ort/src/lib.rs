@@ -185,7 +185,7 @@ impl OrtBackend {
         }
         let setting =
             fusion_setting().map_err(|what| BackendError::Unsupported { backend: id, what })?;
-        Ok(Self { id, runtime, fuse: setting && device == Device::Cpu })
+        Ok(Self { id, runtime, fuse: false }.with_fusion(setting))
     }
 
     /// This backend with fused elementwise kernels on or off (off, whatever is asked, on CUDA).
@@ -264,17 +264,13 @@ impl OrtBackend {
                     reason: e.to_string(),
                 })?;
         }
-        if self.fuses() {
+        if self.fuse {
             builder = builder.with_operators(fused::domain().lib(self.id)?).lib(self.id)?;
             let mut session = builder.edit_from_memory(&fused::base_model(OPSET)).lib(self.id)?;
             session.apply_model(&model).lib(self.id)?;
             return session.into_session().lib(self.id);
         }
         model.into_session(&builder).lib(self.id)
-    }
-
-    fn fuses(&self) -> bool {
-        self.fuse
     }
 
     fn providers(&self) -> &'static str {
@@ -339,7 +335,7 @@ impl Backend for OrtBackend {
 
     fn compile(&self, g: &Graph) -> BResult<OrtProgram> {
         let graph = expand_grads(g)?;
-        let lowered = lower::lower(&graph, self.fuses())
+        let lowered = lower::lower(&graph, self.fuse)
             .map_err(|e| BackendError::library(self.id, e.to_string()))?;
         let session = self.session(lowered.model)?;
         let binding = session.create_binding().lib(self.id)?;
