@@ -72,5 +72,6 @@ case $code in
   0) echo "nightly: no regression against $PREVIOUS; report in $OUT" ;;
   1) echo "nightly: REGRESSION against $PREVIOUS, confirmed by a second run: see $OUT/confirm/compare.txt" >&2; exit 1 ;;
   3) echo "nightly: too noisy to tell against $PREVIOUS (not a failure): see $OUT/compare.txt; more rounds or a quieter machine would tell" ;;
+  4) echo "nightly: lines of a results file could not be read (named above); the rest was compared: see $OUT/compare.txt" >&2; exit 4 ;;
   *) exit "$code" ;;
 esac

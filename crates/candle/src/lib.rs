@@ -6,7 +6,7 @@
 
 use candle_core::{DType as CDType, Tensor, Var, D};
 use randbench_core::backend::{
-    BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, GradMode, MemoryStats,
+    BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, GradMode,
 };
 use randbench_core::eager::{EagerOps, EagerProgram};
 use randbench_core::graph::{
@@ -337,10 +337,5 @@ impl Backend for CandleBackend {
 
     fn sync(&self) -> BResult<()> {
         self.device.synchronize().lib(self.id)
-    }
-
-    fn memory(&self) -> MemoryStats {
-        // candle keeps no allocator statistics; the harness records the process's peak instead.
-        MemoryStats::default()
     }
 }

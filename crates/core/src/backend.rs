@@ -2,7 +2,6 @@
 
 use crate::graph::{Graph, GraphError};
 use crate::tensor::HostTensor;
-use crate::units::Bytes;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -116,13 +115,6 @@ pub struct BackendInfo {
     pub extra: Vec<(String, String)>,
 }
 
-/// Memory a backend can account for; `None` where it cannot tell.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct MemoryStats {
-    pub current: Option<Bytes>,
-    pub peak: Option<Bytes>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("{backend} does not support {what}")]
@@ -168,10 +160,6 @@ impl BackendError {
             BackendError::Library { backend, message }
         }
     }
-
-    pub fn is_unsupported(&self) -> bool {
-        matches!(self, BackendError::Unsupported { .. })
-    }
 }
 
 pub type BResult<T> = Result<T, BackendError>;
@@ -194,7 +182,6 @@ pub trait Backend {
     fn run(&self, p: &mut Self::Program, inputs: &[&Self::Tensor]) -> BResult<Vec<Self::Tensor>>;
     /// Waits until the device has finished all queued work.
     fn sync(&self) -> BResult<()>;
-    fn memory(&self) -> MemoryStats;
 }
 
 /// Checks that `inputs` fit a graph's inputs by count, shape and dtype.

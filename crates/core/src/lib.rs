@@ -20,7 +20,7 @@ pub mod train;
 pub mod units;
 
 pub use backend::{
-    BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, GradMode, MemoryStats,
+    BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, GradMode,
 };
 pub use graph::{Graph, GraphError, NodeId, Op};
 pub use tensor::{DType, HostData, HostTensor};

@@ -213,10 +213,6 @@ impl Model {
         Ok(ps)
     }
 
-    pub fn param_count(&self) -> GResult<usize> {
-        Ok(self.params()?.iter().map(|p| numel(&p.shape)).sum())
-    }
-
     /// Shapes of the dropout masks a batch needs: one per hidden dense layer.
     pub fn dropout_sites(&self, batch: usize) -> Vec<Vec<usize>> {
         match self {

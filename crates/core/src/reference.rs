@@ -19,11 +19,6 @@ impl RefValue {
         };
         Self { shape: t.shape().to_vec(), data }
     }
-
-    pub fn to_host_f32(&self) -> HostTensor {
-        HostTensor::f32(self.shape.clone(), self.data.iter().map(|&x| x as f32).collect())
-            .expect("consistent")
-    }
 }
 
 fn strides(shape: &[usize]) -> Vec<usize> {

@@ -37,12 +37,7 @@ pub struct TrainStep {
     pub masks: usize,
 }
 
-impl TrainStep {
-    /// Position of the first data input (after parameters and state).
-    pub fn data_start(&self) -> usize {
-        self.params + self.state
-    }
-}
+impl TrainStep {}
 
 fn batch_inputs(
     g: &mut Graph,

@@ -17,9 +17,6 @@ pub struct Bytes(pub u64);
 pub struct PerSecond(pub f64);
 
 impl Seconds {
-    pub fn from_duration(d: std::time::Duration) -> Self {
-        Seconds(d.as_secs_f64())
-    }
     /// The rate of `count` events in this time.
     pub fn rate(self, count: f64) -> PerSecond {
         PerSecond(count / self.0)

@@ -392,16 +392,17 @@ fn randbench_suite(id: BackendId, grad: GradMode) -> SuiteRun {
         .status()
         .expect("randbench runs");
     assert!(status.success(), "randbench run randomization failed on {id}");
-    let (results, _) = randbench::results::read(&out).unwrap();
+    let results =
+        randbench_schema::results::read(&out, &randbench::families::Registry).unwrap().results;
     std::fs::remove_dir_all(&out).unwrap();
     let conditions = CONDITIONS
         .iter()
         .map(|c| {
             let m = results
                 .iter()
-                .find_map(|r| match &r.metrics {
+                .find_map(|r| match randbench::families::Metrics::of(r).ok()? {
                     randbench::families::Metrics::Randomization(m)
-                        if r.cell.variant.to_string() == *c =>
+                        if r.cell.variant_label() == *c =>
                     {
                         Some(m)
                     }

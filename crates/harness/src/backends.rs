@@ -1,72 +1,48 @@
 //! Which backends this binary has, which are usable on this machine, and how to reach one.
 
+use crate::compiled::{self, cuda_compiled, enable_hint, engine_compiled};
 use randbench_core::backend::{
     BResult, Backend, BackendError, BackendId, Device, Engine, GradMode,
 };
 
 /// Whether a backend can run here, and if not, what to do about it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Availability {
     Usable,
     NotCompiled { hint: String },
     Unavailable { reason: String, hint: String },
 }
 
-pub fn engine_compiled(e: Engine) -> bool {
-    match e {
-        Engine::Candle => cfg!(feature = "candle"),
-        Engine::Tch => cfg!(feature = "tch"),
-        Engine::Ort => cfg!(feature = "ort"),
-    }
-}
-
-fn enable_hint(e: Engine) -> String {
-    match e {
-        Engine::Candle => "build with the `candle` feature (on by default)".into(),
-        Engine::Tch => "run scripts/setup-native.sh, then build with `--features tch` (scripts/run.sh does both)".into(),
-        Engine::Ort => "run scripts/setup-native.sh, then build with `--features ort` (scripts/run.sh does both)".into(),
-    }
-}
-
-fn cuda_compiled(e: Engine) -> bool {
-    match e {
-        Engine::Candle => cfg!(all(feature = "candle", feature = "cuda")),
-        // libtorch's CUDA support is in the library itself, found at run time.
-        Engine::Tch => cfg!(feature = "tch"),
-        Engine::Ort => cfg!(all(feature = "ort", feature = "cuda")),
-    }
-}
-
-/// Backend names this binary can be asked for.
-pub fn compiled_names() -> Vec<String> {
-    Engine::ALL
-        .into_iter()
-        .filter(|&e| engine_compiled(e))
-        .flat_map(|e| {
-            let cpu = format!("{}-cpu", e.name());
-            if cuda_compiled(e) {
-                vec![cpu, format!("{}-cuda:N", e.name())]
-            } else {
-                vec![cpu]
-            }
-        })
-        .collect()
-}
-
 pub fn availability(id: BackendId) -> Availability {
-    if !engine_compiled(id.engine) {
-        return Availability::NotCompiled { hint: enable_hint(id.engine) };
-    }
-    if let Device::Cuda(_) = id.device {
-        if !cuda_compiled(id.engine) {
-            return Availability::NotCompiled {
-                hint: format!("this binary has no CUDA support for {}; build with `--features cuda` (see docs/gpu.md)", id.engine.name()),
-            };
-        }
+    if let Some(hint) = compiled::missing(id) {
+        return Availability::NotCompiled { hint };
     }
     match probe(id) {
         Ok(()) => Availability::Usable,
         Err(e) => Availability::Unavailable { reason: e.to_string(), hint: unavailable_hint(id) },
+    }
+}
+
+/// [`availability`] asked of a process of its own (`exe probe ID`), so that this one opens
+/// no engine: `randbench list` says what works without loading every library itself.
+pub fn availability_elsewhere(exe: &std::path::Path, id: BackendId) -> Availability {
+    if let Some(hint) = compiled::missing(id) {
+        return Availability::NotCompiled { hint };
+    }
+    let out = std::process::Command::new(exe).args(["probe", &id.to_string()]).output();
+    let unknown = |reason: String| Availability::Unavailable {
+        reason,
+        hint: "run `randbench probe BACKEND` to see more".into(),
+    };
+    match out {
+        Ok(o) => serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            unknown(format!(
+                "its probe answered no availability ({e}; {})",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }),
+        Err(e) => unknown(format!("cannot start its probe: {e}")),
     }
 }
 

@@ -2,13 +2,12 @@
 //! ratio of medians over rounds with its bootstrap interval, the Mann–Whitney p-value and a
 //! verdict; the exit code says whether anything regressed, so that CI and cron can act on it.
 
-use crate::cell::{Cell, CellResult, Status};
-use crate::families::{self, MeasureKind, MeasureSpec};
-use crate::report::{Column, Table};
-use crate::results::{self, RunInfo};
-use crate::runner::RunError;
+use crate::report::{fmt_value, Column, Table};
 use randbench_core::rng::Rng;
 use randbench_core::stats::{self, Comparison, SampleWarning, Verdict};
+use randbench_schema::group::{busy_warning, by_cell, figures};
+use randbench_schema::results::{self, Catalogue, ResultsError, RunInfo};
+use randbench_schema::{Cell, CellResult, Measure, MeasureKind, Status};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,6 +15,20 @@ use std::path::Path;
 /// Exit codes of `randbench compare` (2 is a usage or input error, as for every command).
 pub const EXIT_REGRESSED: u8 = 1;
 pub const EXIT_TOO_NOISY: u8 = 3;
+/// Lines of a results file could not be read (and nothing regressed): the comparison is of
+/// the rest. `ingest` and `export` exit with it too.
+pub const EXIT_SKIPPED_LINES: u8 = 4;
+
+/// Why two runs cannot be compared.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error(transparent)]
+    Results(#[from] ResultsError),
+    #[error("{0}: the run has no results")]
+    Empty(String),
+    #[error("--threshold: no figure is named '{name}' in these runs; figures: {}", known.join(", "))]
+    UnknownFigure { name: String, known: Vec<String> },
+}
 
 /// What became of one figure of one cell.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -29,6 +42,8 @@ pub enum Outcome {
     },
     /// Measured now, not in the baseline.
     Gained,
+    /// The baseline's median is 0: there is no ratio to take.
+    ZeroBaseline,
 }
 
 impl Outcome {
@@ -46,8 +61,8 @@ impl Outcome {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Row {
     pub cell: Cell,
-    pub measure: &'static str,
-    pub unit: &'static str,
+    pub measure: String,
+    pub unit: String,
     pub kind: MeasureKind,
     pub threshold: f64,
     /// Per-round figures, in round order.
@@ -69,24 +84,33 @@ impl Row {
                 format!("{worse}: no longer measured ({})", labels.join(", "))
             }
             Outcome::Gained => "new".into(),
+            Outcome::ZeroBaseline if stats::median(&self.current) == Some(0.0) => {
+                "unchanged (0 in both)".into()
+            }
+            Outcome::ZeroBaseline => "not judged: the baseline is 0, no ratio".into(),
         }
     }
 }
 
 /// Everything `compare` found.
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
+pub struct RunComparison {
     pub baseline: String,
     pub current: String,
     pub rows: Vec<Row>,
     /// Cells only one run has.
     pub notes: Vec<String>,
+    /// Lines of either results file that could not be read, and why.
+    pub skipped: Vec<String>,
 }
 
-impl Report {
+impl RunComparison {
     pub fn exit_code(&self) -> u8 {
         if self.rows.iter().any(|r| r.outcome.regressed()) {
             EXIT_REGRESSED
+        } else if !self.skipped.is_empty() {
+            // Damaged input outranks noise: part of a run was not compared at all.
+            EXIT_SKIPPED_LINES
         } else if self.rows.iter().any(|r| r.outcome.too_noisy()) {
             EXIT_TOO_NOISY
         } else {
@@ -114,7 +138,7 @@ impl Report {
                 };
                 vec![
                     r.cell.compact(),
-                    r.measure.to_string(),
+                    r.measure.clone(),
                     median(&r.baseline),
                     median(&r.current),
                     ratio,
@@ -134,6 +158,7 @@ impl Report {
             notes.extend(r.warnings.iter().map(|w| format!("{} {}: {w}", r.cell, r.measure)));
         }
         notes.extend(self.notes.iter().cloned());
+        notes.extend(self.skipped.iter().cloned());
         Table {
             title: "compare".into(),
             caption: format!("{} (current) against {} (baseline)", self.current, self.baseline),
@@ -144,63 +169,21 @@ impl Report {
     }
 }
 
-/// A figure with about four significant digits, in scientific notation when very large or
-/// small.
-pub fn fmt_value(x: f64) -> String {
-    match x.abs() {
-        a if a != 0.0 && !(1e-2..1e5).contains(&a) => format!("{x:.3e}"),
-        a if a >= 100.0 => format!("{x:.1}"),
-        a if a >= 1.0 => format!("{x:.3}"),
-        _ => format!("{x:.4}"),
-    }
+/// A run's readable results, its `run.json`, and the lines that could not be read.
+struct Loaded {
+    results: Vec<CellResult>,
+    info: Option<RunInfo>,
+    skipped: Vec<String>,
 }
 
-/// A run directory's results, grouped by cell in first-appearance order, rounds in order.
-pub fn by_cell(results: Vec<CellResult>) -> Vec<(Cell, Vec<CellResult>)> {
-    let mut out: Vec<(Cell, Vec<CellResult>)> = Vec::new();
-    for r in results {
-        match out.iter_mut().find(|(c, _)| *c == r.cell) {
-            Some((_, rs)) => rs.push(r),
-            None => out.push((r.cell.clone(), vec![r])),
-        }
+fn load(dir: &Path, catalogue: &dyn Catalogue) -> Result<Loaded, CompareError> {
+    let read = results::read(dir, catalogue)?;
+    if read.results.is_empty() {
+        return Err(CompareError::Empty(dir.display().to_string()));
     }
-    for (_, rs) in &mut out {
-        rs.sort_by_key(|r| r.round);
-    }
-    out
-}
-
-/// The other programs busy during any of a cell's rounds, as a warning.
-pub fn busy_warning(rounds: &[CellResult]) -> Option<SampleWarning> {
-    let mut processes: Vec<String> = Vec::new();
-    for p in rounds.iter().flat_map(|r| &r.busy) {
-        // One mention per program and pid, however many cells it was busy beside.
-        let who = p.who();
-        if !processes.contains(&who) {
-            processes.push(who);
-        }
-    }
-    (!processes.is_empty()).then_some(SampleWarning::BusyMachine { processes })
-}
-
-/// Every figure of a cell's rounds, in round order (rounds that did not run measure nothing).
-pub fn figures(rounds: &[CellResult]) -> BTreeMap<&'static str, (&'static MeasureSpec, Vec<f64>)> {
-    let mut out: BTreeMap<&'static str, (&'static MeasureSpec, Vec<f64>)> = BTreeMap::new();
-    for r in rounds.iter().filter(|r| r.status.ran()) {
-        for m in families::measures(r) {
-            out.entry(m.spec.name).or_insert((m.spec, vec![])).1.push(m.value);
-        }
-    }
-    out
-}
-
-fn load(dir: &Path) -> Result<(Vec<CellResult>, Option<RunInfo>), RunError> {
-    let (results, _) = results::read(dir).map_err(|e| RunError::Input(e.to_string()))?;
-    if results.is_empty() {
-        return Err(RunError::Input(format!("{}: the run has no results", dir.display())));
-    }
-    let info = RunInfo::read(dir).map_err(|e| RunError::Input(e.to_string()))?;
-    Ok((results, info))
+    let info = RunInfo::read(dir)?;
+    let skipped = read.skipped.iter().map(ToString::to_string).collect();
+    Ok(Loaded { results: read.results, info, skipped })
 }
 
 /// Compares the runs in two directories. `thresholds` (figure name → fraction) override the
@@ -209,23 +192,22 @@ pub fn compare(
     baseline: &Path,
     current: &Path,
     thresholds: &BTreeMap<String, f64>,
-) -> Result<Report, RunError> {
-    for name in thresholds.keys() {
-        if families::measure_named(name).is_none() {
-            let known: Vec<&str> = families::all_measures().map(|m| m.name).collect();
-            return Err(RunError::Input(format!(
-                "--threshold: no figure is named '{name}'; figures: {}",
-                known.join(", ")
-            )));
-        }
+    catalogue: &dyn Catalogue,
+) -> Result<RunComparison, CompareError> {
+    let base = load(baseline, catalogue)?;
+    let cur = load(current, catalogue)?;
+    let (base_results, cur_results, info) = (base.results, cur.results, cur.info);
+    let mut skipped = base.skipped;
+    skipped.extend(cur.skipped);
+    let known: Vec<String> = first_names(&base_results, &cur_results);
+    if let Some(name) = thresholds.keys().find(|n| !known.contains(n)) {
+        return Err(CompareError::UnknownFigure { name: name.clone(), known });
     }
-    let (base_results, _) = load(baseline)?;
-    let (cur_results, info) = load(current)?;
     let suite_thresholds = info.map(|i| i.thresholds).unwrap_or_default();
-    let threshold = |spec: &MeasureSpec| {
+    let threshold = |spec: &Measure| {
         thresholds
-            .get(spec.name)
-            .or_else(|| suite_thresholds.get(spec.name))
+            .get(&*spec.name)
+            .or_else(|| suite_thresholds.get(&*spec.name))
             .copied()
             .unwrap_or(spec.threshold)
     };
@@ -241,10 +223,10 @@ pub fn compare(
             continue;
         };
         let (before, now) = (figures(base_rounds), figures(cur_rounds));
-        let names: Vec<&'static str> =
-            before.keys().chain(now.keys().filter(|k| !before.contains_key(*k))).copied().collect();
+        let names: Vec<&String> =
+            before.keys().chain(now.keys().filter(|k| !before.contains_key(*k))).collect();
         for name in names {
-            let spec = before.get(name).or_else(|| now.get(name)).expect("a figure of one side").0;
+            let spec = &before.get(name).or_else(|| now.get(name)).expect("a figure of one side").0;
             let b = before.get(name).map(|f| f.1.clone()).unwrap_or_default();
             let c = now.get(name).map(|f| f.1.clone()).unwrap_or_default();
             let t = threshold(spec);
@@ -255,8 +237,13 @@ pub fn compare(
                 (true, _) => Outcome::Gained,
                 (false, false) => match stats::compare(&b, &c, spec.better, t, &mut rng) {
                     Some(cmp) => Outcome::Compared(cmp),
-                    // A baseline median of zero: no ratio to take.
-                    None => continue,
+                    None => {
+                        notes.push(format!(
+                            "{cell} {name}: the baseline's median is 0, so no ratio can be \
+                             taken; the medians are shown"
+                        ));
+                        Outcome::ZeroBaseline
+                    }
                 },
             };
             let warnings = match spec.kind {
@@ -273,8 +260,8 @@ pub fn compare(
             };
             rows.push(Row {
                 cell: cell.clone(),
-                measure: spec.name,
-                unit: spec.unit,
+                measure: spec.name.to_string(),
+                unit: spec.unit.to_string(),
                 kind: spec.kind,
                 threshold: t,
                 baseline: b,
@@ -289,12 +276,24 @@ pub fn compare(
             notes.push(format!("{cell}: in the baseline only (not run this time)"));
         }
     }
-    Ok(Report {
+    Ok(RunComparison {
         baseline: baseline.display().to_string(),
         current: current.display().to_string(),
         rows,
         notes,
+        skipped,
     })
+}
+
+/// The names of the figures either run has, in first-appearance order.
+fn first_names(a: &[CellResult], b: &[CellResult]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in a.iter().chain(b).flat_map(|r| &r.figures) {
+        if !out.iter().any(|n| n == f.name()) {
+            out.push(f.name().to_string());
+        }
+    }
+    out
 }
 
 /// Parses `--threshold FIGURE=FRACTION`.

@@ -3,10 +3,10 @@
 //! missed), and on a CUDA cell its GPU's cumulative energy counter from NVML. Absent, not an
 //! error, where neither is there (virtual machines rarely expose RAPL).
 
-use crate::env::Probe;
 use crate::nvml;
+use crate::probe::Probe;
 use randbench_core::backend::Device;
-use serde::{Deserialize, Serialize};
+use randbench_schema::Energy;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,36 +17,6 @@ pub const POWERCAP: &str = "/sys/class/powercap";
 
 /// Faster than once a second, MLPerf's power rule, and than any RAPL counter can wrap.
 const PERIOD: Duration = Duration::from_millis(500);
-
-/// Joules a cell used, where they could be measured.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Energy {
-    /// Every CPU package's RAPL energy while the cell ran (the whole package, not only this
-    /// process).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_joules: Option<f64>,
-    /// The cell's GPU's energy while it ran (NVML's total energy consumption counter).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpu_joules: Option<f64>,
-    /// How long the measurement ran (the whole cell), for its average power.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seconds: Option<f64>,
-}
-
-impl Energy {
-    /// Joules of CPU and GPU together; `None` where neither was measured.
-    pub fn joules(&self) -> Option<f64> {
-        match (self.cpu_joules, self.gpu_joules) {
-            (None, None) => None,
-            (c, g) => Some(c.unwrap_or(0.0) + g.unwrap_or(0.0)),
-        }
-    }
-
-    /// The average power over the cell, in watts.
-    pub fn watts(&self) -> Option<f64> {
-        Some(self.joules()? / self.seconds.filter(|s| *s > 0.0)?)
-    }
-}
 
 /// One RAPL package zone: `intel-rapl:N` (AMD's packages use the same names); its
 /// sub-zones (`intel-rapl:N:M`, cores and uncore) are inside it and not counted again.

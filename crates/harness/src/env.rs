@@ -1,28 +1,12 @@
 //! The environment a run happened in, recorded next to its results.
 
 use crate::nvml::Gpu;
+use crate::probe::Probe;
 use randbench_core::backend::{BackendId, BackendInfo};
 use randbench_core::units::Bytes;
 use serde::{Deserialize, Serialize};
-use std::process::Command;
 
 pub const ENV_FILE: &str = "environment.json";
-
-/// What a probe of the machine found, or why it found nothing: a missing driver or counter is
-/// recorded as such, not as an error and not as an empty answer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum Probe<T> {
-    Present { value: T },
-    Absent { why: String },
-}
-
-impl<T> Default for Probe<T> {
-    /// What an environment file from before the probe existed says.
-    fn default() -> Self {
-        Probe::Absent { why: "not recorded".into() }
-    }
-}
 
 /// Reads `gpus` as this version writes it, or as versions before NVML's description wrote
 /// it (`nvidia-smi` lines).
@@ -40,15 +24,6 @@ fn gpus_or_older<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Probe<Vec<Gpu
             Probe::Absent { why: format!("not recorded; nvidia-smi said {}", lines.join("; ")) }
         }
     })
-}
-
-impl<T> Probe<T> {
-    pub fn present(&self) -> Option<&T> {
-        match self {
-            Probe::Present { value } => Some(value),
-            Probe::Absent { .. } => None,
-        }
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -222,12 +197,6 @@ pub fn cpu_features(cpuinfo: &str) -> Vec<String> {
     CPU_FEATURES.iter().filter(|f| listed.contains(f)).map(|f| f.to_string()).collect()
 }
 
-fn git(args: &[&str]) -> Option<String> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("git").args(args).current_dir(dir).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 pub fn capture(
     backends: Vec<(BackendId, BackendInfo)>,
     machine_name: Option<String>,
@@ -241,8 +210,9 @@ pub fn capture(
     .ok();
     Environment {
         randbench_version: env!("CARGO_PKG_VERSION").to_string(),
-        git_commit: git(&["rev-parse", "HEAD"]),
-        git_dirty: git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
+        // From build.rs: the source this binary was built from, wherever it runs now.
+        git_commit: option_env!("RANDBENCH_GIT_COMMIT").map(str::to_string),
+        git_dirty: option_env!("RANDBENCH_GIT_DIRTY").map(|d| d == "true"),
         started_at: utc_now(),
         command: std::env::args().collect(),
         host: System::host_name().ok(),

@@ -4,26 +4,32 @@
 //!
 //! The parent starts `randbench cell` and writes a [`CellRequest`] (JSON) on its stdin. The
 //! child loads the suite and the workload's data itself, runs the cell in process, and writes
-//! [`Message`]s on stdout, one JSON object a line: progress as it goes, then the result. The
-//! parent enforces the cell's timeout, forwards Ctrl-C, and turns a child that dies without a
-//! result into a result that says how it died.
+//! [`Message`]s, one JSON object a line, on a pipe of their own (file descriptor 3, not
+//! stdout, which native libraries print on): progress as it goes, then the result. Every line
+//! on that pipe is randbench's, so one that does not read is a protocol error, reported as
+//! such. The parent enforces the cell's timeout, forwards Ctrl-C, and turns a child that dies
+//! without a result into a result that says how it died.
 
 use crate::backends::{with_backend, BackendVisitor};
-use crate::cell::{Cell, CellResult, MemoryUse, Message, Observer, Progress, Status};
-use crate::energy::{Energy, EnergyWatch};
-use crate::families::{self, Data, Record, Workload};
-use crate::nvml::DeviceMemoryWatch;
-use crate::runner::STOP;
+use crate::families::{self, CellRun, Data, Metrics, Record, Workload};
 use crate::suite::{self, Suite};
-use crate::sys;
-use randbench_core::backend::{Backend, BackendError, BackendInfo, Device, GradMode};
+use crate::watch::{self, Scope};
+use randbench_core::backend::{Backend, BackendError, BackendInfo, GradMode};
+use randbench_schema::{
+    Cell, CellResult, Energy, MemoryUse, Message, Observer, Progress, Status, SCHEMA_VERSION,
+};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::Ordering;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// Set when the user asks the run to stop (Ctrl-C).
+pub static STOP: AtomicBool = AtomicBool::new(false);
 
 /// One cell to run, with everything the pre-flight prepared for it.
 pub struct CellJob<'a> {
@@ -52,29 +58,49 @@ pub struct ChildProcess;
 /// Cells come from their suite's workloads, so a cell's variant and data are its workload's.
 const MATCHED: &str = "the pre-flight matched every cell to its workload's family";
 
+impl<'a> CellJob<'a> {
+    /// What the family needs of the job.
+    fn run(&self) -> CellRun<'a> {
+        CellRun {
+            suite: &self.suite.name,
+            workload: self.workload,
+            data: self.data,
+            cell: self.cell,
+            artifacts: self.artifacts,
+        }
+    }
+
+    /// The result of this cell that measured nothing, to be filled in.
+    fn result(&self, info: BackendInfo, status: Status, error: Option<String>) -> CellResult {
+        let unmeasured = families::unmeasured(&self.run()).expect(MATCHED);
+        let (metrics, _) = unmeasured.seal().expect("a cell's set-up values are finite");
+        CellResult {
+            schema: SCHEMA_VERSION,
+            suite: self.suite.name.clone(),
+            cell: self.cell.clone(),
+            round: self.round,
+            grad: self.grad,
+            status,
+            error,
+            device: info.device_name.clone(),
+            backend_info: info,
+            compile_seconds: None,
+            first_step_seconds: None,
+            memory: MemoryUse::default(),
+            energy: Energy::default(),
+            step_losses: vec![],
+            diverged_at: None,
+            started_at: crate::env::utc_now(),
+            busy: vec![],
+            metrics,
+            figures: vec![],
+        }
+    }
+}
+
 /// The result of a cell that measured nothing: its backend did not open, or its process died.
 pub fn failed(job: &CellJob, info: BackendInfo, status: Status, error: String) -> CellResult {
-    let c = job.cell;
-    let metrics = families::unmeasured(job).expect(MATCHED);
-    CellResult {
-        suite: job.suite.name.clone(),
-        cell: c.clone(),
-        round: job.round,
-        grad: job.grad,
-        status,
-        error: Some(error),
-        device: info.device_name.clone(),
-        backend_info: info,
-        compile_seconds: None,
-        first_step_seconds: None,
-        memory: MemoryUse::default(),
-        energy: Energy::default(),
-        step_losses: vec![],
-        diverged_at: None,
-        started_at: crate::env::utc_now(),
-        busy: vec![],
-        metrics,
-    }
+    job.result(info, status, Some(error))
 }
 
 fn status_of(e: &BackendError) -> Status {
@@ -97,47 +123,31 @@ impl Executor for InProcess {
                 #[cfg(feature = "test-faults")]
                 crate::fault::inject(self.job.cell);
                 let job = self.job;
-                let started_at = crate::env::utc_now();
-                sys::reset_peak_memory();
-                let c = job.cell;
-                let device_watch = match c.backend.device {
-                    Device::Cuda(_) => DeviceMemoryWatch::start(),
-                    Device::Cpu => None,
-                };
-                let energy_watch = EnergyWatch::start(c.backend.device);
+                let mut result = job.result(b.info(), Status::Error, None);
+                let watches = watch::start(Scope::CellProcess, job.cell.backend.device);
                 let mut record = Record::default();
-                let outcome = families::run_cell(b, job, &mut record, self.obs).expect(MATCHED);
-                let energy = energy_watch.finish();
-                let watched = device_watch.and_then(DeviceMemoryWatch::finish);
-                let device_peak = b.memory().peak.or(watched);
-                let memory = MemoryUse { device_peak, host_peak: sys::peak_memory() };
-                let info = b.info();
-                let (metrics, error) = match outcome {
-                    Ok(m) => (m, None),
-                    Err(e) => {
-                        record.status = status_of(&e);
-                        (families::unmeasured(job).expect(MATCHED), Some(e.to_string()))
+                let outcome = families::run_cell(b, &job.run(), &mut record, self.obs);
+                watch::record(watches, &mut result);
+                result.status = record.status;
+                result.compile_seconds = record.compile_seconds;
+                result.first_step_seconds = record.first_step_seconds;
+                result.step_losses = record.step_losses;
+                result.diverged_at = record.diverged_at;
+                match outcome.expect(MATCHED).map(|m| Metrics::seal(&m)) {
+                    Ok(Ok((metrics, figures))) => {
+                        result.metrics = metrics;
+                        result.figures = figures;
                     }
-                };
-                CellResult {
-                    suite: job.suite.name.clone(),
-                    cell: c.clone(),
-                    round: job.round,
-                    grad: job.grad,
-                    status: record.status,
-                    error,
-                    device: info.device_name.clone(),
-                    backend_info: info,
-                    compile_seconds: record.compile_seconds,
-                    first_step_seconds: record.first_step_seconds,
-                    memory,
-                    energy,
-                    step_losses: record.step_losses,
-                    diverged_at: record.diverged_at,
-                    started_at,
-                    busy: vec![],
-                    metrics,
+                    Ok(Err(e)) => {
+                        result.status = Status::Error;
+                        result.error = Some(format!("the cell's metrics cannot be recorded: {e}"));
+                    }
+                    Err(e) => {
+                        result.status = status_of(&e);
+                        result.error = Some(e.to_string());
+                    }
                 }
+                result
             }
         }
         with_backend(job.cell.backend, job.grad, Visit { job, obs })
@@ -164,7 +174,7 @@ fn kill_after(timeout: Duration) -> Duration {
 /// The program running now, to start cells with: on Linux `/proc/self/exe`, which still
 /// names this program after a rebuild replaced or deleted its file (a nightly run whose binary
 /// is rebuilt mid-run; `current_exe` then names a path that is gone), elsewhere `current_exe`.
-fn own_executable() -> std::io::Result<PathBuf> {
+pub fn own_executable() -> std::io::Result<PathBuf> {
     let running = Path::new("/proc/self/exe");
     if running.exists() {
         Ok(running.to_path_buf())
@@ -192,13 +202,28 @@ impl Executor for ChildProcess {
                 )
             }
         };
-        let mut child = match Command::new(exe)
-            .arg("cell")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-        {
+        let (messages, their_end) = match message_pipe() {
+            Ok(p) => p,
+            Err(e) => return failed(Status::Error, format!("cannot make the cell's pipe: {e}")),
+        };
+        let fd = their_end.as_raw_fd();
+        let mut command = Command::new(exe);
+        command.arg("cell").env(MESSAGE_FD_VAR, MESSAGE_FD.to_string());
+        command.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+        // SAFETY: between fork and exec, only dup2, which is async-signal-safe. The messages'
+        // end becomes fd 3 (dup2 clears close-on-exec on the copy); what native libraries
+        // print on stdout joins stderr, the cell's last words.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(fd, MESSAGE_FD) < 0 || libc::dup2(2, 1) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let spawned = command.spawn();
+        drop(their_end);
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
                 return failed(Status::Error, format!("cannot start the cell's process: {e}"))
@@ -208,10 +233,17 @@ impl Executor for ChildProcess {
         let sent = serde_json::to_writer(&mut stdin, &request).map_err(std::io::Error::other);
         drop(stdin);
         let (tx, rx) = mpsc::channel::<Option<String>>();
-        let stdout = child.stdout.take().expect("piped");
         let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(Some(line));
+            for line in BufReader::new(std::fs::File::from(messages)).lines() {
+                match line {
+                    Ok(l) => {
+                        let _ = tx.send(Some(l));
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Some(format!("(unreadable: {e})")));
+                        break;
+                    }
+                }
             }
             let _ = tx.send(None);
         });
@@ -224,13 +256,15 @@ impl Executor for ChildProcess {
         let start = Instant::now();
         let timeout = job.workload.timeout().map(|t| Duration::from_secs_f64(t.0));
         let (mut result, mut killed_for_time, mut forwarded) = (None, false, false);
+        let mut protocol: Option<ProtocolError> = None;
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(Some(line)) => match serde_json::from_str::<Message>(&line) {
                     Ok(Message::Progress(p)) => obs.progress(p),
                     Ok(Message::Result(r)) => result = Some(*r),
-                    // Native libraries may print on stdout; only our messages count.
-                    Err(_) => {}
+                    Err(e) => {
+                        protocol.get_or_insert(ProtocolError { text: clip(&line), error: e });
+                    }
                 },
                 Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -249,10 +283,13 @@ impl Executor for ChildProcess {
         let status = child.wait();
         let _ = reader.join();
         let stderr = errors.join().unwrap_or_default();
+        let tail = last_lines(&stderr, 3);
+        if let Some(p) = protocol {
+            return failed(Status::Error, format!("{p}{tail}"));
+        }
         if let Some(r) = result {
             return r;
         }
-        let tail = last_lines(&stderr, 3);
         if let Err(e) = sent {
             return failed(
                 Status::Error,
@@ -273,6 +310,39 @@ impl Executor for ChildProcess {
             }
             Err(e) => failed(Status::Crashed, format!("lost the cell's process: {e}")),
         }
+    }
+}
+
+/// The file descriptor a cell's process writes its messages to, and the variable that tells
+/// it so (a `randbench cell` started by hand writes them on stdout).
+const MESSAGE_FD: libc::c_int = 3;
+const MESSAGE_FD_VAR: &str = "RANDBENCH_MESSAGE_FD";
+
+/// A pipe for a child's messages: our end to read, and its end, both closed on exec (the child
+/// gets a copy of its end at [`MESSAGE_FD`]).
+fn message_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are open and owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A line on the message pipe that is not a message: the two sides disagree on the schema.
+#[derive(Debug, thiserror::Error)]
+#[error("the cell's process sent a message randbench cannot read ({error}): {text}")]
+pub struct ProtocolError {
+    text: String,
+    error: serde_json::Error,
+}
+
+/// The start of a long line, for an error message.
+fn clip(line: &str) -> String {
+    match line.char_indices().nth(300) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line.to_string(),
     }
 }
 
@@ -315,13 +385,30 @@ fn last_lines(text: &str, n: usize) -> String {
 
 // ---- the child ----
 
-/// Prints progress as messages on stdout.
+/// Sends progress as messages.
 struct MessageObserver;
 
+/// Where this process's messages go: the parent's pipe, or stdout where none was given.
+fn channel() -> &'static Mutex<Box<dyn Write + Send>> {
+    static CHANNEL: OnceLock<Mutex<Box<dyn Write + Send>>> = OnceLock::new();
+    CHANNEL.get_or_init(|| {
+        let out: Box<dyn Write + Send> = match std::env::var(MESSAGE_FD_VAR) {
+            Ok(v) if v == MESSAGE_FD.to_string() => {
+                // SAFETY: the parent opened this descriptor for us (see `message_pipe`), and
+                // nothing else in this process uses it.
+                Box::new(unsafe { std::fs::File::from_raw_fd(MESSAGE_FD) })
+            }
+            _ => Box::new(std::io::stdout()),
+        };
+        Mutex::new(out)
+    })
+}
+
 fn send(m: &Message) -> std::io::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, m).map_err(std::io::Error::other)?;
-    out.write_all(b"\n")?;
+    let mut line = serde_json::to_vec(m).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut out = channel().lock().unwrap_or_else(|e| e.into_inner());
+    out.write_all(&line)?;
     out.flush()
 }
 
@@ -341,7 +428,7 @@ pub enum ChildError {
     #[error("cannot read the cell request on stdin: {0}")]
     Request(String),
     #[error(transparent)]
-    Suite(#[from] suite::SuiteError),
+    Suite(#[from] crate::spec::SuiteError),
     #[error("no workload {workload} in {suite}")]
     NoWorkload { workload: String, suite: String },
     #[error(transparent)]

@@ -2,11 +2,10 @@
 //! Metric Format (BMF), and github-action-benchmark's `customSmallerIsBetter` and
 //! `customBiggerIsBetter`. Each figure is its median over the run's rounds.
 
-use crate::compare::{by_cell, figures};
-use crate::families::MeasureSpec;
-use crate::results;
-use crate::runner::RunError;
 use randbench_core::stats::{Better, Summary};
+use randbench_schema::group::{by_cell, figures};
+use randbench_schema::results::{self, Catalogue, ResultsError};
+use randbench_schema::Measure;
 use serde_json::{json, Map, Value};
 use std::path::Path;
 
@@ -25,32 +24,46 @@ pub enum Format {
 /// One figure of one cell over the run's rounds.
 struct Figure {
     benchmark: String,
-    spec: &'static MeasureSpec,
+    spec: Measure,
     summary: Summary,
 }
 
-fn collect(dir: &Path) -> Result<Vec<Figure>, RunError> {
-    let (results, _) = results::read(dir).map_err(|e| RunError::Input(e.to_string()))?;
+/// A run's figures in an exporter's format, and the lines of its results that could not be
+/// read (what was exported is the rest).
+pub struct Exported {
+    pub json: Value,
+    pub skipped: Vec<String>,
+}
+
+fn collect(
+    dir: &Path,
+    catalogue: &dyn Catalogue,
+) -> Result<(Vec<Figure>, Vec<String>), ResultsError> {
+    let read = results::read(dir, catalogue)?;
     let mut out = Vec::new();
-    for (cell, rounds) in by_cell(results) {
+    for (cell, rounds) in by_cell(read.results) {
         for (_, (spec, xs)) in figures(&rounds) {
             if let Some(summary) = Summary::of(&xs) {
                 out.push(Figure { benchmark: cell.to_string(), spec, summary });
             }
         }
     }
-    Ok(out)
+    Ok((out, read.skipped.iter().map(ToString::to_string).collect()))
 }
 
 /// The run in `dir` as JSON in `format`.
-pub fn export(dir: &Path, format: Format) -> Result<Value, RunError> {
-    let figures = collect(dir)?;
-    Ok(match format {
+pub fn export(
+    dir: &Path,
+    format: Format,
+    catalogue: &dyn Catalogue,
+) -> Result<Exported, ResultsError> {
+    let (figures, skipped) = collect(dir, catalogue)?;
+    let json = match format {
         Format::Bencher => {
             let mut benchmarks = Map::new();
             for f in figures {
                 let entry = benchmarks.entry(f.benchmark).or_insert_with(|| json!({}));
-                entry[f.spec.name] = json!({
+                entry[&*f.spec.name] = json!({
                     "value": f.summary.median,
                     "lower_value": f.summary.q1,
                     "upper_value": f.summary.q3,
@@ -83,5 +96,6 @@ pub fn export(dir: &Path, format: Format) -> Result<Value, RunError> {
             });
             Value::Array(entries.collect())
         }
-    })
+    };
+    Ok(Exported { json, skipped })
 }

@@ -3,7 +3,7 @@
 //! (of that variant only, as the tables name it, where one is given) die the way native
 //! libraries die — `segfault`, `abort`, `oom` (a failed allocation) — or `hang`.
 
-use crate::cell::Cell;
+use randbench_schema::Cell;
 use std::time::Duration;
 
 pub fn inject(cell: &Cell) {
@@ -12,7 +12,7 @@ pub fn inject(cell: &Cell) {
         Some((k, v)) => (k, Some(v)),
         None => (spec.as_str(), None),
     };
-    if variant.is_some_and(|v| v != cell.variant.to_string()) {
+    if variant.is_some_and(|v| v != cell.variant_label()) {
         return;
     }
     match kind {

@@ -4,15 +4,35 @@
 //! environment, every insert skips rows already there); `randbench history` shows a figure's
 //! series for a cell and flags the run where it changed.
 
-use crate::cell::CellResult;
-use crate::compare::fmt_value;
 use crate::env::{fnv1a, Environment, ENV_FILE};
-use crate::families::{self, MeasureSpec};
-use crate::report::{Column, Table};
-use crate::results::{self, RunInfo};
+use crate::report::{fmt_value, Column, Table};
 use randbench_core::rng::Rng;
 use randbench_core::stats::{self, Verdict};
+use randbench_schema::results::{self, Catalogue, ResultsError, RunInfo};
+use randbench_schema::{CellResult, Measure};
 use std::path::{Path, PathBuf};
+
+/// Why a `--db` value that is not a PostgreSQL URL is no file path either: another scheme, or
+/// a mistyped URL (`user@host://…`).
+fn not_a_path(url: &str) -> Option<&'static str> {
+    let scheme = url.find("://")?;
+    if url.starts_with("sqlite://") {
+        return None;
+    }
+    if url[..scheme].contains('@') {
+        Some("'@' comes before '://'")
+    } else {
+        Some("only postgres://, postgresql:// and sqlite:// URLs are understood")
+    }
+}
+
+/// SQLite's answer to a file that is not one of its databases.
+fn is_not_a_database(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt)
+    )
+}
 
 /// Where `ingest` and `history` keep the history unless `--db` says otherwise.
 pub const DEFAULT_DB: &str = "reports/history.sqlite";
@@ -23,8 +43,38 @@ pub enum HistoryError {
     Sqlite { db: String, source: rusqlite::Error },
     #[error("{db}: {source}")]
     Postgres { db: String, source: Box<postgres::Error> },
-    #[error("{0}")]
-    Input(String),
+    #[error(
+        "--db {db}: cannot connect: {source}; check that the server runs and the URL \
+         (postgres://USER@HOST:PORT/DATABASE)"
+    )]
+    Connect { db: String, source: Box<postgres::Error> },
+    #[error(
+        "--db {db}: {why}; write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE or a file path"
+    )]
+    BadUrl { db: String, why: &'static str },
+    #[error("--db {db}: not a SQLite database ({source}); give a history file made by randbench, or a new path")]
+    NotADatabase { db: String, source: rusqlite::Error },
+    #[error("--db {db}: cannot create {dir}: {source}")]
+    CreateDir { db: String, dir: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}; give a directory written by `randbench run`")]
+    NoEnvironment { path: PathBuf, source: std::io::Error },
+    #[error("{path}: damaged environment file: {source}")]
+    DamagedEnvironment { path: PathBuf, source: serde_json::Error },
+    #[error(transparent)]
+    Results(#[from] ResultsError),
+    #[error("{db}: run {run}: damaged {what}: {source}")]
+    DamagedStored { db: String, run: String, what: &'static str, source: serde_json::Error },
+    #[error("--figure {name}: no such figure; figures: {}", known.join(", "))]
+    UnknownFigure { name: String, known: Vec<String> },
+    #[error("{db}: no stored values of {figure} match; `randbench ingest DIR` stores runs")]
+    NoValues { db: String, figure: String },
+}
+
+impl HistoryError {
+    /// Whether the user gave something wrong (exit 2), rather than the database failing.
+    pub fn is_input(&self) -> bool {
+        !matches!(self, HistoryError::Sqlite { .. } | HistoryError::Postgres { .. })
+    }
 }
 
 /// An open history database.
@@ -99,7 +149,7 @@ CREATE TABLE IF NOT EXISTS figures (
 /// Hides the password of a `postgres://user:password@host/db` URL.
 fn shown(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if url[s + 3..at].contains(':') => {
+        (Some(s), Some(at)) if at > s + 3 && url[s + 3..at].contains(':') => {
             let colon = s + 3 + url[s + 3..at].find(':').expect("checked");
             format!("{}:***{}", &url[..colon], &url[at..])
         }
@@ -113,21 +163,19 @@ impl Db {
     pub fn open(url: &str) -> Result<Db, HistoryError> {
         let name = shown(url);
         let conn = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let client = postgres::Client::connect(url, postgres::NoTls).map_err(|e| {
-                HistoryError::Input(format!(
-                    "--db {name}: cannot connect: {e}; check that the server runs and the URL \
-                     (postgres://USER@HOST:PORT/DATABASE)"
-                ))
-            })?;
+            let client = postgres::Client::connect(url, postgres::NoTls)
+                .map_err(|e| HistoryError::Connect { db: name.clone(), source: Box::new(e) })?;
             Conn::Postgres(Box::new(client))
         } else {
+            if let Some(why) = not_a_path(url) {
+                return Err(HistoryError::BadUrl { db: name, why });
+            }
             let path = PathBuf::from(url.strip_prefix("sqlite://").unwrap_or(url));
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    HistoryError::Input(format!(
-                        "--db {name}: cannot create {}: {e}",
-                        dir.display()
-                    ))
+                std::fs::create_dir_all(dir).map_err(|source| HistoryError::CreateDir {
+                    db: name.clone(),
+                    dir: dir.to_path_buf(),
+                    source,
                 })?;
             }
             let conn = rusqlite::Connection::open(&path)
@@ -138,8 +186,12 @@ impl Db {
             Conn::Sqlite(conn)
         };
         let mut db = Db { conn, name };
-        db.batch(SCHEMA)?;
-        Ok(db)
+        match db.batch(SCHEMA) {
+            Err(HistoryError::Sqlite { db, source }) if is_not_a_database(&source) => {
+                Err(HistoryError::NotADatabase { db, source })
+            }
+            other => other.map(|()| db),
+        }
     }
 
     /// The error of either engine, naming this database.
@@ -195,20 +247,19 @@ impl Db {
 
     /// Stores a run directory. Idempotent: ingesting it again adds nothing (and a run ingested
     /// while it was still going gains only its new cells).
-    pub fn ingest(&mut self, dir: &Path) -> Result<Ingested, HistoryError> {
+    pub fn ingest(
+        &mut self,
+        dir: &Path,
+        catalogue: &dyn Catalogue,
+    ) -> Result<Ingested, HistoryError> {
         let env_path = dir.join(ENV_FILE);
-        let env_text = std::fs::read_to_string(&env_path).map_err(|e| {
-            HistoryError::Input(format!(
-                "{}: {e}; give a directory written by `randbench run`",
-                env_path.display()
-            ))
-        })?;
-        let env: Environment = serde_json::from_str(&env_text).map_err(|e| {
-            HistoryError::Input(format!("{}: not an environment file: {e}", env_path.display()))
-        })?;
-        let (results, warnings) =
-            results::read(dir).map_err(|e| HistoryError::Input(e.to_string()))?;
-        let info = RunInfo::read(dir).map_err(|e| HistoryError::Input(e.to_string()))?;
+        let env_text = std::fs::read_to_string(&env_path)
+            .map_err(|source| HistoryError::NoEnvironment { path: env_path.clone(), source })?;
+        let env: Environment = serde_json::from_str(&env_text)
+            .map_err(|source| HistoryError::DamagedEnvironment { path: env_path, source })?;
+        let read = results::read(dir, catalogue)?;
+        let (results, skipped) = (read.results, read.skipped);
+        let info = RunInfo::read(dir)?;
         let run = format!("{:016x}", fnv1a(env_text.as_bytes()));
         let suite = info
             .as_ref()
@@ -221,7 +272,8 @@ impl Db {
         match stored {
             Ok(added) => {
                 self.batch("COMMIT")?;
-                Ok(Ingested { run, added_cells: added.0, added_figures: added.1, warnings })
+                let skipped = skipped.iter().map(ToString::to_string).collect();
+                Ok(Ingested { run, added_cells: added.0, added_figures: added.1, skipped })
             }
             Err(e) => {
                 let _ = self.batch("ROLLBACK");
@@ -265,7 +317,7 @@ impl Db {
             let key = [
                 text(run),
                 text(&r.cell.workload),
-                text(&r.cell.variant.to_string()),
+                text(&r.cell.variant_label()),
                 Value::Int(r.cell.seed as i64),
                 text(&r.cell.backend.to_string()),
                 Value::Int(r.round as i64),
@@ -281,9 +333,9 @@ impl Db {
             if !r.status.ran() {
                 continue;
             }
-            for m in families::measures(r) {
+            for f in r.figures.iter().filter(|f| f.value.is_finite()) {
                 let mut args = key.to_vec();
-                args.extend([text(m.spec.name), Value::Real(m.value)]);
+                args.extend([text(f.name()), Value::Real(f.value)]);
                 figures += self.execute(
                     "INSERT INTO figures (run, workload, variant, seed, backend, round, figure, value) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
@@ -296,7 +348,11 @@ impl Db {
 
     /// The latest stored run of `suite` on each machine (as [`Environment::machine`] names
     /// it), in the order the machines first ran it.
-    pub fn latest_runs(&mut self, suite: &str) -> Result<Vec<StoredRun>, HistoryError> {
+    pub fn latest_runs(
+        &mut self,
+        suite: &str,
+        catalogue: &dyn Catalogue,
+    ) -> Result<Vec<StoredRun>, HistoryError> {
         let rows = self.query(
             "SELECT id, environment FROM runs WHERE suite = $1 ORDER BY started_at, id",
             &[Value::Text(suite.to_string())],
@@ -304,9 +360,13 @@ impl Db {
         let mut latest: Vec<(String, Environment)> = Vec::new();
         for row in rows {
             let (Some(id), Some(text)) = (row[0].text(), row[1].text()) else { continue };
-            let env: Environment = serde_json::from_str(text).map_err(|e| {
-                HistoryError::Input(format!("{}: run {id}: damaged environment: {e}", self.name))
-            })?;
+            let env: Environment =
+                serde_json::from_str(text).map_err(|source| HistoryError::DamagedStored {
+                    db: self.name.clone(),
+                    run: id.to_string(),
+                    what: "environment",
+                    source,
+                })?;
             match latest.iter_mut().find(|(_, e)| e.machine() == env.machine()) {
                 Some(slot) => *slot = (id.to_string(), env),
                 None => latest.push((id.to_string(), env)),
@@ -320,11 +380,21 @@ impl Db {
                 .iter()
                 .filter_map(|r| r[0].text())
                 .map(|t| {
-                    serde_json::from_str(t).map_err(|e| {
-                        HistoryError::Input(format!("{}: run {id}: damaged result: {e}", self.name))
-                    })
+                    let mut r: CellResult =
+                        serde_json::from_str(t).map_err(|source| HistoryError::DamagedStored {
+                            db: self.name.clone(),
+                            run: id.clone(),
+                            what: "result",
+                            source,
+                        })?;
+                    // A result stored before lines carried their figures: the catalogue
+                    // derives them; one it cannot read counts as having none.
+                    if catalogue.upgrade(&mut r).is_err() {
+                        r.figures.clear();
+                    }
+                    Ok(r)
                 })
-                .collect::<Result<Vec<CellResult>, _>>()?;
+                .collect::<Result<Vec<CellResult>, HistoryError>>()?;
             // In the order the run ran its cells.
             results.sort_by(|a, b| (a.round, &a.started_at).cmp(&(b.round, &b.started_at)));
             out.push(StoredRun { id, env, results });
@@ -333,7 +403,7 @@ impl Db {
     }
 
     /// Every stored value of a figure that matches the filter, oldest run first.
-    pub fn series(&mut self, q: &SeriesQuery) -> Result<Vec<Series>, HistoryError> {
+    pub fn series(&mut self, q: &SeriesQuery) -> Result<Vec<RunSeries>, HistoryError> {
         let rows = self.query(
             "SELECT m.fingerprint, m.hardware, f.workload, f.variant, f.seed, f.backend, \
                     r.id, r.started_at, r.git_commit, f.value \
@@ -341,7 +411,7 @@ impl Db {
              WHERE f.figure = $1 ORDER BY r.started_at, r.id, f.round",
             &[Value::Text(q.figure.name.to_string())],
         )?;
-        let mut out: Vec<Series> = Vec::new();
+        let mut out: Vec<RunSeries> = Vec::new();
         for row in rows {
             let t = |i: usize| row[i].text().unwrap_or("").to_string();
             let key = SeriesKey {
@@ -362,7 +432,7 @@ impl Db {
             let series = match out.iter_mut().position(|s| s.key == key) {
                 Some(i) => &mut out[i],
                 None => {
-                    out.push(Series { key, points: vec![] });
+                    out.push(RunSeries { key, points: vec![] });
                     out.last_mut().expect("just pushed")
                 }
             };
@@ -462,13 +532,13 @@ pub struct Ingested {
     pub run: String,
     pub added_cells: u64,
     pub added_figures: u64,
-    /// About the results file (a truncated last line).
-    pub warnings: Vec<String>,
+    /// Lines of the results file that could not be read, and why.
+    pub skipped: Vec<String>,
 }
 
 /// Which series `history` shows: one figure, optionally narrowed.
 pub struct SeriesQuery {
-    pub figure: &'static MeasureSpec,
+    pub figure: Measure,
     pub workload: Option<String>,
     pub variant: Option<String>,
     pub backend: Option<String>,
@@ -506,8 +576,9 @@ pub struct Point {
     pub samples: Vec<f64>,
 }
 
+/// One figure of one cell on one machine, run after run.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Series {
+pub struct RunSeries {
     pub key: SeriesKey,
     pub points: Vec<Point>,
 }
@@ -523,7 +594,7 @@ pub struct ChangeRule {
 }
 
 /// What the rule says about each point of a series.
-pub fn changes(series: &Series, figure: &MeasureSpec, rule: ChangeRule) -> Vec<Option<Verdict>> {
+pub fn changes(series: &RunSeries, figure: &Measure, rule: ChangeRule) -> Vec<Option<Verdict>> {
     let mut rng = Rng::stream(0, "history");
     (0..series.points.len())
         .map(|i| {
@@ -539,7 +610,7 @@ pub fn changes(series: &Series, figure: &MeasureSpec, rule: ChangeRule) -> Vec<O
 }
 
 /// The table of one series: the last `last` runs, each flagged where the rule saw a change.
-pub fn series_table(series: &Series, figure: &MeasureSpec, rule: ChangeRule, last: usize) -> Table {
+pub fn series_table(series: &RunSeries, figure: &Measure, rule: ChangeRule, last: usize) -> Table {
     let verdicts = changes(series, figure, rule);
     let skip = series.points.len().saturating_sub(last);
     let rows = series
@@ -587,13 +658,10 @@ pub fn series_table(series: &Series, figure: &MeasureSpec, rule: ChangeRule, las
     }
 }
 
-/// The figure of that name, or an error listing them.
-pub fn figure(name: &str) -> Result<&'static MeasureSpec, HistoryError> {
-    families::measure_named(name).ok_or_else(|| {
-        let known: Vec<&str> = families::all_measures().map(|m| m.name).collect();
-        HistoryError::Input(format!(
-            "--figure {name}: no such figure; figures: {}",
-            known.join(", ")
-        ))
+/// The figure of that name among `known` (the families' catalogue), or an error listing them.
+pub fn figure<'a>(name: &str, known: &'a [Measure]) -> Result<&'a Measure, HistoryError> {
+    known.iter().find(|m| m.name == name).ok_or_else(|| HistoryError::UnknownFigure {
+        name: name.to_string(),
+        known: known.iter().map(|m| m.name.to_string()).collect(),
     })
 }

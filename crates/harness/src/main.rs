@@ -1,18 +1,69 @@
 //! The `randbench` command line.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use randbench::backends::{self, Availability};
-use randbench::compare;
-use randbench::executor::child_main;
+use randbench::backends;
+use randbench::compare::{self, CompareError, EXIT_SKIPPED_LINES};
+use randbench::executor::{child_main, own_executable, STOP};
 use randbench::export;
-use randbench::history;
-use randbench::procure;
-use randbench::report::{Report, Reporter, Terminal};
-use randbench::runner::{self, Isolation, RunError, RunOptions, STOP};
-use randbench::suite;
-use randbench_core::backend::{BackendId, Device, Engine, GradMode};
+use randbench::families::{self, Registry};
+use randbench::history::{self, HistoryError};
+use randbench::procure::{self, ProcureError};
+use randbench::report::{Document, Reporter, Terminal};
+use randbench::runner::{self, Isolation, RunError, RunOptions};
+use randbench_core::backend::GradMode;
+use randbench_schema::results::{write_atomic, ResultsError};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// Every way a command can fail; [`CliError::exit_code`] is 2 for the user's mistakes (nothing
+/// was run or written), 1 for failures on the way.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error(transparent)]
+    Compare(#[from] CompareError),
+    #[error(transparent)]
+    Procure(#[from] ProcureError),
+    #[error(transparent)]
+    Results(#[from] ResultsError),
+    #[error("{db}: no run of suite {suite}; on each machine run `randbench run {suite} --machine NAME`, then `randbench ingest DIR --db {db}`")]
+    NoRun { db: String, suite: String },
+    #[error("{flag} {}: {source}", path.display())]
+    Write { flag: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        let input = match self {
+            CliError::Run(e) => e.is_input(),
+            CliError::History(e) => e.is_input(),
+            CliError::Compare(_) | CliError::Procure(_) | CliError::Results(_) => true,
+            CliError::NoRun { .. } => true,
+            CliError::Write { .. } => false,
+        };
+        if input {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// Prints, on stderr, each line of a results file that could not be read; the exit code then
+/// says so.
+fn warn_skipped(skipped: &[String]) -> u8 {
+    for s in skipped {
+        eprintln!("warning: {s}");
+    }
+    if skipped.is_empty() {
+        0
+    } else {
+        EXIT_SKIPPED_LINES
+    }
+}
 
 /// Cross-backend benchmarks of the randomization experiments of deep learning.
 #[derive(Parser)]
@@ -82,9 +133,14 @@ enum Command {
     Cell,
     /// Workloads, suites, and backends: compiled in, usable here, or what to do to get them.
     List,
+    /// Opens one backend and prints whether it is usable here, as JSON (what `list` asks in a
+    /// process of its own, so that it opens no engine itself).
+    #[command(hide = true)]
+    Probe { backend: String },
     /// Re-render the tables, report.md and report.html of a finished run from its directory.
     Report { dir: PathBuf },
     /// A run's figures (medians over rounds) as JSON for continuous-benchmarking services.
+    /// Exit code 4: lines of its results could not be read (the rest was exported).
     Export {
         dir: PathBuf,
         #[arg(long, value_enum)]
@@ -94,7 +150,8 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Store run directories in the history (SQLite by default, or PostgreSQL); storing a
-    /// run again adds nothing.
+    /// run again adds nothing. Exit code 4: lines of a results file could not be read (the
+    /// rest was stored).
     Ingest {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
@@ -148,8 +205,9 @@ enum Command {
         db: String,
     },
     /// Compare a run with a baseline run, figure by figure. Exit code 0: nothing regressed;
-    /// 1: something regressed (or failed); 3: too noisy to tell (too few rounds, or too much
-    /// spread); 2: bad input.
+    /// 1: something regressed (or failed); 4: lines of a results file could not be read (the
+    /// rest was compared); 3: too noisy to tell (too few rounds, or too much spread); 2: bad
+    /// input.
     Compare {
         baseline: PathBuf,
         current: PathBuf,
@@ -163,20 +221,12 @@ enum Command {
     },
 }
 
-fn history_error(e: history::HistoryError) -> RunError {
-    match e {
-        history::HistoryError::Input(m) => RunError::Input(m),
-        other => RunError::Failed(other.to_string()),
-    }
-}
-
-fn ingest(dirs: &[PathBuf], db: &str) -> Result<u8, RunError> {
-    let mut store = history::Db::open(db).map_err(history_error)?;
+fn ingest(dirs: &[PathBuf], db: &str) -> Result<u8, CliError> {
+    let mut store = history::Db::open(db)?;
+    let mut code = 0;
     for dir in dirs {
-        let i = store.ingest(dir).map_err(history_error)?;
-        for w in &i.warnings {
-            eprintln!("warning: {w}");
-        }
+        let i = store.ingest(dir, &Registry)?;
+        code = code.max(warn_skipped(&i.skipped));
         println!(
             "{}: run {}: {} new cell results, {} new figures",
             dir.display(),
@@ -185,56 +235,18 @@ fn ingest(dirs: &[PathBuf], db: &str) -> Result<u8, RunError> {
             i.added_figures
         );
     }
-    Ok(0)
+    Ok(code)
 }
 
-fn procurement(suite: &str, prices: Option<&std::path::Path>, db: &str) -> Result<u8, RunError> {
-    let prices = prices
-        .map(procure::Prices::read)
-        .transpose()
-        .map_err(|e| RunError::Input(e.to_string()))?;
-    let runs =
-        history::Db::open(db).and_then(|mut d| d.latest_runs(suite)).map_err(history_error)?;
+fn procurement(suite: &str, prices: Option<&std::path::Path>, db: &str) -> Result<u8, CliError> {
+    let prices = prices.map(procure::Prices::read).transpose()?;
+    let runs = history::Db::open(db)?.latest_runs(suite, &Registry)?;
     if runs.is_empty() {
-        return Err(RunError::Input(format!(
-            "{db}: no run of suite {suite}; on each machine run `randbench run {suite} --machine \
-             NAME`, then `randbench ingest DIR --db {db}`"
-        )));
+        return Err(CliError::NoRun { db: db.to_string(), suite: suite.to_string() });
     }
-    let tables = procure::tables(&runs, prices.as_ref());
-    print!("{}", Terminal.render(&Report::tables(suite, tables)));
+    let tables = procure::tables(&runs, prices.as_ref(), &Registry);
+    print!("{}", Terminal.render(&Document::tables(suite, tables)));
     Ok(0)
-}
-
-fn list() -> String {
-    let mut out = String::from("Workloads:\n");
-    let width = randbench::families::FAMILIES.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
-    for (name, about) in randbench::families::FAMILIES {
-        out += &format!("  {name:<width$} {about}\n");
-    }
-    out += "\nSuites (bench-suites/):\n";
-    for (name, path) in suite::available() {
-        let about = match suite::load(&path) {
-            Ok(s) => s.description.lines().next().unwrap_or("").to_string(),
-            Err(e) => format!("(does not load: {e})"),
-        };
-        out += &format!("  {name:<20} {about}\n");
-    }
-    out += "\nBackends:\n";
-    for engine in Engine::ALL {
-        for device in [Device::Cpu, Device::Cuda(0)] {
-            let id = BackendId { engine, device };
-            let line = match backends::availability(id) {
-                Availability::Usable => "usable".to_string(),
-                Availability::NotCompiled { hint } => format!("not compiled in: {hint}"),
-                Availability::Unavailable { reason, hint } => {
-                    format!("not usable here: {reason}; {hint}")
-                }
-            };
-            out += &format!("  {:<16} {line}\n", id.to_string());
-        }
-    }
-    out
 }
 
 /// Ctrl-C once: the current cell finishes or is abandoned, what is done is written, and the
@@ -263,7 +275,7 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     handle_interrupts();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result: Result<u8, CliError> = match cli.command {
         Command::Cell => {
             return match child_main() {
                 Ok(()) => ExitCode::SUCCESS,
@@ -296,24 +308,41 @@ fn main() -> ExitCode {
                     0
                 }
             })
+            .map_err(CliError::from)
         }
         Command::List => {
-            print!("{}", list());
+            // Where this program cannot be found, each probe's line says so.
+            let exe = own_executable().unwrap_or_else(|_| PathBuf::from("randbench"));
+            print!("{}", runner::list(&exe));
             Ok(0)
         }
-        Command::Report { dir } => runner::report(&dir).map(|text| {
-            print!("{text}");
-            0
-        }),
-        Command::Export { dir, format, out } => export::export(&dir, format).and_then(|v| {
-            let text = serde_json::to_string_pretty(&v).expect("serializable") + "\n";
-            match out {
-                Some(path) => runner::write_atomic(&path, text)
-                    .map_err(|e| RunError::Failed(format!("--out {}: {e}", path.display())))?,
-                None => print!("{text}"),
-            }
-            Ok(0)
-        }),
+        Command::Probe { backend } => runner::parse_backends(&[backend])
+            .map(|ids| {
+                let a = backends::availability(ids[0]);
+                println!("{}", serde_json::to_string(&a).expect("serializable"));
+                0
+            })
+            .map_err(CliError::from),
+        Command::Report { dir } => runner::report(&dir)
+            .map(|text| {
+                print!("{text}");
+                0
+            })
+            .map_err(CliError::from),
+        Command::Export { dir, format, out } => {
+            export::export(&dir, format, &Registry).map_err(CliError::from).and_then(|e| {
+                let text = serde_json::to_string_pretty(&e.json).expect("serializable") + "\n";
+                match out {
+                    Some(path) => write_atomic(&path, text).map_err(|source| CliError::Write {
+                        flag: "--out",
+                        path,
+                        source,
+                    })?,
+                    None => print!("{text}"),
+                }
+                Ok(warn_skipped(&e.skipped))
+            })
+        }
         Command::Ingest { dirs, db } => ingest(&dirs, &db),
         Command::History {
             figure,
@@ -326,48 +355,63 @@ fn main() -> ExitCode {
             min_points,
             threshold,
             db,
-        } => history::figure(&figure)
-            .and_then(|figure| {
-                let rule = history::ChangeRule {
-                    window: window.max(1),
-                    min_points: min_points.max(1),
-                    threshold: threshold.unwrap_or(figure.threshold),
-                };
-                let query = history::SeriesQuery { figure, workload, variant, backend, machine };
-                let series = history::Db::open(&db)?.series(&query)?;
-                if series.is_empty() {
-                    return Err(history::HistoryError::Input(format!(
-                        "{db}: no stored values of {} match; `randbench ingest DIR` stores runs",
-                        figure.name
-                    )));
-                }
-                let tables: Vec<_> =
-                    series.iter().map(|s| history::series_table(s, figure, rule, last)).collect();
-                print!("{}", Terminal.render(&Report::tables("history", tables)));
-                Ok(0)
-            })
-            .map_err(history_error),
+        } => {
+            let known: Vec<_> = families::all_measures().cloned().collect();
+            history::figure(&figure, &known)
+                .and_then(|figure| {
+                    let rule = history::ChangeRule {
+                        window: window.max(1),
+                        min_points: min_points.max(1),
+                        threshold: threshold.unwrap_or(figure.threshold),
+                    };
+                    let query = history::SeriesQuery {
+                        figure: figure.clone(),
+                        workload,
+                        variant,
+                        backend,
+                        machine,
+                    };
+                    let series = history::Db::open(&db)?.series(&query)?;
+                    if series.is_empty() {
+                        return Err(HistoryError::NoValues {
+                            db: db.clone(),
+                            figure: figure.name.to_string(),
+                        });
+                    }
+                    let tables: Vec<_> = series
+                        .iter()
+                        .map(|s| history::series_table(s, figure, rule, last))
+                        .collect();
+                    print!("{}", Terminal.render(&Document::tables("history", tables)));
+                    Ok(0)
+                })
+                .map_err(CliError::from)
+        }
         Command::Procure { suite, prices, db } => procurement(&suite, prices.as_deref(), &db),
         Command::Compare { baseline, current, thresholds, json } => {
-            compare::compare(&baseline, &current, &thresholds.into_iter().collect()).and_then(|r| {
-                print!("{}", Terminal.render(&Report::tables("randbench", vec![r.table()])));
-                if let Some(path) = json {
-                    let text = serde_json::to_string_pretty(&r).expect("serializable");
-                    runner::write_atomic(&path, text)
-                        .map_err(|e| RunError::Failed(format!("--json {}: {e}", path.display())))?;
-                }
-                Ok(r.exit_code())
-            })
+            let thresholds = thresholds.into_iter().collect();
+            compare::compare(&baseline, &current, &thresholds, &Registry)
+                .map_err(CliError::from)
+                .and_then(|r| {
+                    print!("{}", Terminal.render(&Document::tables("randbench", vec![r.table()])));
+                    warn_skipped(&r.skipped);
+                    if let Some(path) = json {
+                        let text = serde_json::to_string_pretty(&r).expect("serializable");
+                        write_atomic(&path, text).map_err(|source| CliError::Write {
+                            flag: "--json",
+                            path,
+                            source,
+                        })?;
+                    }
+                    Ok(r.exit_code())
+                })
         }
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(match e {
-                RunError::Input(_) => 2,
-                RunError::Failed(_) => 1,
-            })
+            ExitCode::from(e.exit_code())
         }
     }
 }

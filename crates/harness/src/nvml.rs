@@ -2,17 +2,22 @@
 //! records (name, memory, driver, CUDA version, clocks, power limit, other processes), the
 //! energy counter, and the device memory of CUDA cells.
 //!
-//! No engine reports its CUDA memory through the `Backend` trait (candle and ONNX Runtime keep
-//! no statistics; tch does not bind libtorch's), so the harness asks the driver: while a CUDA
-//! cell runs, a thread samples the GPU memory this process holds, and the highest sample is
-//! the cell's device peak. Where the driver's per-process figures cannot name this process (a
+//! No engine reports its CUDA memory (candle and ONNX Runtime keep no statistics; tch does not
+//! bind libtorch's), so the harness asks the driver: while a CUDA cell runs, a thread samples
+//! the GPU memory this process holds on the cell's device, and the highest sample is the
+//! cell's device peak. Where the driver's per-process figures cannot name this process (a
 //! PID namespace in a container hides it), the device's used memory above its level when the
 //! cell started stands in. Without an NVIDIA driver there is no figure, and no error.
+//!
+//! A cell names its GPU by CUDA ordinal, and CUDA numbers devices in its own order
+//! (`CUDA_DEVICE_ORDER`, `CUDA_VISIBLE_DEVICES`) where NVML numbers them in PCI order, so the
+//! two meet by PCI bus id, which the CUDA driver's library (`libcuda.so.1`, also opened at run
+//! time) gives for an ordinal.
 
-use crate::env::Probe;
+use crate::probe::Probe;
 use randbench_core::units::Bytes;
 use serde::{Deserialize, Serialize};
-use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void, CStr};
+use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void, CStr, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -34,6 +39,20 @@ struct ProcessInfo {
     used_gpu_memory: c_ulonglong,
     gpu_instance_id: c_uint,
     compute_instance_id: c_uint,
+}
+
+/// `nvmlPciInfo_t`, what `nvmlDeviceGetPciInfo_v3` fills.
+#[allow(dead_code)] // every field is part of NVML's layout; the harness reads one
+#[repr(C)]
+#[derive(Default)]
+struct PciInfo {
+    bus_id_legacy: [c_char; 16],
+    domain: c_uint,
+    bus: c_uint,
+    device: c_uint,
+    pci_device_id: c_uint,
+    pci_sub_system_id: c_uint,
+    bus_id: [c_char; 32],
 }
 
 /// `nvmlMemory_t`.
@@ -60,6 +79,10 @@ struct Nvml {
     max_clock: Option<unsafe extern "C" fn(Device, c_uint, *mut c_uint) -> Ret>,
     /// Milliwatts.
     power_limit: Option<unsafe extern "C" fn(Device, *mut c_uint) -> Ret>,
+    /// `nvmlDeviceGetHandleByPciBusId_v2(bus id, device)`.
+    by_bus_id: Option<unsafe extern "C" fn(*const c_char, *mut Device) -> Ret>,
+    /// `nvmlDeviceGetPciInfo_v3(device, info)`.
+    pci_info: Option<unsafe extern "C" fn(Device, *mut PciInfo) -> Ret>,
 }
 
 /// `nvmlClockType_t`.
@@ -175,7 +198,102 @@ unsafe fn open(path: &str) -> Result<Nvml, String> {
         cuda: symbol(lib, c"nvmlSystemGetCudaDriverVersion_v2"),
         max_clock: symbol(lib, c"nvmlDeviceGetMaxClockInfo"),
         power_limit: symbol(lib, c"nvmlDeviceGetPowerManagementLimit"),
+        by_bus_id: symbol(lib, c"nvmlDeviceGetHandleByPciBusId_v2"),
+        pci_info: symbol(lib, c"nvmlDeviceGetPciInfo_v3"),
     })
+}
+
+/// The CUDA driver's library, for the one thing NVML cannot tell: which device a CUDA ordinal
+/// names.
+struct Cuda {
+    /// `cuDeviceGet(device, ordinal)`.
+    device_get: unsafe extern "C" fn(*mut c_int, c_int) -> c_int,
+    /// `cuDeviceGetPCIBusId(buffer, length, device)`.
+    bus_id: unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int,
+}
+
+const CUDA_LIBRARY: &str = "libcuda.so.1";
+
+/// The CUDA driver, opened and initialized once per process; `None` without one.
+fn cuda() -> Option<&'static Cuda> {
+    static CUDA: OnceLock<Option<Cuda>> = OnceLock::new();
+    CUDA.get_or_init(|| unsafe { open_cuda(CUDA_LIBRARY) }).as_ref()
+}
+
+/// Opens the CUDA driver's library at `path` and calls `cuInit`; `None` where it is absent,
+/// lacks a symbol, or sees no device.
+unsafe fn open_cuda(path: &str) -> Option<Cuda> {
+    let c_path = CString::new(path).ok()?;
+    let lib = libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+    if lib.is_null() {
+        return None;
+    }
+    let init: unsafe extern "C" fn(c_uint) -> c_int = symbol(lib, c"cuInit")?;
+    if init(0) != 0 {
+        return None;
+    }
+    Some(Cuda {
+        device_get: symbol(lib, c"cuDeviceGet")?,
+        bus_id: symbol(lib, c"cuDeviceGetPCIBusId")?,
+    })
+}
+
+impl Cuda {
+    /// The PCI bus id of CUDA device `ordinal` as CUDA writes it ("0000:3B:00.0").
+    fn bus_id(&self, ordinal: usize) -> Option<String> {
+        let ordinal = c_int::try_from(ordinal).ok()?;
+        let mut dev: c_int = 0;
+        let mut buf = [0 as c_char; 32];
+        // SAFETY: an out-pointer to a local, and a buffer of the length given.
+        unsafe {
+            if (self.device_get)(&mut dev, ordinal) != 0
+                || (self.bus_id)(buf.as_mut_ptr(), buf.len() as c_int, dev) != 0
+            {
+                return None;
+            }
+        }
+        Some(c_string(&buf))
+    }
+}
+
+/// A PCI bus id in NVML's form, "00000000:3B:00.0", from "domain:bus:device.function" as CUDA
+/// or NVML writes it: hexadecimal in either case, a domain of any width or none (domain 0).
+/// `None` if it is not a bus id.
+fn normal_bus_id(id: &str) -> Option<String> {
+    let (rest, function) = id.trim().rsplit_once('.')?;
+    let (domain, bus, device) = match rest.split(':').collect::<Vec<_>>()[..] {
+        [domain, bus, device] => (domain, bus, device),
+        [bus, device] => ("0", bus, device),
+        _ => return None,
+    };
+    let hex = |s: &str, max: u32| {
+        let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+        u32::from_str_radix(s, 16).ok().filter(|&v| digits && v <= max)
+    };
+    Some(format!(
+        "{:08X}:{:02X}:{:02X}.{:X}",
+        hex(domain, u32::MAX)?,
+        hex(bus, 0xFF)?,
+        hex(device, 0x1F)?,
+        hex(function, 7)?
+    ))
+}
+
+/// Of devices listed with their bus ids, the one at bus id `id`, the ids compared in one form.
+fn choose<T: Copy>(listed: &[(String, T)], id: &str) -> Option<T> {
+    let id = normal_bus_id(id)?;
+    listed.iter().find(|(b, _)| normal_bus_id(b).as_ref() == Some(&id)).map(|&(_, d)| d)
+}
+
+/// NVML's device for CUDA device `ordinal`; `None` without libcuda, NVML, or the device.
+fn cuda_device(nvml: &Nvml, ordinal: usize) -> Option<Device> {
+    nvml.device_at(&cuda()?.bus_id(ordinal)?)
+}
+
+/// A NUL-terminated string in a buffer (all of it if no NUL ends it).
+fn c_string(buf: &[c_char]) -> String {
+    let bytes: Vec<u8> = buf.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// A string NVML writes into a buffer.
@@ -201,6 +319,31 @@ impl Nvml {
                 (unsafe { (self.handle)(i, &mut d) } == SUCCESS).then_some(d)
             })
             .collect()
+    }
+
+    /// The device at PCI bus id `id` (in any form [`normal_bus_id`] reads).
+    fn device_at(&self, id: &str) -> Option<Device> {
+        let id = normal_bus_id(id)?;
+        if let Some(f) = self.by_bus_id {
+            let c_id = CString::new(id.as_str()).ok()?;
+            let mut d: Device = std::ptr::null_mut();
+            // SAFETY: a NUL-terminated string and an out-pointer to a local.
+            if unsafe { f(c_id.as_ptr(), &mut d) } == SUCCESS {
+                return Some(d);
+            }
+        }
+        // A driver without the lookup, or one that reads the id otherwise: its devices' own ids.
+        let f = self.pci_info?;
+        let listed: Vec<(String, Device)> = self
+            .devices()
+            .into_iter()
+            .filter_map(|d| {
+                let mut info = PciInfo::default();
+                // SAFETY: an out-pointer to a local of NVML's layout.
+                (unsafe { f(d, &mut info) } == SUCCESS).then(|| (c_string(&info.bus_id), d))
+            })
+            .collect();
+        choose(&listed, &id)
     }
 
     /// Memory process `pid` holds on `d`: `None` where NVML lists no such process or cannot
@@ -287,28 +430,20 @@ impl Nvml {
     }
 }
 
-/// Millijoules device `n` (NVML's index) has used since the driver loaded; `None` without
-/// NVML, the device, or the counter.
+/// Millijoules CUDA device `n` has used since the driver loaded; `None` without NVML,
+/// libcuda, the device, or the counter.
 pub fn total_energy_mj(n: usize) -> Option<u64> {
     let nvml = nvml()?;
-    let d = *nvml.devices().get(n)?;
+    let d = cuda_device(nvml, n)?;
     let mut mj: c_ulonglong = 0;
     // SAFETY: an out-pointer to a local, as NVML's signature takes it.
     (unsafe { (nvml.energy?)(d, &mut mj) } == SUCCESS).then_some(mj)
 }
 
-/// How one sample is taken: this process's own figure, or the devices' used memory.
-fn sample(nvml: &Nvml, devices: &[Device], pid: u32, baseline: &[Option<u64>]) -> Option<u64> {
-    let own: Vec<u64> = devices.iter().filter_map(|&d| nvml.process_memory(d, pid)).collect();
-    if !own.is_empty() {
-        return Some(own.iter().sum());
-    }
-    let above: Vec<u64> = devices
-        .iter()
-        .zip(baseline)
-        .filter_map(|(&d, b)| Some(nvml.used(d)?.saturating_sub((*b)?)))
-        .collect();
-    (!above.is_empty()).then(|| above.iter().sum())
+/// How one sample of `d` is taken: this process's own figure, or the device's used memory
+/// above `baseline`.
+fn sample(nvml: &Nvml, d: Device, pid: u32, baseline: Option<u64>) -> Option<u64> {
+    nvml.process_memory(d, pid).or_else(|| Some(nvml.used(d)?.saturating_sub(baseline?)))
 }
 
 /// Samples the GPU memory of this process while a cell runs.
@@ -321,25 +456,26 @@ pub struct DeviceMemoryWatch {
 const PERIOD: Duration = Duration::from_millis(5);
 
 impl DeviceMemoryWatch {
-    /// Starts watching; `None` where NVML is absent or sees no device.
-    pub fn start() -> Option<Self> {
+    /// Starts watching CUDA device `ordinal`; `None` where NVML or libcuda is absent or
+    /// neither sees the device.
+    pub fn start(ordinal: usize) -> Option<Self> {
         let nvml = nvml()?;
-        let devices = nvml.devices();
-        if devices.is_empty() {
-            return None;
-        }
-        let baseline: Vec<Option<u64>> = devices.iter().map(|&d| nvml.used(d)).collect();
+        Some(Self::watch(nvml, cuda_device(nvml, ordinal)?))
+    }
+
+    fn watch(nvml: &'static Nvml, device: Device) -> Self {
+        let baseline = nvml.used(device);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         let pid = std::process::id();
-        // Raw device handles are plain indices into the driver's table: safe to send.
-        let devices: Vec<usize> = devices.into_iter().map(|d| d as usize).collect();
+        // A raw device handle is a plain index into the driver's table: safe to send.
+        let device = device as usize;
         let sampler = std::thread::spawn(move || {
-            let devices: Vec<Device> = devices.into_iter().map(|d| d as Device).collect();
+            let device = device as Device;
             let mut peak = None;
             loop {
                 let last = stopped.load(Ordering::Acquire);
-                if let Some(s) = sample(nvml, &devices, pid, &baseline) {
+                if let Some(s) = sample(nvml, device, pid, baseline) {
                     peak = Some(peak.map_or(s, |p: u64| p.max(s)));
                 }
                 if last {
@@ -348,7 +484,7 @@ impl DeviceMemoryWatch {
                 std::thread::sleep(PERIOD);
             }
         });
-        Some(Self { stop, sampler })
+        Self { stop, sampler }
     }
 
     /// Stops watching (after one last sample) and gives the peak seen.
@@ -427,18 +563,165 @@ int nvmlDeviceGetPowerManagementLimit(void *d, unsigned *mw) { *mw = 700000; ret
     }
 
     #[test]
-    fn without_an_nvidia_driver_there_is_no_figure_and_no_error() {
-        let loadable = unsafe {
-            let lib = libc::dlopen(c"libnvidia-ml.so.1".as_ptr(), libc::RTLD_NOW);
-            !lib.is_null()
-        };
-        let watch = DeviceMemoryWatch::start();
-        if !loadable {
-            assert!(watch.is_none());
+    fn bus_ids_compare_in_one_form() {
+        let nvml_form = Some("00000000:3B:00.0".to_string());
+        for id in ["00000000:3B:00.0", "0000:3b:00.0", "0:3B:0.0", "3b:00.0", " 0000:3B:00.0\n"] {
+            assert_eq!(normal_bus_id(id), nvml_form, "{id}");
         }
-        // On a GPU machine the watch runs and stops; what other processes do sets the figure.
-        if let Some(w) = watch {
-            let _ = w.finish();
+        assert_eq!(normal_bus_id("0001:3B:00.0").as_deref(), Some("00000001:3B:00.0"));
+        assert_eq!(normal_bus_id("0000:3B:1f.7").as_deref(), Some("00000000:3B:1F.7"));
+        for bad in [
+            "",
+            "3B",
+            "0000:3B:00",
+            "0000:3G:00.0",
+            "0000:3B:00.8",
+            "0000:100:00.0",
+            "0:0:3B:00.0",
+            "0000:+3:00.0",
+        ] {
+            assert_eq!(normal_bus_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_device_is_chosen_by_bus_id_not_by_place() {
+        let listed = [("00000000:1A:00.0".to_string(), 'a'), ("00000000:3B:00.0".to_string(), 'b')];
+        assert_eq!(choose(&listed, "0000:3b:00.0"), Some('b'));
+        assert_eq!(choose(&listed, "0000:1A:00.0"), Some('a'));
+        assert_eq!(choose(&listed, "0000:5E:00.0"), None);
+        assert_eq!(choose(&listed, "not a bus id"), None);
+        assert_eq!(choose::<char>(&[], "0000:3B:00.0"), None);
+    }
+
+    /// Two GPUs in NVML's (PCI) order, at 1A and 3B, on which this process holds 5 and 2 GiB;
+    /// each device's used memory grows by that much after its first reading. HIDDEN: NVML
+    /// lists no process (a PID namespace). NO_LOOKUP: a driver without the bus-id lookup.
+    const FAKE_NVML_TWO: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+typedef struct { unsigned pid; unsigned long long used; unsigned gi, ci; } proc_t;
+typedef struct { unsigned long long total, free, used; } mem_t;
+typedef struct { char legacy[16]; unsigned domain, bus, device, id, sub; char bus_id[32]; } pci_t;
+static const char *ids[2] = {"00000000:1A:00.0", "00000000:3B:00.0"};
+static const unsigned long long gib = 1ull << 30, own[2] = {5, 2};
+static int reads[2];
+static int index_of(void *d) { return (int)((long)d - 0x10); }
+int nvmlInit_v2(void) { return 0; }
+int nvmlDeviceGetCount_v2(unsigned *n) { *n = 2; return 0; }
+int nvmlDeviceGetHandleByIndex_v2(unsigned i, void **d) { *d = (void *)(0x10l + i); return i < 2 ? 0 : 2; }
+#ifndef NO_LOOKUP
+int nvmlDeviceGetHandleByPciBusId_v2(const char *id, void **d) {
+  for (int i = 0; i < 2; i++) if (strcmp(id, ids[i]) == 0) { *d = (void *)(0x10l + i); return 0; }
+  return 6;
+}
+#endif
+int nvmlDeviceGetPciInfo_v3(void *d, pci_t *p) { memset(p, 0, sizeof *p); strcpy(p->bus_id, ids[index_of(d)]); return 0; }
+int nvmlDeviceGetComputeRunningProcesses_v3(void *d, unsigned *n, proc_t *p) {
+#ifdef HIDDEN
+  *n = 0; return 0;
+#else
+  if (*n < 1) { *n = 1; return 7; }
+  p[0] = (proc_t){(unsigned)getpid(), own[index_of(d)] * gib, 0, 0};
+  *n = 1; return 0;
+#endif
+}
+int nvmlDeviceGetMemoryInfo(void *d, mem_t *m) {
+  int i = index_of(d);
+  m->total = 100 * gib; m->used = 10 * gib + (reads[i]++ ? own[i] * gib : 0); m->free = m->total - m->used;
+  return 0;
+}
+int nvmlDeviceGetName(void *d, char *b, unsigned n) { strncpy(b, "NVIDIA H200", n); return 0; }
+int nvmlSystemGetDriverVersion(char *b, unsigned n) { strncpy(b, "580.65.06", n); return 0; }
+"#;
+
+    /// CUDA's order, the reverse of NVML's: device 0 is at 3B, device 1 at 1A (lower case,
+    /// four-digit domain, as CUDA writes them).
+    const FAKE_CUDA: &str = r#"
+#include <stdio.h>
+int cuInit(unsigned flags) { return flags; }
+int cuDeviceGet(int *d, int ordinal) { *d = 100 + ordinal; return ordinal < 2 ? 0 : 101; }
+int cuDeviceGetPCIBusId(char *b, int n, int d) { snprintf(b, n, "%s", d == 100 ? "0000:3b:00.0" : "0000:1a:00.0"); return 0; }
+"#;
+
+    /// Builds C `source` with `defines` into a shared library in `dir`.
+    fn build(dir: &std::path::Path, name: &str, source: &str, defines: &[&str]) -> String {
+        let (src, lib) = (dir.join(format!("{name}.c")), dir.join(format!("lib{name}.so")));
+        std::fs::write(&src, source).unwrap();
+        let built = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&lib)
+            .arg(&src)
+            .args(defines)
+            .status()
+            .expect("a C compiler (cc), which Rust's linking needs anyway");
+        assert!(built.success());
+        lib.to_str().unwrap().to_string()
+    }
+
+    /// The NVML device a CUDA ordinal names through the fake libraries, as its NVML index.
+    fn nvml_index(nvml: &Nvml, cuda: &Cuda, ordinal: usize) -> Option<usize> {
+        let d = nvml.device_at(&cuda.bus_id(ordinal)?)?;
+        nvml.devices().iter().position(|&e| e == d)
+    }
+
+    #[test]
+    fn a_cuda_ordinal_names_the_nvml_device_at_its_bus_id() {
+        let dir = randbench_core::testing::Scratch::new("nvml", "bus-id");
+        let cuda = unsafe { open_cuda(&build(&dir, "cuda", FAKE_CUDA, &[])) }.unwrap();
+        assert_eq!(cuda.bus_id(0).as_deref(), Some("0000:3b:00.0"));
+        assert_eq!(cuda.bus_id(2), None);
+        // With NVML's lookup, and without it (each device's own id compared).
+        for defines in [&[][..], &["-DNO_LOOKUP"]] {
+            // A file of its own each: dlopen would give the first library again for a name.
+            let name = format!("nvml{}", defines.len());
+            let nvml = unsafe { open(&build(&dir, &name, FAKE_NVML_TWO, defines)) }.unwrap();
+            assert_eq!(nvml.by_bus_id.is_some(), defines.is_empty());
+            assert_eq!(nvml_index(&nvml, &cuda, 0), Some(1), "{defines:?}");
+            assert_eq!(nvml_index(&nvml, &cuda, 1), Some(0), "{defines:?}");
+            assert_eq!(nvml_index(&nvml, &cuda, 2), None, "{defines:?}");
+        }
+    }
+
+    #[test]
+    fn a_watch_counts_its_own_device_only() {
+        let dir = randbench_core::testing::Scratch::new("nvml", "watch");
+        let cuda = unsafe { open_cuda(&build(&dir, "cuda", FAKE_CUDA, &[])) }.unwrap();
+        // This process's own figure on CUDA device 0 (NVML's second): 2 GiB, not 5 or 7.
+        let listed = unsafe { open(&build(&dir, "listed", FAKE_NVML_TWO, &[])) }.unwrap();
+        let nvml: &'static Nvml = Box::leak(Box::new(listed));
+        let d = nvml.device_at(&cuda.bus_id(0).unwrap()).unwrap();
+        assert_eq!(DeviceMemoryWatch::watch(nvml, d).finish(), Some(Bytes(2 << 30)));
+        // Hidden from the driver's list: the device's growth since the start, again its own.
+        let hidden = unsafe { open(&build(&dir, "hidden", FAKE_NVML_TWO, &["-DHIDDEN"])) }.unwrap();
+        let nvml: &'static Nvml = Box::leak(Box::new(hidden));
+        let d = nvml.device_at(&cuda.bus_id(0).unwrap()).unwrap();
+        assert_eq!(DeviceMemoryWatch::watch(nvml, d).finish(), Some(Bytes(2 << 30)));
+    }
+
+    #[test]
+    fn this_machines_driver_answers_or_there_is_no_figure_and_no_error() {
+        let Some(nvml) = nvml() else {
+            assert!(matches!(gpus(), Probe::Absent { .. }));
+            assert!(DeviceMemoryWatch::start(0).is_none());
+            assert!(total_energy_mj(0).is_none());
+            return;
+        };
+        // Every device NVML counts is described.
+        let mut count: c_uint = 0;
+        assert_eq!(unsafe { (nvml.count)(&mut count) }, SUCCESS);
+        let described = gpus().present().map(Vec::len);
+        assert_eq!(described, Some(count as usize));
+        // CUDA's device 0, where CUDA sees one, is an NVML device, and watching it gives a
+        // figure (this process's own, or the device's growth).
+        match cuda().and_then(|c| c.bus_id(0)) {
+            Some(id) => {
+                assert!(nvml.device_at(&id).is_some(), "NVML has no device at CUDA's {id}");
+                let watch = DeviceMemoryWatch::start(0).expect("a watch on CUDA device 0");
+                assert!(watch.finish().is_some());
+            }
+            None => assert!(DeviceMemoryWatch::start(0).is_none()),
         }
     }
 }

@@ -15,14 +15,13 @@
 //! `watts` is the power the machine draws under load; without it, energy comes from the run's
 //! own RAPL and NVML counters where it measured them.
 
-use crate::cell::CellResult;
-use crate::compare::fmt_value;
 use crate::env::Environment;
-use crate::families::{self, MeasureKind, MeasureSpec};
 use crate::history::StoredRun;
-use crate::report::{first_appearance, median, Column, Table};
+use crate::report::{first_appearance, fmt_value, median, Column, Table};
 use randbench_core::stats::Better;
 use randbench_core::units::Bytes;
+use randbench_schema::results::Catalogue;
+use randbench_schema::{CellResult, Measure, MeasureKind};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -50,34 +49,50 @@ pub struct MachinePrice {
     pub watts: Option<f64>,
 }
 
+/// What is wrong with a price file's contents.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum PriceError {
+    /// Not YAML, or not of the file's shape (the first line of the parser's message).
+    #[error("{0}")]
+    Syntax(String),
+    #[error("machines.{machine}.price_per_hour: {value} is not a price; give a positive number ({currency} per hour)")]
+    Price { machine: String, value: f64, currency: String },
+    #[error("machines.{machine}.watts: {value} is not a power; give a positive number of watts, or leave it out to use the measured energy")]
+    Watts { machine: String, value: f64 },
+}
+
+/// Why a price file cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ProcureError(pub String);
+pub enum ProcureError {
+    #[error("--prices {path}: {source}")]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Invalid { path: std::path::PathBuf, source: PriceError },
+}
 
 impl Prices {
     pub fn read(path: &Path) -> Result<Prices, ProcureError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ProcureError(format!("--prices {}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|m| ProcureError(format!("{}: {m}", path.display())))
+            .map_err(|source| ProcureError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text)
+            .map_err(|source| ProcureError::Invalid { path: path.to_path_buf(), source })
     }
 
-    pub fn parse(text: &str) -> Result<Prices, String> {
+    pub fn parse(text: &str) -> Result<Prices, PriceError> {
         let prices: Prices = serde_saphyr::from_str(text).map_err(|e| {
-            e.without_snippet().to_string().lines().next().unwrap_or("not YAML").to_string()
+            let text = e.without_snippet().to_string();
+            PriceError::Syntax(text.lines().next().unwrap_or("not YAML").to_string())
         })?;
         for (name, p) in &prices.machines {
             if !(p.price_per_hour.is_finite() && p.price_per_hour > 0.0) {
-                return Err(format!(
-                    "machines.{name}.price_per_hour: {} is not a price; give a positive number \
-                     ({} per hour)",
-                    p.price_per_hour, prices.currency
-                ));
+                return Err(PriceError::Price {
+                    machine: name.clone(),
+                    value: p.price_per_hour,
+                    currency: prices.currency.clone(),
+                });
             }
             if let Some(w) = p.watts.filter(|w| !(w.is_finite() && *w > 0.0)) {
-                return Err(format!(
-                    "machines.{name}.watts: {w} is not a power; give a positive number of \
-                     watts, or leave it out to use the measured energy"
-                ));
+                return Err(PriceError::Watts { machine: name.clone(), value: w });
             }
         }
         Ok(prices)
@@ -96,28 +111,34 @@ impl Prices {
 }
 
 /// A time to reach a target: a speed figure in seconds, lower is better.
-fn is_target(spec: &MeasureSpec) -> bool {
+fn is_target(spec: &Measure) -> bool {
     spec.kind == MeasureKind::Speed && spec.better == Better::Lower && spec.unit == "s"
 }
 
 /// A rate: a speed figure, higher is better.
-fn is_throughput(spec: &MeasureSpec) -> bool {
+fn is_throughput(spec: &Measure) -> bool {
     spec.kind == MeasureKind::Speed && spec.better == Better::Higher
 }
 
 /// The comparison: a table of the machines, then one table per target.
-pub fn tables(runs: &[StoredRun], prices: Option<&Prices>) -> Vec<Table> {
+pub fn tables(
+    runs: &[StoredRun],
+    prices: Option<&Prices>,
+    catalogue: &dyn Catalogue,
+) -> Vec<Table> {
     let currency = prices.map_or("", |p| p.currency.as_str());
     let price_of = |env: &Environment| prices.and_then(|p| p.of(env)).map(|(_, p)| *p);
     let mut out = vec![machines_table(runs, prices)];
     // Targets in the order they first appear: (workload, variant, figure).
-    let mut targets: Vec<(String, String, &'static MeasureSpec)> = Vec::new();
+    let mut targets: Vec<(String, String, Measure)> = Vec::new();
     for run in runs {
         for r in &run.results {
-            // Every target the cell's family reports, reached or not.
-            for spec in families::family_measures(r).iter().filter(|s| is_target(s)) {
-                let t = (r.cell.workload.clone(), r.cell.variant.to_string(), spec);
-                if !targets.iter().any(|x| x.0 == t.0 && x.1 == t.1 && x.2.name == spec.name) {
+            // Every target the cell's family reports, reached or not, and any the line has.
+            let family = catalogue.measures(&r.metrics.family);
+            let mine = family.into_iter().chain(r.figures.iter().map(|f| f.measure.clone()));
+            for spec in mine.filter(is_target) {
+                let t = (r.cell.workload.clone(), r.cell.variant_label(), spec);
+                if !targets.iter().any(|x| x.0 == t.0 && x.1 == t.1 && x.2.name == t.2.name) {
                     targets.push(t);
                 }
             }
@@ -130,22 +151,20 @@ pub fn tables(runs: &[StoredRun], prices: Option<&Prices>) -> Vec<Table> {
             let mine: Vec<&CellResult> = run
                 .results
                 .iter()
-                .filter(|r| r.cell.workload == workload && r.cell.variant.to_string() == variant)
+                .filter(|r| r.cell.workload == workload && r.cell.variant_label() == variant)
                 .collect();
             for backend in first_appearance(mine.iter().map(|r| r.cell.backend)) {
                 let cells: Vec<&CellResult> =
                     mine.iter().copied().filter(|r| r.cell.backend == backend).collect();
-                let figure = |want: &dyn Fn(&MeasureSpec) -> bool| {
-                    median(cells.iter().flat_map(|r| {
-                        families::measures(r).into_iter().filter(|m| want(m.spec)).map(|m| m.value)
-                    }))
+                let figure = |name: &str| {
+                    median(cells.iter().filter_map(|r| r.figure(name)).map(|f| f.value))
                 };
-                let seconds = figure(&|s| s.name == spec.name);
+                let seconds = figure(&spec.name);
                 let throughput = cells
                     .iter()
-                    .flat_map(|r| families::measures(r))
-                    .find(|m| is_throughput(m.spec))
-                    .map(|m| (m.spec, figure(&|s| s.name == m.spec.name)));
+                    .flat_map(|r| &r.figures)
+                    .find(|f| is_throughput(&f.measure))
+                    .map(|f| (&f.measure, figure(f.name())));
                 let price = price_of(&run.env);
                 let cost = match (seconds, price) {
                     (Some(s), Some(p)) => {
@@ -319,11 +338,13 @@ mod tests {
         let fp = Environment::default().fingerprint();
         let text = format!("machines:\n  {}: {{price_per_hour: 2}}\n", &fp[..8]);
         assert!(Prices::parse(&text).unwrap().of(&Environment::default()).is_some());
-        let bad = Prices::parse("machines:\n  x: {price_per_hour: -1}\n").unwrap_err();
+        let bad = Prices::parse("machines:\n  x: {price_per_hour: -1}\n").unwrap_err().to_string();
         assert!(bad.contains("machines.x.price_per_hour: -1 is not a price"), "{bad}");
-        let bad = Prices::parse("machines:\n  x: {price_per_hour: 1, watts: 0}\n").unwrap_err();
+        let bad = Prices::parse("machines:\n  x: {price_per_hour: 1, watts: 0}\n")
+            .unwrap_err()
+            .to_string();
         assert!(bad.contains("machines.x.watts: 0 is not a power"), "{bad}");
-        let bad = Prices::parse("machines:\n  x: {price: 1}\n").unwrap_err();
+        let bad = Prices::parse("machines:\n  x: {price: 1}\n").unwrap_err().to_string();
         assert!(bad.contains("unknown field"), "{bad}");
     }
 }

@@ -2,34 +2,67 @@
 //! soon as it exists, then the tables.
 
 use crate::backends::{self, Availability, BackendVisitor};
-use crate::cell::{Cell, CellResult, Observer, Progress, Status};
-use crate::compare;
+use crate::compiled;
 use crate::env::{self, Environment, ENV_FILE};
-use crate::executor::{CellJob, ChildProcess, Executor, InProcess};
-use crate::families::{self, Data};
-use crate::report::{Html, Markdown, Report, Reporter, Terminal};
-use crate::results::{self, RunInfo, RUN_FILE};
+use crate::executor::{CellJob, ChildProcess, Executor, InProcess, STOP};
+use crate::families::{self, Data, PrepareError, Registry};
+use crate::presentation;
+use crate::report::{Html, Markdown, Reporter, Terminal};
+use crate::spec::SuiteError;
 use crate::suite::{self, Suite};
-use crate::sys;
+use crate::watch::{self, Scope};
 use indicatif::{ProgressBar, ProgressStyle};
-use randbench_core::backend::{Backend, BackendId, GradMode};
-use std::io::Write;
+use randbench_core::backend::{Backend, BackendId, Device, Engine, GradMode, ParseBackendError};
+use randbench_schema::group::busy_warning;
+use randbench_schema::results::{self, write_atomic, ResultsError, RunInfo, RUN_FILE};
+use randbench_schema::{Cell, CellResult, Observer, Progress, Status};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Set when the user asks the run to stop (Ctrl-C).
-pub static STOP: AtomicBool = AtomicBool::new(false);
+use std::sync::atomic::Ordering;
 
 pub const REPORT_FILE: &str = "report.md";
 pub const HTML_FILE: &str = "report.html";
 
+/// Why a run did not start, or stopped; [`RunError::is_input`] tells the user's mistakes
+/// (nothing was run or written) from failures on the way.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// Something the user gave is wrong; nothing was run or written.
-    #[error("{0}")]
-    Input(String),
-    #[error("{0}")]
-    Failed(String),
+    #[error(transparent)]
+    Suite(#[from] SuiteError),
+    #[error("--backends: {source}; this binary has: {}", compiled.join(", "))]
+    UnknownBackend { source: ParseBackendError, compiled: Vec<String> },
+    #[error("{id} is not compiled into this binary: {hint}")]
+    NotCompiled { id: BackendId, hint: String },
+    #[error("{id} is not usable here: {reason}; {hint}")]
+    Unusable { id: BackendId, reason: String, hint: String },
+    #[error("no backend is usable on this machine (see `randbench list`)")]
+    NoBackend,
+    #[error("{at}: workload {workload}: {source}")]
+    Prepare { at: String, workload: String, source: PrepareError },
+    #[error("--rounds: give 1 or more")]
+    NoRounds,
+    #[error("--out {}: cannot create the directory: {source}", out.display())]
+    CreateOut { out: PathBuf, source: std::io::Error },
+    #[error("--out {}: not writable: {source}", out.display())]
+    NotWritable { out: PathBuf, source: std::io::Error },
+    #[error("--out {}: another randbench run is writing there; wait for it to finish or choose another --out", out.display())]
+    Locked { out: PathBuf },
+    #[error("--out {}: cannot lock {}: {source}", out.display(), lock.display())]
+    Lock { out: PathBuf, lock: PathBuf, source: std::io::Error },
+    #[error("{}: no results yet", path.display())]
+    NoResults { path: PathBuf },
+    #[error(transparent)]
+    Results(#[from] ResultsError),
+    #[error("{}: cannot append the result: {source}", path.display())]
+    Append { path: PathBuf, source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+impl RunError {
+    /// Whether the user gave something wrong (exit 2) rather than the run failing (exit 1).
+    pub fn is_input(&self) -> bool {
+        !matches!(self, RunError::Append { .. } | RunError::Write { .. })
+    }
 }
 
 /// Where cells run.
@@ -70,14 +103,13 @@ pub fn lock_dir(out: &Path) -> Result<DirLock, RunError> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| RunError::Input(format!("--out {}: not writable: {e}", out.display())))?;
+        .map_err(|source| RunError::NotWritable { out: out.to_path_buf(), source })?;
     match f.try_lock() {
         Ok(()) => Ok(DirLock(f)),
-        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::Input(format!(
-            "--out {}: another randbench run is writing there; wait for it to finish or choose another --out",
-            out.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(RunError::Input(format!("--out {}: cannot lock {}: {e}", out.display(), path.display()))),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::Locked { out: out.to_path_buf() }),
+        Err(std::fs::TryLockError::Error(source)) => {
+            Err(RunError::Lock { out: out.to_path_buf(), lock: path, source })
+        }
     }
 }
 
@@ -93,12 +125,8 @@ pub fn parse_backends(names: &[String]) -> Result<Vec<BackendId>, RunError> {
     names
         .iter()
         .map(|n| {
-            n.parse().map_err(|e| {
-                RunError::Input(format!(
-                    "--backends: {e}; this binary has: {}",
-                    backends::compiled_names().join(", ")
-                ))
-            })
+            n.parse()
+                .map_err(|source| RunError::UnknownBackend { source, compiled: compiled::names() })
         })
         .collect()
 }
@@ -114,20 +142,14 @@ pub fn preflight(
         None => backends::usable_here(),
     };
     if ids.is_empty() {
-        return Err(RunError::Input(
-            "no backend is usable on this machine (see `randbench list`)".into(),
-        ));
+        return Err(RunError::NoBackend);
     }
     for &id in &ids {
         match backends::availability(id) {
             Availability::Usable => {}
-            Availability::NotCompiled { hint } => {
-                return Err(RunError::Input(format!(
-                    "{id} is not compiled into this binary: {hint}"
-                )))
-            }
+            Availability::NotCompiled { hint } => return Err(RunError::NotCompiled { id, hint }),
             Availability::Unavailable { reason, hint } => {
-                return Err(RunError::Input(format!("{id} is not usable here: {reason}; {hint}")))
+                return Err(RunError::Unusable { id, reason, hint })
             }
         }
     }
@@ -135,8 +157,10 @@ pub fn preflight(
         .workloads
         .iter()
         .map(|w| {
-            w.prepare().map_err(|e| {
-                RunError::Input(format!("{}: workload {}: {e}", w.at(&suite.path), w.name()))
+            w.prepare().map_err(|source| RunError::Prepare {
+                at: w.at(&suite.path),
+                workload: w.name().to_string(),
+                source,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -146,24 +170,6 @@ pub fn preflight(
 fn default_out(suite: &str) -> PathBuf {
     let stamp = env::utc_now()[..19].replace([':', '-'], "").replace('T', "-");
     PathBuf::from("reports").join(format!("{suite}-{stamp}"))
-}
-
-/// Writes a file whole or not at all: to a temporary file, synced to the disk, renamed over
-/// the target, and the directory synced so the rename itself survives a power cut.
-pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(contents.as_ref())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::File::open(dir)?.sync_all()
 }
 
 struct ProgressObserver<'a> {
@@ -188,8 +194,8 @@ impl Observer for ProgressObserver<'_> {
 /// Runs a suite and writes `results.jsonl`, `environment.json` and `report.md` (and `report.html`) under the
 /// output directory; prints the tables.
 pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
-    let path = suite::resolve(&opts.suite).map_err(|e| RunError::Input(e.to_string()))?;
-    let suite = suite::load(&path).map_err(|e| RunError::Input(e.to_string()))?;
+    let path = suite::resolve(&opts.suite)?;
+    let suite = suite::load(&path)?;
     let requested = opts.backends.as_deref().map(parse_backends).transpose()?;
     let (ids, data) = preflight(&suite, requested)?;
     let asked = opts.grad.or(suite.grad);
@@ -197,12 +203,11 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         |id| backends::effective_grad(id, asked.unwrap_or_else(|| backends::default_grad(id)));
     let rounds = opts.rounds.unwrap_or(suite.rounds);
     if rounds == 0 {
-        return Err(RunError::Input("--rounds: give 1 or more".into()));
+        return Err(RunError::NoRounds);
     }
     let out = opts.out.clone().unwrap_or_else(|| default_out(&suite.name));
-    std::fs::create_dir_all(&out).map_err(|e| {
-        RunError::Input(format!("--out {}: cannot create the directory: {e}", out.display()))
-    })?;
+    std::fs::create_dir_all(&out)
+        .map_err(|source| RunError::CreateOut { out: out.clone(), source })?;
     let _lock = lock_dir(&out)?;
     let mut executor: Box<dyn Executor> = match opts.isolate {
         Isolation::Auto if ids.len() > 1 => Box::new(ChildProcess),
@@ -221,11 +226,12 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         grad: asked,
         rounds,
         thresholds: suite.thresholds.clone(),
+        measures: suite_measures(&suite),
     };
     let info_json = serde_json::to_string_pretty(&info).expect("serializable");
     for (file, json) in [(ENV_FILE, &env_json), (RUN_FILE, &info_json)] {
         write_atomic(&out.join(file), json)
-            .map_err(|e| RunError::Input(format!("--out {}: not writable: {e}", out.display())))?;
+            .map_err(|source| RunError::NotWritable { out: out.clone(), source })?;
     }
 
     // Round after round, and within a round each experiment on every backend in turn
@@ -240,7 +246,6 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     );
     let mut done = Vec::new();
     let mut interrupted = false;
-    let mut busy = sys::BusyWatch::start();
     for (round, cell) in order {
         if STOP.load(Ordering::SeqCst) {
             interrupted = true;
@@ -262,15 +267,11 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
             _ => format!("round {}/{rounds} {cell}", round + 1),
         };
         bar.set_message(format!("{label} starting"));
-        busy.busy_since_last();
+        let watches = watch::start(Scope::Runner, cell.backend.device);
         let mut result = executor.execute(&job, &mut ProgressObserver { bar: &bar, label });
-        result.busy = busy.busy_since_last();
-        results::append(&out, &result).map_err(|e| {
-            RunError::Failed(format!(
-                "{}: cannot append the result: {e}",
-                out.join(results::RESULTS_FILE).display()
-            ))
-        })?;
+        watch::record(watches, &mut result);
+        results::append(&out, &result)
+            .map_err(|source| RunError::Append { path: out.join(results::RESULTS_FILE), source })?;
         bar.println(cell_line(&result, rounds));
         bar.inc(1);
         interrupted |= result.status == Status::Interrupted;
@@ -315,30 +316,89 @@ pub fn render(
 ) -> Result<String, RunError> {
     let mut warnings = warnings.to_vec();
     let busy_cells = results.iter().filter(|r| !r.busy.is_empty()).count();
-    if let Some(w) = compare::busy_warning(results) {
+    if let Some(w) = busy_warning(results) {
         warnings.push(format!("{busy_cells} of {} cells: {w}", results.len()));
     }
-    let report = Report::of(suite, env, out, results, warnings);
+    let report = presentation::document(suite, env, out, results, warnings);
     for (file, text) in [(REPORT_FILE, Markdown.render(&report)), (HTML_FILE, Html.render(&report))]
     {
-        write_atomic(&out.join(file), &text)
-            .map_err(|e| RunError::Failed(format!("{}: {e}", out.join(file).display())))?;
+        let path = out.join(file);
+        write_atomic(&path, &text).map_err(|source| RunError::Write { path, source })?;
     }
     Ok(Terminal.render(&report))
 }
 
-/// Re-renders a finished (or interrupted) run's report from its files.
+/// Re-renders a finished (or interrupted) run's report from its files: the lines that can be
+/// read, with a warning naming each that cannot (and a damaged environment file).
 pub fn report(dir: &Path) -> Result<String, RunError> {
-    let (results, warnings) = results::read(dir).map_err(|e| RunError::Input(e.to_string()))?;
-    if results.is_empty() {
-        return Err(RunError::Input(format!(
-            "{}: no results yet",
-            dir.join(results::RESULTS_FILE).display()
-        )));
+    let read = results::read(dir, &Registry)?;
+    if read.results.is_empty() {
+        return Err(RunError::NoResults { path: dir.join(results::RESULTS_FILE) });
     }
-    let env: Option<Environment> = std::fs::read_to_string(dir.join(ENV_FILE))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    let suite = results[0].suite.clone();
-    render(dir, env.as_ref(), &results, &warnings, &suite)
+    let mut warnings: Vec<String> = read.skipped.iter().map(ToString::to_string).collect();
+    let env_path = dir.join(ENV_FILE);
+    let env: Option<Environment> = match std::fs::read_to_string(&env_path) {
+        Ok(text) => match serde_json::from_str(&text) {
+            Ok(env) => Some(env),
+            Err(e) => {
+                warnings.push(format!(
+                    "{}: damaged, so the report says nothing of the machine: {e}",
+                    env_path.display()
+                ));
+                None
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            warnings.push(format!("{}: {e}", env_path.display()));
+            None
+        }
+    };
+    let suite = read.results[0].suite.clone();
+    render(dir, env.as_ref(), &read.results, &warnings, &suite)
+}
+
+/// Every figure the suite's families may report, for `run.json`'s catalogue.
+fn suite_measures(suite: &Suite) -> Vec<randbench_schema::Measure> {
+    let mut out: Vec<randbench_schema::Measure> = Vec::new();
+    for w in &suite.workloads {
+        for m in families::family_measures(w.family()) {
+            if !out.iter().any(|o| o.name == m.name) {
+                out.push(m.clone());
+            }
+        }
+    }
+    out
+}
+/// What `randbench list` prints: the families, the suites, and every backend's state, each
+/// asked of a process of its own started from `exe` (this one opens no engine).
+pub fn list(exe: &Path) -> String {
+    let mut out = String::from("Workloads:\n");
+    let width = families::FAMILIES.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    for (name, about) in families::FAMILIES {
+        out += &format!("  {name:<width$} {about}\n");
+    }
+    out += "\nSuites (bench-suites/):\n";
+    for (name, path) in suite::available() {
+        let about = match suite::load(&path) {
+            Ok(s) => s.description.lines().next().unwrap_or("").to_string(),
+            Err(e) => format!("(does not load: {e})"),
+        };
+        out += &format!("  {name:<20} {about}\n");
+    }
+    out += "\nBackends:\n";
+    for engine in Engine::ALL {
+        for device in [Device::Cpu, Device::Cuda(0)] {
+            let id = BackendId { engine, device };
+            let line = match backends::availability_elsewhere(exe, id) {
+                Availability::Usable => "usable".to_string(),
+                Availability::NotCompiled { hint } => format!("not compiled in: {hint}"),
+                Availability::Unavailable { reason, hint } => {
+                    format!("not usable here: {reason}; {hint}")
+                }
+            };
+            out += &format!("  {:<16} {line}\n", id.to_string());
+        }
+    }
+    out
 }

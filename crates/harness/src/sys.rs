@@ -2,6 +2,7 @@
 //! machine.
 
 use randbench_core::units::Bytes;
+use randbench_schema::BusyProcess;
 
 /// Keeps glibc from returning large freed blocks to the OS. Training frees and reallocates the
 /// same megabyte-sized tensors every step; with glibc's defaults each step page-faults them in
@@ -24,13 +25,15 @@ fn status_kib(field: &str) -> Option<u64> {
 /// Starts a new peak-memory measurement (Linux: resets the resident-set high-water mark).
 /// Freed heap is returned to the OS first: [`tune_allocator`] keeps glibc from doing so by
 /// itself, and an in-process cell would otherwise start from the earlier cells' freed memory.
-pub fn reset_peak_memory() {
+/// Returns whether the mark was reset: where it was not (no `clear_refs`, as in some
+/// sandboxes), the peak is the process's since it started.
+pub fn reset_peak_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory at the top of the heaps.
     unsafe {
         libc::malloc_trim(0);
     }
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// The process's resident memory now.
@@ -99,27 +102,5 @@ impl BusyWatch {
             .collect();
         busy.sort_by(|a, b| b.core_percent.total_cmp(&a.core_percent));
         busy
-    }
-}
-
-/// Another process that was busy while a cell ran.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct BusyProcess {
-    pub name: String,
-    pub pid: u32,
-    /// Its CPU use over the cell, in percent of one core.
-    pub core_percent: f32,
-}
-
-impl BusyProcess {
-    /// The program, without its load: `name (pid N)`.
-    pub fn who(&self) -> String {
-        format!("{} (pid {})", self.name, self.pid)
-    }
-}
-
-impl std::fmt::Display for BusyProcess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (pid {}, {:.0}% of a core)", self.name, self.pid, self.core_percent)
     }
 }

@@ -106,6 +106,10 @@ fn a_small_suite_writes_results_tables_and_report() {
         (r"┆ +\d+ ┆", "┆ [rate] ┆"),
         (r" *\d+(\.\d+)? (B|KiB|MiB|GiB)\b", " [bytes]"),
         (r" *\d+\.\d+×", " [ratio]"),
+        // Column widths follow those figures too (peak memory near 100 MiB takes 8 or 9).
+        (r"─+", "─"),
+        (r"═+", "═"),
+        (r" +│", " │"),
     ]}, {
         insta::assert_snapshot!("tiny_suite_table", stdout);
     });
@@ -276,11 +280,26 @@ workloads:
             backends.join(", ")
         ),
     );
-    let out = dir.join("out");
-    let o = randbench(&["run", &suite, "--isolate", "none", "--out", out.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let results = lines(&out);
-    assert_eq!(results.len(), 2 * backends.len());
+    // Each backend in both gradient modes: its autograd and the core's expansion are two
+    // computations to compare even where candle is the only engine built in.
+    let mut results = Vec::new();
+    for grad in ["native", "symbolic"] {
+        let out = dir.join(grad);
+        let o = randbench(&[
+            "run",
+            &suite,
+            "--isolate",
+            "none",
+            "--grad",
+            grad,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        results.extend(lines(&out));
+    }
+    assert_eq!(results.len(), 2 * 2 * backends.len());
+    let mut compared = 0;
     for r in &results {
         assert!(r["status"] == "no_fit" || r["status"] == "ok", "{r}");
         assert_eq!(metrics(r)["model"], "cnn-4-8-16");
@@ -306,16 +325,22 @@ workloads:
                 .iter()
                 .map(|v| v.as_f64().unwrap())
                 .collect();
+            assert!(losses.len() >= 4 && first.len() >= 4, "{reg}: {first:?} vs {losses:?}");
             for (a, b) in first.iter().zip(&losses).take(4) {
                 assert!(
                     (a - b).abs() <= 1e-4 + 1e-3 * a.abs(),
-                    "{reg}: {} vs {}: {first:?} vs {losses:?}",
+                    "{reg}: {} {} vs {} {}: {first:?} vs {losses:?}",
                     cells[0]["cell"]["backend"],
-                    other["cell"]["backend"]
+                    cells[0]["grad"],
+                    other["cell"]["backend"],
+                    other["grad"]
                 );
+                compared += 1;
             }
         }
     }
+    // Every build compares something: at least one engine's two gradient modes.
+    assert!(compared >= 2 * 4, "compared {compared} losses");
 }
 
 /// What the pre-flight finds in the data and the model, before anything runs: a CNN too deep

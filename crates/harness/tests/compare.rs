@@ -148,3 +148,62 @@ fn bad_comparison_input_is_refused_clearly() {
         "{err}"
     );
 }
+
+/// Writes `from`'s run as randbench wrote runs before result lines had a schema version: no
+/// `schema`, no `figures`, no variant `label` (every other field is as it was), and no
+/// catalogue of measures in `run.json`.
+fn as_version_0(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["environment.json", "run.json"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+    let mut info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(to.join("run.json")).unwrap()).unwrap();
+    info.as_object_mut().unwrap().remove("measures");
+    std::fs::write(to.join("run.json"), info.to_string()).unwrap();
+    let lines: Vec<String> = std::fs::read_to_string(from.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            assert!(o.remove("schema").is_some() && o.remove("figures").is_some());
+            v["cell"].as_object_mut().unwrap().remove("label");
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(to.join("results.jsonl"), lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn results_written_before_the_schema_had_versions_compare_with_results_written_after() {
+    let _timing = common::timing_lock();
+    let dir = common::scratch("compare", "versions");
+    let base = run(&dir, "base", &[], &[]);
+    let old = dir.join("old");
+    as_version_0(&base, &old);
+    let now = run(&dir, "now", &[], &[]);
+    for (a, b) in [(&old, &now), (&now, &old)] {
+        let json = dir.join("versions.json");
+        let (code, text) = compare(a, b, &["--json", json.to_str().unwrap()]);
+        assert!(matches!(code, Some(0 | 3)), "{text}");
+        let v = verdicts(&json);
+        // Every figure of the family, read off the old lines by the family's catalogue.
+        let names: Vec<&str> = v.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["epochs_to_fit", "seconds_to_fit", "steps_per_second", "test_accuracy"]);
+        for figure in ["epochs_to_fit", "test_accuracy"] {
+            assert!(v.contains(&(figure.to_string(), "unchanged".to_string())), "{v:?}");
+        }
+    }
+    // The history keys old and new lines alike, so they form one series.
+    let db = dir.join("history.sqlite");
+    let db = db.to_str().unwrap();
+    let o = randbench(&["ingest", old.to_str().unwrap(), now.to_str().unwrap(), "--db", db], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = randbench(&["history", "--db", db, "--figure", "epochs_to_fit"], &[]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    assert_eq!(text.matches("candle-cpu tiny true_labels seed 3").count(), 1, "{text}");
+    // A row per run, each starting with when it started.
+    assert_eq!(text.lines().filter(|l| l.starts_with("│ 20")).count(), 2, "{text}");
+}

@@ -3,7 +3,8 @@
 //! the file. Longer runs: `PROPTEST_CASES=200000 cargo test -p randbench --test fuzz_suite`.
 
 use proptest::prelude::*;
-use randbench::suite::{parse, SuiteError};
+use randbench::spec::SuiteError;
+use randbench::suite::parse;
 use std::path::Path;
 
 fn shipped() -> Vec<String> {

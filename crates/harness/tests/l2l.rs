@@ -20,7 +20,7 @@ fn run_cell(
     text: &str,
     backend: BackendId,
     artifacts: Option<&std::path::Path>,
-) -> randbench::cell::CellResult {
+) -> randbench_schema::CellResult {
     let suite = parse(text, std::path::Path::new("l2l.yaml")).unwrap();
     let workload = &suite.workloads[0];
     let data = workload.prepare().unwrap();
@@ -31,8 +31,8 @@ fn run_cell(
     InProcess.execute(&job, &mut Quiet)
 }
 
-fn metrics(r: &randbench::cell::CellResult) -> &randbench::families::l2l::Metrics {
-    match &r.metrics {
+fn metrics(r: &randbench_schema::CellResult) -> randbench::families::l2l::Metrics {
+    match Metrics::of(r).expect("the line reads as its family's") {
         Metrics::LearnedOptimizer(m) => m,
         _ => panic!("a learned-optimizer cell"),
     }
@@ -56,7 +56,7 @@ workloads:
 fn the_simple_problem_converges_on_every_engine() {
     for id in cpu_backend_ids() {
         let r = run_cell(SIMPLE, id, None);
-        assert_eq!(r.status, randbench::cell::Status::Ok, "{id}: {:?}", r.error);
+        assert_eq!(r.status, randbench_schema::Status::Ok, "{id}: {:?}", r.error);
         let m = metrics(&r);
         assert_eq!(m.epochs, 500);
         let learned = &m.evaluations[0].curves[0];
@@ -75,7 +75,7 @@ fn the_same_seed_gives_the_same_meta_training() {
     assert_eq!(a.step_losses.len(), 30);
     assert_eq!(a.step_losses, b.step_losses);
     assert_eq!(metrics(&a).validations.len(), 3);
-    let losses = |r: &randbench::cell::CellResult| -> Vec<Option<f64>> {
+    let losses = |r: &randbench_schema::CellResult| -> Vec<Option<f64>> {
         metrics(r).validations.iter().map(|v| v.loss).collect()
     };
     assert_eq!(losses(&a), losses(&b));

@@ -9,7 +9,7 @@ use common::Quiet;
 use randbench::backends::usable_here;
 use randbench::executor::{CellJob, Executor, InProcess};
 use randbench::families::Metrics;
-use randbench::report::{PARITY_ABS, PARITY_REL};
+use randbench::presentation::{PARITY_ABS, PARITY_REL};
 use randbench::suite::parse;
 use randbench_core::{BackendId, GradMode};
 
@@ -46,7 +46,7 @@ fn two_hundred_momentum_steps_agree_on_every_engine() {
             artifacts: None,
         };
         let r = InProcess.execute(&job, &mut Quiet);
-        let Metrics::Randomization(m) = &r.metrics else { panic!("a randomization cell") };
+        let Ok(Metrics::Randomization(m)) = Metrics::of(&r) else { panic!("a randomization cell") };
         assert_eq!(m.steps, 200, "{backend}: {:?} {:?}", r.status, r.error);
         r
     };
@@ -64,6 +64,8 @@ fn two_hundred_momentum_steps_agree_on_every_engine() {
     assert!(!others.is_empty());
     for other in others {
         let r = run(&other);
+        // A shorter trajectory is a failure, not fewer steps compared.
+        assert_eq!(r.step_losses.len(), candle.step_losses.len(), "{other}: steps traced");
         for (step, (a, b)) in candle.step_losses.iter().zip(&r.step_losses).enumerate() {
             let (a, b) = (*a as f64, *b as f64);
             assert!(

@@ -85,8 +85,8 @@ workloads:
       probe: {epochs: 3, lr: 0.01}
 "#;
 
-fn metrics(r: &randbench::cell::CellResult) -> &randbench::families::randweights::Metrics {
-    match &r.metrics {
+fn metrics(r: &randbench_schema::CellResult) -> randbench::families::randweights::Metrics {
+    match Metrics::of(r).expect("the line reads as its family's") {
         Metrics::RandomWeights(m) => m,
         _ => panic!("a random-weights cell"),
     }
@@ -99,7 +99,7 @@ fn a_reconstruction_on_a_tiny_image_reduces_the_feature_loss_alike_on_every_engi
     // Two depths, random and trained weights.
     assert_eq!(first.reconstructions.len(), 4);
     for r in &results {
-        assert_eq!(r.status, randbench::cell::Status::Ok, "{}: {:?}", r.cell.backend, r.error);
+        assert_eq!(r.status, randbench_schema::Status::Ok, "{}: {:?}", r.cell.backend, r.error);
         let m = metrics(r);
         for (x, f) in m.reconstructions.iter().zip(&first.reconstructions) {
             let (start, end) = (x.start_loss.unwrap(), x.end_loss.unwrap());

@@ -268,11 +268,40 @@ fn a_truncated_last_line_is_skipped_with_a_warning() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("warning") && stdout.contains("truncated last line"), "{stdout}");
     assert!(stdout.contains("true_labels"));
-    // Damage before the last line is an error naming the line.
-    std::fs::write(out.join("results.jsonl"), format!("not json\n{first}\n")).unwrap();
+    // Damage before the last line (a disk error, a hand edit) costs that line alone: the
+    // report renders the rest and names it.
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(
+        out.join("results.jsonl"),
+        format!("{}\nnot json\n{}\n", lines[0], lines[1..].join("\n")),
+    )
+    .unwrap();
+    let o = randbench().args(["report", out.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("results.jsonl:2: skipped not a result line"), "{stdout}");
+    assert!(stdout.contains("true_labels") && stdout.contains("random_labels"), "{stdout}");
+    // compare, ingest and export read the rest too, name the line, and do not exit 0.
+    let db = dir.join("history.sqlite");
+    let run = out.to_str().unwrap();
+    for args in [
+        vec!["compare", run, run],
+        vec!["ingest", run, "--db", db.to_str().unwrap()],
+        vec!["export", run, "--format", "bencher"],
+    ] {
+        let o = randbench().args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(4), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("results.jsonl:2: skipped not a result line"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A file none of whose lines reads is bad input.
+    std::fs::write(out.join("results.jsonl"), "not json\n").unwrap();
     let o = randbench().args(["report", out.to_str().unwrap()]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("results.jsonl:1:"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no line of it could be read"));
 }
 
 #[test]

@@ -103,8 +103,8 @@ workloads:
       interpolation: {from: -0.5, to: 1.5, points: 9}
 "#;
 
-fn surface(r: &randbench::cell::CellResult) -> &randbench::families::surfaces::Metrics {
-    match &r.metrics {
+fn surface(r: &randbench_schema::CellResult) -> randbench::families::surfaces::Metrics {
+    match Metrics::of(r).expect("the line reads as its family's") {
         Metrics::LossSurface(m) => m,
         _ => panic!("a loss-surface cell"),
     }
@@ -125,7 +125,7 @@ fn every_engine_walks_the_same_lines() {
     }
     assert!(first.line_examples_per_second.unwrap() > 0.0);
     for r in &results {
-        assert_eq!(r.status, randbench::cell::Status::Ok, "{}: {:?}", r.cell.backend, r.error);
+        assert_eq!(r.status, randbench_schema::Status::Ok, "{}: {:?}", r.cell.backend, r.error);
         let m = surface(r);
         for (e, f) in m.endpoints.iter().zip(&first.endpoints) {
             let (te, tf) = (e.test.unwrap(), f.test.unwrap());

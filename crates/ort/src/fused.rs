@@ -71,6 +71,23 @@ fn decode_shapes(v: &[i64]) -> ort::Result<Vec<Vec<i64>>> {
     Ok(shapes)
 }
 
+/// The number of inputs or outputs ONNX Runtime gives the node must be the one its kernel and
+/// `shapes` attribute expect.
+fn check_count(what: &str, expected: usize, given: usize) -> Result<(), String> {
+    if given == expected {
+        return Ok(());
+    }
+    Err(format!("{OP}: {given} {what} where its attributes declare {expected}"))
+}
+
+/// The length of each kernel output when outputs of `lens` elements hold `parts` kernel
+/// outputs end to end, each output a whole number of them; `None` if they cannot.
+fn part_length(lens: &[usize], parts: usize) -> Option<usize> {
+    let total: usize = lens.iter().sum();
+    let len = total.checked_div(parts).filter(|&len| len > 0 && len * parts == total)?;
+    lens.iter().all(|n| n % len == 0).then_some(len)
+}
+
 struct FusedOp;
 
 impl Operator for FusedOp {
@@ -158,6 +175,10 @@ impl Outputs {
 impl OrtKernel for FusedKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
         let error = |what: &str| ort::Error::new(format!("{OP}: {what}"));
+        // Before any index: a node that disagrees with its attributes must fail the run, and a
+        // panic here would abort the process (it cannot unwind into ONNX Runtime).
+        check_count("inputs", self.kernel.inputs(), ctx.num_inputs()?).map_err(ort::Error::new)?;
+        check_count("outputs", self.shapes.len(), ctx.num_outputs()?).map_err(ort::Error::new)?;
         let values = (0..self.kernel.inputs())
             .map(|k| ctx.input(k)?.ok_or_else(|| error("a missing input")))
             .collect::<ort::Result<Vec<_>>>()?;
@@ -175,12 +196,9 @@ impl OrtKernel for FusedKernel {
             .iter_mut()
             .map(|v| Ok(v.try_extract_tensor_mut::<f32>()?.1))
             .collect::<ort::Result<Vec<&mut [f32]>>>()?;
-        // Every kernel output is `len` elements; an output holds one or more end to end.
-        let total: usize = written.iter().map(|o| o.len()).sum();
-        let len = total / self.kernel.outputs();
-        if len == 0 || written.iter().any(|o| o.len() % len != 0) {
-            return Err(error("outputs that are no whole number of parts"));
-        }
+        let lens: Vec<usize> = written.iter().map(|o| o.len()).collect();
+        let len = part_length(&lens, self.kernel.outputs())
+            .ok_or_else(|| error("outputs that are not the kernel's outputs end to end"))?;
         let mut outputs: Vec<&mut [f32]> =
             written.into_iter().flat_map(|o| o.chunks_mut(len)).collect();
         // Each input from its offset; a single value is broadcast. (The kernel asserts the
@@ -188,7 +206,7 @@ impl OrtKernel for FusedKernel {
         let inputs = sources
             .iter()
             .zip(&self.offsets)
-            .map(|(x, &at)| match x.get(at..at + len) {
+            .map(|(x, &at)| match x.get(at..at.saturating_add(len)) {
                 _ if x.len() == 1 && at == 0 => Some(*x),
                 part => part,
             })
@@ -212,5 +230,150 @@ impl OrtKernel for FusedKernel {
             let mut outs = unsafe { buffers.range(range) };
             kernel.run(&ins, &mut outs);
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::OrtBackend;
+    use ort::editor::{Graph, Model, Node, Opset, ONNX_DOMAIN};
+    use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+    use ort::operator::Attribute;
+    use ort::session::Session;
+    use ort::value::{Outlet, Tensor};
+    use randbench_core::fusion::Instr;
+    use randbench_core::graph::UnaryOp;
+    use randbench_core::Device;
+
+    #[test]
+    fn counts_must_match_the_kernel() {
+        assert!(check_count("outputs", 2, 2).is_ok());
+        let err = check_count("outputs", 1, 2).unwrap_err();
+        assert!(err.contains("2 outputs where its attributes declare 1"), "{err}");
+        assert!(check_count("inputs", 2, 1).is_err());
+        assert!(check_count("inputs", 1, 0).is_err());
+    }
+
+    #[test]
+    fn outputs_split_into_the_kernel_outputs() {
+        assert_eq!(part_length(&[12], 3), Some(4));
+        assert_eq!(part_length(&[8, 4], 3), Some(4));
+        assert_eq!(part_length(&[4, 4, 4], 3), Some(4));
+        // Not whole parts, too few elements, parts of different lengths, no parts at all.
+        assert_eq!(part_length(&[10], 3), None);
+        assert_eq!(part_length(&[2], 3), None);
+        assert_eq!(part_length(&[6, 6], 3), None);
+        assert_eq!(part_length(&[8, 6], 2), None);
+        assert_eq!(part_length(&[4], 0), None);
+        assert_eq!(part_length(&[], 1), None);
+        assert_eq!(part_length(&[0, 0], 2), None);
+    }
+
+    fn vector(n: usize) -> ValueType {
+        ValueType::Tensor {
+            ty: TensorElementType::Float32,
+            shape: Shape::new([n as i64]),
+            dimension_symbols: SymbolicDimensions::empty(1),
+        }
+    }
+
+    /// A session of one fused node reading `inputs` and writing `outputs` (4 elements each);
+    /// its kernel negates its first input into each of its `kernel.1` outputs, and its `shapes`
+    /// attribute has `shapes` outputs of 4 elements.
+    fn session(
+        inputs: &[&str],
+        outputs: &[&str],
+        kernel: (usize, usize),
+        shapes: usize,
+    ) -> Session {
+        // First: ONNX Runtime is loaded when the backend starts.
+        let backend = OrtBackend::new(Device::Cpu, 2).unwrap().with_fusion(true);
+        let k = Kernel::new(
+            kernel.0,
+            vec![Instr::Unary(UnaryOp::Neg, 0)],
+            vec![kernel.0 as u32; kernel.1],
+        )
+        .unwrap();
+        let (code, consts) = k.encode();
+        let attrs = vec![
+            Attribute::new(CODE, code).unwrap(),
+            Attribute::new(CONSTS, consts).unwrap(),
+            Attribute::new(OFFSETS, vec![0i64; kernel.0]).unwrap(),
+            Attribute::new(SHAPES, encode_shapes(vec![&[4usize][..]; shapes])).unwrap(),
+        ];
+        let mut g = Graph::new().unwrap();
+        g.set_inputs(inputs.iter().map(|&n| Outlet::new(n, vector(4)))).unwrap();
+        g.set_outputs(outputs.iter().map(|&n| Outlet::new(n, vector(4)))).unwrap();
+        g.add_node(Node::new(OP, DOMAIN, "fused", inputs, outputs, attrs).unwrap()).unwrap();
+        let opsets =
+            [Opset::new(ONNX_DOMAIN, crate::OPSET).unwrap(), Opset::new(DOMAIN, VERSION).unwrap()];
+        let mut model = Model::new(opsets).unwrap();
+        model.set_graph(g).unwrap();
+        backend.session(model).unwrap()
+    }
+
+    /// Runs `s` on 4-element `inputs`, bound as the backend binds them; its first output.
+    fn run(s: &mut Session, inputs: &[&str], outputs: &[&str]) -> ort::Result<Vec<f32>> {
+        let x = Tensor::from_array((vec![4i64], vec![1.0f32, -2.0, 3.0, -4.0]))?;
+        let cpu =
+            MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)?;
+        let mut binding = s.create_binding()?;
+        for &n in inputs {
+            binding.bind_input(n, &x)?;
+        }
+        for &n in outputs {
+            binding.bind_output_to_device(n, &cpu)?;
+        }
+        let out = s.run_binding(&binding)?;
+        Ok(out[outputs[0]].try_extract_tensor::<f32>()?.1.to_vec())
+    }
+
+    #[test]
+    fn a_node_that_fits_its_kernel_runs() {
+        let mut s = session(&["x"], &["y"], (1, 1), 1);
+        assert_eq!(run(&mut s, &["x"], &["y"]).unwrap(), [-1.0, 2.0, -3.0, 4.0]);
+        let mut s = session(&["x", "w"], &["y", "z"], (2, 2), 2);
+        assert_eq!(run(&mut s, &["x", "w"], &["y", "z"]).unwrap(), [-1.0, 2.0, -3.0, 4.0]);
+    }
+
+    /// A node reading `inputs` and writing `outputs` whose kernel and `shapes` attribute
+    /// disagree with it: its run fails with the count check's error, neither aborting (a panic
+    /// in the kernel would) nor stopped first by a check of ONNX Runtime's.
+    fn fails_the_count_check(
+        inputs: &[&str],
+        outputs: &[&str],
+        kernel: (usize, usize),
+        message: &str,
+    ) {
+        let mut s = session(inputs, outputs, kernel, kernel.1);
+        let err = run(&mut s, inputs, outputs).expect_err("a node unlike its kernel ran");
+        assert!(err.to_string().contains(message), "{err}");
+    }
+
+    #[test]
+    fn a_node_with_more_outputs_than_its_kernel_fails() {
+        fails_the_count_check(
+            &["x"],
+            &["y", "z"],
+            (1, 1),
+            "2 outputs where its attributes declare 1",
+        );
+    }
+
+    #[test]
+    fn a_node_with_fewer_outputs_than_its_kernel_fails() {
+        fails_the_count_check(&["x"], &["y"], (1, 2), "1 outputs where its attributes declare 2");
+    }
+
+    #[test]
+    fn a_node_with_more_or_fewer_inputs_than_its_kernel_fails() {
+        fails_the_count_check(
+            &["x", "w"],
+            &["y"],
+            (1, 1),
+            "2 inputs where its attributes declare 1",
+        );
+        fails_the_count_check(&["x"], &["y"], (2, 1), "1 inputs where its attributes declare 2");
     }
 }

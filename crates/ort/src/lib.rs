@@ -23,7 +23,6 @@ use ort::AsPointer;
 use randbench_core::autodiff::expand_grads;
 use randbench_core::backend::{
     check_inputs, BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine,
-    MemoryStats,
 };
 use randbench_core::graph::Graph;
 use randbench_core::tensor::{DType, HostData, HostTensor};
@@ -83,10 +82,17 @@ pub enum RuntimeError {
     Start { library: PathBuf, source: ort::Error },
 }
 
+static RUNTIME: OnceLock<Result<Runtime, RuntimeError>> = OnceLock::new();
+
+/// Whether this process has tried to open ONNX Runtime (its environment and thread pool):
+/// code that must not, such as reading a suite, is tested with it.
+pub fn started() -> bool {
+    RUNTIME.get().is_some()
+}
+
 /// Opens ONNX Runtime once per process, with `threads` threads in its one pool. Checked here,
 /// before ort's own loader could panic: the file must exist and report a supported version.
 fn runtime(threads: usize) -> Result<&'static Runtime, &'static RuntimeError> {
-    static RUNTIME: OnceLock<Result<Runtime, RuntimeError>> = OnceLock::new();
     let r = RUNTIME.get_or_init(|| {
         let library = library_path()
             .ok_or(RuntimeError::NotInstalled { venv: env!("RANDBENCH_ORT_VENV") })?;
@@ -381,10 +387,6 @@ impl Backend for OrtBackend {
     fn sync(&self) -> BResult<()> {
         // Runs return after the device has finished (ONNX Runtime synchronizes the bound outputs).
         Ok(())
-    }
-
-    fn memory(&self) -> MemoryStats {
-        MemoryStats::default()
     }
 }
 

@@ -5,7 +5,7 @@
 //! autograd in [`GradMode::Native`], or the core's symbolic expansion in [`GradMode::Symbolic`].
 
 use randbench_core::backend::{
-    BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, GradMode, MemoryStats,
+    BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, GradMode,
 };
 use randbench_core::eager::{EagerOps, EagerProgram};
 use randbench_core::graph::{
@@ -52,11 +52,20 @@ fn dims(shape: &[usize]) -> Vec<i64> {
     shape.iter().map(|&d| d as i64).collect()
 }
 
+static OPENED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process has opened libtorch (set its threads, asked for CUDA): code that must
+/// not, such as reading a suite, is tested with it.
+pub fn opened() -> bool {
+    OPENED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 impl TchBackend {
     /// A backend on `device`, computing on the CPU with `threads` threads (libtorch's intra-op
     /// pool, a setting of the whole process). Asking for a CUDA device that is not there is an
     /// error, never a silent run on the CPU.
     pub fn new(device: Device, mode: GradMode, threads: usize) -> BResult<Self> {
+        OPENED.store(true, std::sync::atomic::Ordering::SeqCst);
         tch::set_num_threads(threads as i32);
         let id = BackendId { engine: Engine::Tch, device };
         let dev = match device {
@@ -363,10 +372,5 @@ impl Backend for TchBackend {
             tch::Cuda::synchronize(n as i64);
         }
         Ok(())
-    }
-
-    fn memory(&self) -> MemoryStats {
-        // tch exposes no allocator statistics; the harness records the process's peak instead.
-        MemoryStats::default()
     }
 }

@@ -3,19 +3,21 @@
 //! typed metrics and its tables. The `families!` line at the end of this file registers each
 //! one; adding a family is its module plus that line.
 
+mod guard;
 pub mod l2l;
 pub mod randomization;
 pub mod randweights;
 pub mod surfaces;
 mod training;
 
-use crate::cell::{CellResult, Observer, Status};
-use crate::executor::CellJob;
+pub use guard::{Guard, Loss};
+
 use crate::report::{Chart, Table};
-use crate::suite::{Ctx, SuiteError};
+use crate::spec::{Ctx, SuiteError};
 use randbench_core::backend::{BResult, Backend};
-use randbench_core::stats::{Better, Verdict};
 use randbench_core::units::Seconds;
+use randbench_schema::results::{Catalogue, UpgradeError};
+use randbench_schema::{Cell, CellResult, Figure, Measure, Observer, Status, Tagged};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Location;
@@ -62,40 +64,6 @@ impl Default for Record {
     }
 }
 
-/// What a figure says about: the engine's speed, or the experiment's scientific outcome.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MeasureKind {
-    Speed,
-    Outcome,
-}
-
-/// A figure a family's cells report, that comparisons and the history track.
-#[derive(Debug, PartialEq)]
-pub struct MeasureSpec {
-    /// Its name in suites (`compare: thresholds:`), comparisons and the history.
-    pub name: &'static str,
-    pub unit: &'static str,
-    pub better: Better,
-    pub kind: MeasureKind,
-    /// The smallest change (0.05: 5%) that counts, unless the suite sets another.
-    pub threshold: f64,
-}
-
-impl MeasureKind {
-    /// A verdict in a figure's words: faster/slower for speed, better/worse for outcomes.
-    pub fn verdict_words(self, v: Verdict) -> &'static str {
-        match (v, self) {
-            (Verdict::Improved, MeasureKind::Speed) => "faster",
-            (Verdict::Regressed, MeasureKind::Speed) => "slower",
-            (Verdict::Improved, MeasureKind::Outcome) => "better",
-            (Verdict::Regressed, MeasureKind::Outcome) => "worse",
-            (Verdict::Unchanged, _) => "unchanged",
-            (Verdict::TooNoisy, _) => "too noisy to tell",
-        }
-    }
-}
-
 /// Mean loss and accuracy of parameters over a data set.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Fit {
@@ -109,35 +77,6 @@ pub struct Fit {
 /// engine and family (and in the PyTorch peer).
 pub const WARMUP_STEPS: usize = 5;
 
-/// Timed training steps per second (the median over every timed step): families that train
-/// share it, so that the history and comparisons read it alike.
-pub const STEPS_PER_SECOND: MeasureSpec = MeasureSpec {
-    name: "steps_per_second",
-    unit: "steps/s",
-    better: Better::Higher,
-    kind: MeasureKind::Speed,
-    threshold: 0.05,
-};
-
-/// One figure of one cell.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Measured {
-    pub spec: &'static MeasureSpec,
-    pub value: f64,
-}
-
-impl Measured {
-    /// The figures a cell has, of those it might: a family's `measures` in one line.
-    pub fn present(
-        figures: impl IntoIterator<Item = (&'static MeasureSpec, Option<f64>)>,
-    ) -> Vec<Measured> {
-        figures
-            .into_iter()
-            .filter_map(|(spec, v)| v.map(|value| Measured { spec, value }))
-            .collect()
-    }
-}
-
 /// One cell of a family, ready to run: its workload, the data loaded for it, seed, variant.
 pub struct Job<'a, F: WorkloadFamily + ?Sized> {
     pub suite: &'a str,
@@ -147,6 +86,15 @@ pub struct Job<'a, F: WorkloadFamily + ?Sized> {
     pub variant: &'a F::Variant,
     /// Where the cell may write files of its own; none in tests.
     pub artifacts: Option<&'a std::path::Path>,
+    /// When the cell started: its timeout counts from here in every loop.
+    pub started: std::time::Instant,
+}
+
+impl<F: WorkloadFamily + ?Sized> Job<'_, F> {
+    /// The cell's clock and budget, for its loops.
+    pub fn guard(&self) -> Guard {
+        Guard::new(self.started, self.workload.timeout())
+    }
 }
 
 /// One result of a family, with its variant and metrics typed.
@@ -206,9 +154,46 @@ pub trait WorkloadFamily {
     /// One line about a finished cell, for the progress output.
     fn headline(result: &CellResult, metrics: &Self::Metrics) -> String;
     /// Every figure the family's cells may report.
-    const MEASURES: &'static [MeasureSpec];
+    const MEASURES: &'static [Measure];
     /// The figures one cell measured (those it has: a cell that never fitted has no time to fit).
-    fn measures(metrics: &Self::Metrics) -> Vec<Measured>;
+    fn measures(metrics: &Self::Metrics) -> Vec<Figure>;
+}
+
+/// One cell to run, with what the pre-flight prepared for it.
+pub struct CellRun<'a> {
+    pub suite: &'a str,
+    pub workload: &'a Workload,
+    pub data: &'a Data,
+    pub cell: &'a Cell,
+    /// Where a cell may write files of its own (a learned optimizer's weights); none in tests.
+    pub artifacts: Option<&'a std::path::Path>,
+}
+
+/// Why a cell cannot be run or read as its family's: its variant or metrics belong to another
+/// family, or do not read as the family's types.
+#[derive(Debug, thiserror::Error)]
+pub enum Mismatch {
+    #[error("the cell's variant is of family '{variant}', its workload of another")]
+    Family { variant: String },
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
+}
+
+fn typed<T: DeserializeOwned>(t: &Tagged) -> Result<T, UpgradeError> {
+    serde_json::from_value(t.value.clone())
+        .map_err(|source| UpgradeError::Metrics { family: t.family.clone(), source })
+}
+
+fn untyped<T: Serialize>(key: &str, v: &T) -> Tagged {
+    Tagged::new(key, serde_json::to_value(v).expect("a family's values serialize"))
+}
+
+/// A family's metrics as a line holds them, checked to read back: a value serde_json cannot
+/// write (NaN in a field not marked `randbench_schema::real`) would otherwise make the line
+/// unreadable.
+fn sealed<F: WorkloadFamily>(m: &F::Metrics) -> Result<Tagged, UpgradeError> {
+    let t = untyped(F::KEY, m);
+    typed::<F::Metrics>(&t).map(|_| t)
 }
 
 /// Generates the enums over every family and their dispatch; one line per family.
@@ -225,14 +210,12 @@ macro_rules! families {
             $($variant(<$module::Family as WorkloadFamily>::Workload),)*
         }
 
-        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
+        #[derive(Clone, Debug, PartialEq)]
         pub enum Variant {
             $($variant(<$module::Family as WorkloadFamily>::Variant),)*
         }
 
-        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
+        #[derive(Clone, Debug, PartialEq)]
         pub enum Metrics {
             $($variant(<$module::Family as WorkloadFamily>::Metrics),)*
         }
@@ -258,6 +241,13 @@ macro_rules! families {
         }
 
         impl Workload {
+            /// The key of the workload's family.
+            pub fn family(&self) -> &'static str {
+                match self {
+                    $(Workload::$variant(_) => <$module::Family as WorkloadFamily>::KEY,)*
+                }
+            }
+
             fn spec(&self) -> &dyn WorkloadSpec {
                 match self {
                     $(Workload::$variant(w) => w,)*
@@ -288,49 +278,100 @@ macro_rules! families {
             }
         }
 
-        /// Runs the cell `job` on `b`; `None` when its variant or data belong to another
-        /// family than its workload (a caller's mistake).
+        impl Variant {
+            /// As a result line names it.
+            pub fn to_tagged(&self) -> Tagged {
+                match self {
+                    $(Variant::$variant(v) => untyped(<$module::Family as WorkloadFamily>::KEY, v),)*
+                }
+            }
+
+            /// The typed variant of a line's cell.
+            pub fn of(t: &Tagged) -> Result<Variant, UpgradeError> {
+                $(if t.family == <$module::Family as WorkloadFamily>::KEY {
+                    return typed(t).map(Variant::$variant);
+                })*
+                Err(UpgradeError::UnknownFamily(t.family.clone()))
+            }
+        }
+
+        impl Metrics {
+            /// The typed metrics of a line.
+            pub fn of(r: &CellResult) -> Result<Metrics, UpgradeError> {
+                let t = &r.metrics;
+                $(if t.family == <$module::Family as WorkloadFamily>::KEY {
+                    return typed(t).map(Metrics::$variant);
+                })*
+                Err(UpgradeError::UnknownFamily(t.family.clone()))
+            }
+
+            /// As a result line holds them, with the figures read off them.
+            pub fn seal(&self) -> Result<(Tagged, Vec<Figure>), UpgradeError> {
+                match self {
+                    $(Metrics::$variant(m) => Ok((
+                        sealed::<$module::Family>(m)?,
+                        <$module::Family as WorkloadFamily>::measures(m),
+                    )),)*
+                }
+            }
+
+            /// The figures of these metrics.
+            pub fn figures(&self) -> Vec<Figure> {
+                match self {
+                    $(Metrics::$variant(m) => <$module::Family as WorkloadFamily>::measures(m),)*
+                }
+            }
+        }
+
+        /// Runs the cell `job` on `b`.
         pub fn run_cell<B: Backend>(
             b: &B,
-            job: &CellJob,
+            job: &CellRun,
             record: &mut Record,
             obs: &mut dyn Observer,
-        ) -> Option<BResult<Metrics>> {
+        ) -> Result<BResult<Metrics>, Mismatch> {
+            let variant = Variant::of(&job.cell.variant)?;
             #[allow(unreachable_patterns)]
-            match (job.workload, job.data, &job.cell.variant) {
+            match (job.workload, job.data, &variant) {
                 $((Workload::$variant(w), Data::$variant(d), Variant::$variant(v)) => {
-                    let job = Job { suite: &job.suite.name, workload: w, data: d, seed: job.cell.seed, variant: v, artifacts: job.artifacts };
-                    Some(<$module::Family as WorkloadFamily>::run(b, &job, record, obs).map(Metrics::$variant))
+                    let job = Job { suite: job.suite, workload: w, data: d, seed: job.cell.seed, variant: v, artifacts: job.artifacts, started: std::time::Instant::now() };
+                    Ok(<$module::Family as WorkloadFamily>::run(b, &job, record, obs).map(Metrics::$variant))
                 })*
-                _ => None,
+                _ => Err(Mismatch::Family { variant: job.cell.variant.family.clone() }),
             }
         }
 
-        /// The metrics of the cell `job` when it measured nothing; `None` on mismatched families.
-        pub fn unmeasured(job: &CellJob) -> Option<Metrics> {
+        /// The metrics of the cell `job` when it measured nothing.
+        pub fn unmeasured(job: &CellRun) -> Result<Metrics, Mismatch> {
+            let variant = Variant::of(&job.cell.variant)?;
             #[allow(unreachable_patterns)]
-            match (job.workload, job.data, &job.cell.variant) {
+            match (job.workload, job.data, &variant) {
                 $((Workload::$variant(w), Data::$variant(d), Variant::$variant(v)) => {
-                    let job = Job { suite: &job.suite.name, workload: w, data: d, seed: job.cell.seed, variant: v, artifacts: job.artifacts };
-                    Some(Metrics::$variant(<$module::Family as WorkloadFamily>::unmeasured(&job)))
+                    let job = Job { suite: job.suite, workload: w, data: d, seed: job.cell.seed, variant: v, artifacts: job.artifacts, started: std::time::Instant::now() };
+                    Ok(Metrics::$variant(<$module::Family as WorkloadFamily>::unmeasured(&job)))
                 })*
-                _ => None,
+                _ => Err(Mismatch::Family { variant: job.cell.variant.family.clone() }),
             }
         }
 
-        /// The family tables and charts of one workload's results (all of one family).
+        /// The family tables and charts of one workload's results (all of one family; lines
+        /// whose values do not read as the family's are left out).
         pub fn presentation(results: &[&CellResult]) -> (Vec<Table>, Vec<Chart>) {
             let mut out = (Vec::new(), Vec::new());
             $(
-                let mine: Vec<Entry<$module::Family>> = results
+                let typed: Vec<(&CellResult, <$module::Family as WorkloadFamily>::Variant, <$module::Family as WorkloadFamily>::Metrics)> = results
                     .iter()
-                    .filter_map(|r| match (&r.cell.variant, &r.metrics) {
-                        (Variant::$variant(variant), Metrics::$variant(metrics)) => {
-                            Some(Entry { result: *r, variant, metrics })
+                    .filter_map(|r| match (Variant::of(&r.cell.variant), Metrics::of(r)) {
+                        (Ok(Variant::$variant(variant)), Ok(Metrics::$variant(metrics))) => {
+                            Some((*r, variant, metrics))
                         }
                         #[allow(unreachable_patterns)]
                         _ => None,
                     })
+                    .collect();
+                let mine: Vec<Entry<$module::Family>> = typed
+                    .iter()
+                    .map(|(result, variant, metrics)| Entry { result, variant, metrics })
                     .collect();
                 if !mine.is_empty() {
                     out.0.extend(<$module::Family as WorkloadFamily>::tables(&mine));
@@ -341,44 +382,61 @@ macro_rules! families {
         }
 
         /// Every figure any family reports, each name once (families share some).
-        pub fn all_measures() -> impl Iterator<Item = &'static MeasureSpec> {
+        pub fn all_measures() -> impl Iterator<Item = &'static Measure> {
             let mut seen: Vec<&'static str> = Vec::new();
             [$(<$module::Family as WorkloadFamily>::MEASURES,)*]
                 .into_iter()
                 .flatten()
                 .filter(move |m| {
-                    let new = !seen.contains(&m.name);
-                    seen.push(m.name);
+                    let name: &'static str = match &m.name {
+                        std::borrow::Cow::Borrowed(n) => n,
+                        std::borrow::Cow::Owned(_) => unreachable!("families declare their measures as constants"),
+                    };
+                    let new = !seen.contains(&name);
+                    seen.push(name);
                     new
                 })
         }
 
-        /// Every figure the family of a cell may report.
-        pub fn family_measures(r: &CellResult) -> &'static [MeasureSpec] {
-            match &r.metrics {
-                $(Metrics::$variant(_) => <$module::Family as WorkloadFamily>::MEASURES,)*
-            }
-        }
-
-        /// The figures a cell measured.
-        pub fn measures(r: &CellResult) -> Vec<Measured> {
-            match &r.metrics {
-                $(Metrics::$variant(m) => <$module::Family as WorkloadFamily>::measures(m),)*
-            }
+        /// Every figure the family of that key may report; none for a key this build lacks.
+        pub fn family_measures(key: &str) -> &'static [Measure] {
+            $(if key == <$module::Family as WorkloadFamily>::KEY {
+                return <$module::Family as WorkloadFamily>::MEASURES;
+            })*
+            &[]
         }
 
         /// One line about a finished cell.
         pub fn headline(r: &CellResult) -> String {
-            match &r.metrics {
-                $(Metrics::$variant(m) => <$module::Family as WorkloadFamily>::headline(r, m),)*
+            match Metrics::of(r) {
+                $(Ok(Metrics::$variant(m)) => <$module::Family as WorkloadFamily>::headline(r, &m),)*
+                Err(e) => format!("{}: {e}", r.status.label()),
             }
         }
     };
 }
 
 /// The figure of that name, in any family.
-pub fn measure_named(name: &str) -> Option<&'static MeasureSpec> {
+pub fn measure_named(name: &str) -> Option<&'static Measure> {
     all_measures().find(|m| m.name == name)
+}
+
+/// The catalogue of every family in this build: fills in the figures and variant label of
+/// lines written before result lines carried them.
+pub struct Registry;
+
+impl Catalogue for Registry {
+    fn upgrade(&self, r: &mut CellResult) -> Result<(), UpgradeError> {
+        if r.schema == 0 {
+            r.figures = Metrics::of(r)?.figures();
+            r.cell.label = Variant::of(&r.cell.variant)?.to_string();
+        }
+        Ok(())
+    }
+
+    fn measures(&self, family: &str) -> Vec<Measure> {
+        family_measures(family).to_vec()
+    }
 }
 
 impl Workload {

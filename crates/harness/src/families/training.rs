@@ -3,8 +3,8 @@
 //! optimizer, a trainer that runs them over given batches with snapshots, and evaluation of
 //! per-example outputs summed over a data set.
 
-use crate::cell::{Observer, Status, TRACE_STEPS};
 use crate::families::{Fit, Record, WARMUP_STEPS};
+use crate::families::{Guard, Loss};
 use crate::slowdown;
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::data::Dataset;
@@ -12,8 +12,8 @@ use randbench_core::models::Model;
 use randbench_core::optim::Optimizer;
 use randbench_core::rng::Rng;
 use randbench_core::train::{training_step, Feed};
-use randbench_core::units::Seconds;
 use randbench_core::HostTensor;
+use randbench_schema::Observer;
 use std::time::Instant;
 
 /// One optimizer's step programs (a full batch, and the last smaller one of an epoch).
@@ -112,8 +112,7 @@ pub struct Trainer<'a, B: Backend> {
     pub data: (B::Tensor, B::Tensor),
     examples: usize,
     delay: Option<std::time::Duration>,
-    timeout: Option<Seconds>,
-    started: Instant,
+    guard: Guard,
 }
 
 /// Where one run ended, and what it left on the way.
@@ -126,16 +125,15 @@ pub struct Trained {
 }
 
 impl<'a, B: Backend> Trainer<'a, B> {
-    /// Uploads a data set for training on `b`; the clock for `timeout` starts now.
-    pub fn new(b: &'a B, data: &Dataset, timeout: Option<Seconds>) -> BResult<Self> {
+    /// Uploads a data set for training on `b`; `guard` is the cell's clock and budget.
+    pub fn new(b: &'a B, data: &Dataset, guard: Guard) -> BResult<Self> {
         let (x, y) = data.tensors();
         Ok(Trainer {
             b,
             data: (b.upload(&x)?, b.upload(&y)?),
             examples: data.len(),
             delay: slowdown::step_delay(b.id()),
-            timeout,
-            started: Instant::now(),
+            guard,
         })
     }
 
@@ -201,12 +199,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             if snapshot_at.contains(&global) {
                 snapshots.push((global, download(&state)?));
             }
-            if obs.should_stop() {
-                record.status = Status::Interrupted;
-                return Ok(None);
-            }
-            if self.timeout.is_some_and(|t| self.started.elapsed().as_secs_f64() > t.0) {
-                record.status = Status::Timeout;
+            if self.guard.halt(obs, record) {
                 return Ok(None);
             }
             let prog = if chunk.len() == batches[0].len() {
@@ -217,15 +210,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             let (mut out, dt) = self.step(prog, &state, chunk)?;
             times.push(dt);
             let loss = b.download(&out[n_state])?.to_scalar().expect("scalar loss");
-            if !loss.is_finite() {
-                return Ok(Some(Trained {
-                    params: None,
-                    diverged_at: Some(global + 1),
-                    snapshots,
-                }));
-            }
-            if trace && record.step_losses.len() < TRACE_STEPS {
-                record.step_losses.push(loss);
+            if let Loss::Diverged { step } = Guard::loss(record, global + 1, loss.into(), trace) {
+                return Ok(Some(Trained { params: None, diverged_at: Some(step), snapshots }));
             }
             out.truncate(n_state);
             state = out;

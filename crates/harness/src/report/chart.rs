@@ -22,25 +22,26 @@ pub enum ChartKind {
     },
 }
 
-/// Series of points joined by lines, each with an optional shaded interval.
+/// Polylines: points joined by lines, each with an optional shaded interval.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Lines {
     pub x_label: String,
     pub y_label: String,
     /// A logarithmic y axis (losses over orders of magnitude); non-positive values are left out.
     pub log_y: bool,
-    pub series: Vec<Series>,
+    pub series: Vec<Polyline>,
 }
 
+/// One named line of a [`Lines`] chart.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Series {
+pub struct Polyline {
     pub name: String,
     pub points: Vec<(f64, f64)>,
     /// (x, low, high): an interval drawn as a band behind the line.
     pub band: Vec<(f64, f64, f64)>,
 }
 
-impl Series {
+impl Polyline {
     pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
         Self { name: name.into(), points, band: vec![] }
     }
@@ -348,7 +349,7 @@ fn bars_svg(b: &Bars) -> String {
             axis.at(end) + 6.0,
             y + row / 2.0 + 4.0,
             "start",
-            &crate::compare::fmt_value(bar.value),
+            &super::fmt_value(bar.value),
         );
     }
     out += "</svg>\n";
@@ -378,11 +379,11 @@ mod tests {
                 y_label: "loss <log>".into(),
                 log_y: true,
                 series: vec![
-                    Series::new(
+                    Polyline::new(
                         "a",
                         vec![(0.0, 1.0), (1.0, 0.1), (2.0, 0.0), (3.0, 0.01), (4.0, 0.001)],
                     ),
-                    Series::new("b & c", vec![(0.0, 2.0), (4.0, 0.5)]),
+                    Polyline::new("b & c", vec![(0.0, 2.0), (4.0, 0.5)]),
                 ],
             }),
         };

@@ -3,7 +3,7 @@
 //! same offline and can never call out.
 
 use super::chart::{escape, ChartKind};
-use super::{Report, Reporter, Table};
+use super::{Document, Reporter, Table};
 use std::path::Path;
 
 pub struct Html;
@@ -83,7 +83,7 @@ fn table(t: &Table) -> String {
 }
 
 impl Reporter for Html {
-    fn render(&self, r: &Report) -> String {
+    fn render(&self, r: &Document) -> String {
         let mut out = format!(
             "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
              <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; \

@@ -2,13 +2,13 @@
 
 use super::chart::ChartKind;
 use super::terminal::grid;
-use super::{Report, Reporter};
+use super::{Document, Reporter};
 use comfy_table::presets::ASCII_MARKDOWN;
 
 pub struct Markdown;
 
 impl Reporter for Markdown {
-    fn render(&self, r: &Report) -> String {
+    fn render(&self, r: &Document) -> String {
         let mut out = format!("# randbench report: {}\n\n", r.suite);
         if let Some(e) = r.env {
             for (what, value) in e.facts() {

@@ -1,6 +1,6 @@
 //! Tables for the terminal: box drawing, figures right-aligned.
 
-use super::{Report, Reporter, Table};
+use super::{Document, Reporter, Table};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement};
 
 pub struct Terminal;
@@ -23,7 +23,7 @@ pub fn grid(t: &Table, style: comfy_table::TableStyle) -> String {
 }
 
 impl Reporter for Terminal {
-    fn render(&self, r: &Report) -> String {
+    fn render(&self, r: &Document) -> String {
         let mut out = String::new();
         // One line of the environment (the files hold all of it): which machine and build.
         if let Some(e) = r.env {

@@ -1,8 +1,8 @@
 //! Helpers the harness's integration tests share (each test file compiles its own copy).
 #![allow(dead_code)]
 
-use randbench::cell::{Observer, Progress};
 pub use randbench_core::testing::Scratch;
+use randbench_schema::{Observer, Progress};
 use std::path::PathBuf;
 
 /// An observer that shows nothing and never asks a cell to stop.
@@ -119,7 +119,7 @@ impl randbench::backends::BackendVisitor for RunGraph<'_> {
 
 /// The first cell of a suite's first workload, run in this process on every CPU backend
 /// (each in its default gradient mode), seed as the suite says.
-pub fn run_on_cpu_backends(suite_text: &str) -> Vec<randbench::cell::CellResult> {
+pub fn run_on_cpu_backends(suite_text: &str) -> Vec<randbench_schema::CellResult> {
     use randbench::executor::Executor;
     let suite = randbench::suite::parse(suite_text, std::path::Path::new("test.yaml")).unwrap();
     let workload = &suite.workloads[0];

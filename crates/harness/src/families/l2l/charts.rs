@@ -3,9 +3,9 @@
 //! time with tuned Adam's as the line to beat.
 
 use super::{Family, LEARNED};
-use crate::compare::fmt_value;
 use crate::families::Entry;
-use crate::report::chart::{ChartKind, Lines, Series};
+use crate::report::chart::{ChartKind, Lines, Polyline};
+use crate::report::fmt_value;
 use crate::report::{first_appearance, Chart};
 
 type Row<'a> = Entry<'a, Family>;
@@ -34,7 +34,7 @@ pub fn all(rs: &[Row]) -> Vec<Chart> {
                         }
                         _ => c.optimizer.clone(),
                     };
-                    Series {
+                    Polyline {
                         name,
                         points: at(&c.mean).into_iter().map(|(i, y)| (i as f64, y)).collect(),
                         band: at(&c.lo)
@@ -68,10 +68,10 @@ pub fn all(rs: &[Row]) -> Vec<Chart> {
         if learned.is_empty() {
             continue;
         }
-        let mut series = vec![Series::new(LEARNED, learned.clone())];
+        let mut series = vec![Polyline::new(LEARNED, learned.clone())];
         if let Some(adam) = m.adam_validation_loss {
             let span = [learned[0].0, learned[learned.len() - 1].0];
-            series.push(Series::new("tuned adam", span.iter().map(|&t| (t, adam)).collect()));
+            series.push(Polyline::new("tuned adam", span.iter().map(|&t| (t, adam)).collect()));
         }
         out.push(Chart {
             title: format!("{workload} on {backend}: meta-training"),

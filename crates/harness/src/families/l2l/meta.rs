@@ -11,7 +11,7 @@ use super::{
     weights, BaselineRule, Beat, Curve, Evaluation, Family, Metrics, ProblemSpec, ProblemVariant,
     Ratio, Tuned, Validation, LEARNED,
 };
-use crate::cell::{Observer, Progress, Status, TRACE_STEPS};
+use crate::families::{Guard, Loss};
 use crate::families::{Job, Record};
 use crate::nvml::DeviceMemoryWatch;
 use crate::slowdown;
@@ -27,6 +27,7 @@ use randbench_core::rng::Rng;
 use randbench_core::stats::{mean_interval, paired_bootstrap_ratio, Summary};
 use randbench_core::tensor::HostTensor;
 use randbench_core::units::{Bytes, Seconds};
+use randbench_schema::{Observer, Progress, Status};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -270,7 +271,7 @@ fn peak_during<T>(device: Device, f: impl FnOnce() -> T) -> (T, Option<Bytes>) {
     sys::reset_peak_memory();
     let before = sys::resident_memory();
     let watch = match device {
-        Device::Cuda(_) => DeviceMemoryWatch::start(),
+        Device::Cuda(n) => DeviceMemoryWatch::start(n),
         Device::Cpu => None,
     };
     let out = f();
@@ -293,7 +294,6 @@ pub fn run<B: Backend>(
 ) -> BResult<Metrics> {
     let w = job.workload;
     let opt = w.optimizer;
-    let cell_start = Instant::now();
     let mut m = <Family as crate::families::WorkloadFamily>::unmeasured(job);
     let split: Option<&Split> = job.data.as_ref();
     let base = &w.variants[0];
@@ -328,7 +328,7 @@ pub fn run<B: Backend>(
         phi = weights::load(path, &opt)
             .map_err(|e| BackendError::Library { backend: b.id(), message: e.to_string() })?;
     } else {
-        phi = meta_train(b, job, &mut train, &validation, phi, record, obs, &mut m, cell_start)?;
+        phi = meta_train(b, job, &mut train, &validation, phi, record, obs, &mut m)?;
         if let Some(dir) = job.artifacts {
             let path = dir.join(format!(
                 "{}-seed{}-{}.safetensors",
@@ -507,9 +507,9 @@ fn meta_train<B: Backend>(
     record: &mut Record,
     obs: &mut dyn Observer,
     m: &mut Metrics,
-    cell_start: Instant,
 ) -> BResult<Vec<HostTensor>> {
     let w = job.workload;
+    let guard = job.guard();
     let opt = w.optimizer;
     let unroll_len = w.meta.unroll;
     let delay = slowdown::step_delay(b.id());
@@ -543,12 +543,7 @@ fn meta_train<B: Backend>(
     let mut seconds = 0.0;
     let unrolls_per_problem = w.meta.horizon / unroll_len;
     for epoch in 1..=w.meta.epochs {
-        if obs.should_stop() {
-            record.status = Status::Interrupted;
-            break;
-        }
-        if w.timeout.is_some_and(|t| cell_start.elapsed().as_secs_f64() > t.0) {
-            record.status = Status::Timeout;
+        if guard.halt(obs, record) {
             break;
         }
         // A new problem: fresh θ and LSTM state; φ and the meta-optimizer's state go on.
@@ -568,12 +563,8 @@ fn meta_train<B: Backend>(
             times.push(dt);
             seconds += dt;
             let loss = to_f64s(b, &out[meta_loss])?[0];
-            if record.step_losses.len() < TRACE_STEPS {
-                record.step_losses.push(loss as f32);
-            }
-            if !loss.is_finite() {
-                record.status = Status::Diverged;
-                record.diverged_at = Some(times.len());
+            if let Loss::Diverged { step } = Guard::loss(record, times.len(), loss, true) {
+                Guard::diverged(record, step);
                 break;
             }
         }

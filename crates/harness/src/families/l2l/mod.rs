@@ -11,14 +11,10 @@ mod meta;
 mod tables;
 pub mod weights;
 
-use super::{
-    Entry, Job, MeasureKind, MeasureSpec, Measured, PrepareError, Record, WorkloadFamily,
-    WorkloadSpec,
-};
-use crate::cell::{CellResult, Observer};
+use super::{Entry, Job, PrepareError, Record, WorkloadFamily, WorkloadSpec};
 use crate::datasets::{load_data, DataSpec, RawData};
 use crate::report::{Chart, Table};
-use crate::suite::{Ctx, SuiteError};
+use crate::spec::{Ctx, SuiteError};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::data::Split;
 use randbench_core::l2l::{Distribution, LstmOptimizer, Preprocess};
@@ -26,6 +22,7 @@ use randbench_core::models::Activation;
 use randbench_core::optim::{defaults, Rule};
 use randbench_core::stats::{Better, Summary};
 use randbench_core::units::{Bytes, Seconds};
+use randbench_schema::{CellResult, Figure, Measure, MeasureKind, Observer};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::{Location, Spanned};
 use std::fmt;
@@ -286,8 +283,11 @@ impl Curve {
 /// A ratio with its paired bootstrap 95% interval.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ratio {
+    #[serde(with = "randbench_schema::real")]
     pub estimate: f64,
+    #[serde(with = "randbench_schema::real")]
     pub lo: f64,
+    #[serde(with = "randbench_schema::real")]
     pub hi: f64,
 }
 
@@ -602,16 +602,16 @@ impl WorkloadFamily for Family {
         tables::headline(result, metrics)
     }
 
-    const MEASURES: &'static [MeasureSpec] =
+    const MEASURES: &'static [Measure] =
         &[UNROLLS_PER_SECOND, SECONDS_TO_BEAT_ADAM, LEARNED_FINAL_LOSS, RATIO_TO_ADAM];
 
-    fn measures(m: &Metrics) -> Vec<Measured> {
+    fn measures(m: &Metrics) -> Vec<Figure> {
         // The first evaluation is the problem meta-training saw.
         let trained = m.evaluations.first();
         let learned = trained
             .and_then(|e| e.curves.iter().find(|c| c.optimizer == LEARNED))
             .and_then(Curve::final_mean);
-        Measured::present([
+        Figure::present([
             (&UNROLLS_PER_SECOND, m.unrolls_per_second.map(|s| s.median)),
             (&SECONDS_TO_BEAT_ADAM, m.time_to_beat_adam.map(|b| b.seconds.0)),
             (&LEARNED_FINAL_LOSS, learned),
@@ -620,31 +620,11 @@ impl WorkloadFamily for Family {
     }
 }
 
-const UNROLLS_PER_SECOND: MeasureSpec = MeasureSpec {
-    name: "unrolls_per_second",
-    unit: "unrolls/s",
-    better: Better::Higher,
-    kind: MeasureKind::Speed,
-    threshold: 0.05,
-};
-const SECONDS_TO_BEAT_ADAM: MeasureSpec = MeasureSpec {
-    name: "seconds_to_beat_adam",
-    unit: "s",
-    better: Better::Lower,
-    kind: MeasureKind::Speed,
-    threshold: 0.05,
-};
-const LEARNED_FINAL_LOSS: MeasureSpec = MeasureSpec {
-    name: "learned_final_loss",
-    unit: "",
-    better: Better::Lower,
-    kind: MeasureKind::Outcome,
-    threshold: 0.05,
-};
-const RATIO_TO_ADAM: MeasureSpec = MeasureSpec {
-    name: "ratio_to_adam",
-    unit: "",
-    better: Better::Lower,
-    kind: MeasureKind::Outcome,
-    threshold: 0.05,
-};
+const UNROLLS_PER_SECOND: Measure =
+    Measure::new("unrolls_per_second", "unrolls/s", Better::Higher, MeasureKind::Speed, 0.05);
+const SECONDS_TO_BEAT_ADAM: Measure =
+    Measure::new("seconds_to_beat_adam", "s", Better::Lower, MeasureKind::Speed, 0.05);
+const LEARNED_FINAL_LOSS: Measure =
+    Measure::new("learned_final_loss", "", Better::Lower, MeasureKind::Outcome, 0.05);
+const RATIO_TO_ADAM: Measure =
+    Measure::new("ratio_to_adam", "", Better::Lower, MeasureKind::Outcome, 0.05);

@@ -2,10 +2,10 @@
 //! optimizer and backend), and meta-training's cost per backend.
 
 use super::{Family, Metrics, LEARNED};
-use crate::cell::CellResult;
 use crate::families::Entry;
 use crate::report::{first_appearance, Column, Table};
 use randbench_core::units::Seconds;
+use randbench_schema::CellResult;
 
 type Row<'a> = Entry<'a, Family>;
 

@@ -38,7 +38,7 @@ pub fn to_bytes(opt: &LstmOptimizer, params: &[HostTensor]) -> Vec<u8> {
 
 /// Writes `params` to `path` (through a temporary file, so a reader never sees half a file).
 pub fn save(path: &Path, opt: &LstmOptimizer, params: &[HostTensor]) -> std::io::Result<()> {
-    crate::runner::write_atomic(path, to_bytes(opt, params))
+    randbench_schema::results::write_atomic(path, to_bytes(opt, params))
 }
 
 /// Reads weights saved for `expected` (its configuration must match the file's).

@@ -4,7 +4,7 @@
 
 use super::Family;
 use crate::families::Entry;
-use crate::report::chart::{ChartKind, Lines, Series};
+use crate::report::chart::{ChartKind, Lines, Polyline};
 use crate::report::{first_appearance, median, Chart};
 
 type Row<'a> = Entry<'a, Family>;
@@ -28,7 +28,7 @@ fn accuracy_by_epoch(rs: &[Row]) -> Vec<Chart> {
                 .iter()
                 .filter(|r| r.result.cell.backend == backend)
                 .map(|r| {
-                    Series::new(
+                    Polyline::new(
                         r.variant.to_string(),
                         r.metrics
                             .history
@@ -72,7 +72,7 @@ fn by_corruption(rs: &[Row]) -> Vec<Chart> {
     }
     let workload = &rs[0].result.cell.workload;
     let backends = first_appearance(plain.iter().map(|r| r.result.cell.backend));
-    let line = |figure: &dyn Fn(&Row) -> Option<f64>| -> Vec<Series> {
+    let line = |figure: &dyn Fn(&Row) -> Option<f64>| -> Vec<Polyline> {
         backends
             .iter()
             .map(|&b| {
@@ -88,7 +88,7 @@ fn by_corruption(rs: &[Row]) -> Vec<Chart> {
                     })
                     .collect();
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
-                Series::new(b.to_string(), points)
+                Polyline::new(b.to_string(), points)
             })
             .collect()
     };

@@ -7,14 +7,10 @@ mod charts;
 mod tables;
 mod train;
 
-use super::{
-    Entry, Job, MeasureKind, MeasureSpec, Measured, PrepareError, Record, WorkloadFamily,
-    WorkloadSpec, STEPS_PER_SECOND,
-};
-use crate::cell::{CellResult, Observer};
+use super::{Entry, Job, PrepareError, Record, WorkloadFamily, WorkloadSpec};
 use crate::datasets::{load_data, DataSpec, RawData};
 use crate::report::{Chart, Table};
-use crate::suite::{Ctx, RawOptimizer, SuiteError};
+use crate::spec::{Ctx, RawOptimizer, SuiteError};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::corrupt::Condition;
 use randbench_core::data::Split;
@@ -23,6 +19,7 @@ use randbench_core::optim::Optimizer;
 use randbench_core::stats::{Better, Summary};
 use randbench_core::train::{eval_graph, Feed};
 use randbench_core::units::Seconds;
+use randbench_schema::{CellResult, Figure, Measure, MeasureKind, Observer, STEPS_PER_SECOND};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::{Location, Spanned};
 use std::fmt;
@@ -454,11 +451,11 @@ impl WorkloadFamily for Family {
         tables::headline(result, metrics)
     }
 
-    const MEASURES: &'static [MeasureSpec] =
+    const MEASURES: &'static [Measure] =
         &[STEPS_PER_SECOND, SECONDS_TO_FIT, EPOCHS_TO_FIT, TEST_ACCURACY];
 
-    fn measures(m: &Metrics) -> Vec<Measured> {
-        Measured::present([
+    fn measures(m: &Metrics) -> Vec<Figure> {
+        Figure::present([
             (&STEPS_PER_SECOND, m.steps_per_second.map(|s| s.median)),
             (&SECONDS_TO_FIT, m.seconds_to_fit.map(|s| s.0)),
             (&EPOCHS_TO_FIT, m.epochs_to_fit.map(|e| e as f64)),
@@ -467,25 +464,10 @@ impl WorkloadFamily for Family {
     }
 }
 
-const SECONDS_TO_FIT: MeasureSpec = MeasureSpec {
-    name: "seconds_to_fit",
-    unit: "s",
-    better: Better::Lower,
-    kind: MeasureKind::Speed,
-    threshold: 0.05,
-};
+const SECONDS_TO_FIT: Measure =
+    Measure::new("seconds_to_fit", "s", Better::Lower, MeasureKind::Speed, 0.05);
 /// Seeded cells fit in the same epoch run after run; a change is a change of the computation.
-const EPOCHS_TO_FIT: MeasureSpec = MeasureSpec {
-    name: "epochs_to_fit",
-    unit: "epochs",
-    better: Better::Lower,
-    kind: MeasureKind::Outcome,
-    threshold: 0.10,
-};
-const TEST_ACCURACY: MeasureSpec = MeasureSpec {
-    name: "test_accuracy",
-    unit: "",
-    better: Better::Higher,
-    kind: MeasureKind::Outcome,
-    threshold: 0.02,
-};
+const EPOCHS_TO_FIT: Measure =
+    Measure::new("epochs_to_fit", "epochs", Better::Lower, MeasureKind::Outcome, 0.10);
+const TEST_ACCURACY: Measure =
+    Measure::new("test_accuracy", "", Better::Higher, MeasureKind::Outcome, 0.02);

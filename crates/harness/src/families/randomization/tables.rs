@@ -2,10 +2,10 @@
 //! backend, so that three engines fit an 80–120 column terminal.
 
 use super::Metrics;
-use crate::cell::{CellResult, Status};
 use crate::families::Entry;
 use crate::report::{first_appearance, median, Column, Table};
 use randbench_core::units::{Bytes, Seconds};
+use randbench_schema::{CellResult, Status};
 
 const METRICS: [&str; 7] =
     ["fit", "time to fit", "× true", "train acc", "test acc", "steps/s", "memory"];
@@ -43,7 +43,7 @@ fn fit_cell(cells: &[Row]) -> String {
     }
 }
 
-/// Peak memory of the cells: the device's where the engine reports it, else the host's.
+/// Peak memory of the cells: the device's where the driver reports it, else the host's.
 fn memory_cell(cells: &[Row]) -> String {
     let peak = |r: &CellResult| r.memory.device_peak.or(r.memory.host_peak).map(|b| b.0 as f64);
     median(cells.iter().filter_map(|c| peak(c.result)))
@@ -124,7 +124,7 @@ pub fn comparison(rs: &[Row]) -> Table {
          only (no set-up, no warm-up, no evaluation); × true: time to fit relative to true \
          labels with the same regularizer and backend; steps/s: median over timed steps \
          (warm-up ran before the clock, on a throwaway state); memory: peak GPU memory \
-         (from the engine or NVML) on a GPU, else the process's peak resident memory."
+         (from NVML) on a GPU, else the process's peak resident memory."
             .to_string(),
     ];
     for b in &backends {
@@ -144,7 +144,7 @@ pub fn comparison(rs: &[Row]) -> Table {
         notes.push(format!(
             "{} {} seed {}: {}: {}",
             r.cell.backend,
-            r.cell.variant,
+            r.cell.variant_label(),
             r.cell.seed,
             r.status.label(),
             r.error.as_deref().unwrap_or("")

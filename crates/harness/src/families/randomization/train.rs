@@ -3,9 +3,9 @@
 //! fitted or the budget ends.
 
 use super::{EpochRecord, Metrics, Randomization};
-use crate::cell::{Observer, Progress, Status, TRACE_STEPS};
 use crate::families::training::{fits, upload_all};
 use crate::families::{Fit, Job, Record, WorkloadFamily, WARMUP_STEPS};
+use crate::families::{Guard, Loss};
 use crate::slowdown;
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::corrupt::Condition;
@@ -19,6 +19,7 @@ use randbench_core::train::{
 };
 use randbench_core::units::Seconds;
 use randbench_core::HostTensor;
+use randbench_schema::{Observer, Progress, Status};
 use std::borrow::Cow;
 use std::time::Instant;
 
@@ -136,7 +137,7 @@ pub fn run<B: Backend>(
     };
     let (train, test) = (&split.train, &split.test);
     let n = train.len();
-    let cell_start = Instant::now();
+    let guard = job.guard();
     let mut m = <super::Family as WorkloadFamily>::unmeasured(job);
     let model = w.model.model(train.shape, train.classes);
     let optimizer = m.optimizer;
@@ -227,12 +228,7 @@ pub fn run<B: Backend>(
         }
         let order = order_rng.permutation(n);
         for chunk in order.chunks(w.batch) {
-            if obs.should_stop() {
-                record.status = Status::Interrupted;
-                break 'epochs;
-            }
-            if w.timeout.is_some_and(|t| cell_start.elapsed().as_secs_f64() > t.0) {
-                record.status = Status::Timeout;
+            if guard.halt(obs, record) {
                 break 'epochs;
             }
             let host = feed.host_inputs(train, chunk, &sites, &mut dropout_rng, &mut augment_rng);
@@ -248,14 +244,10 @@ pub fn run<B: Backend>(
             out.truncate(n_state);
             state = out;
             m.steps += 1;
-            if !loss.is_finite() {
-                record.status = Status::Diverged;
-                record.diverged_at = Some(m.steps);
+            if let Loss::Diverged { step } = Guard::loss(record, m.steps, loss.into(), true) {
+                Guard::diverged(record, step);
                 m.epochs = epoch;
                 break 'epochs;
-            }
-            if record.step_losses.len() < TRACE_STEPS {
-                record.step_losses.push(loss);
             }
         }
         m.epochs = epoch;

@@ -9,19 +9,16 @@ mod run;
 mod tables;
 
 use super::randomization::{ModelSpec, RawModel};
-use super::{
-    Entry, Job, MeasureKind, MeasureSpec, Measured, PrepareError, Record, WorkloadFamily,
-    WorkloadSpec, STEPS_PER_SECOND,
-};
-use crate::cell::{CellResult, Observer};
+use super::{Entry, Job, PrepareError, Record, WorkloadFamily, WorkloadSpec};
 use crate::datasets::{DataSpec, RawData};
 use crate::report::{Chart, Table};
-use crate::suite::{Ctx, RawOptimizer, SuiteError};
+use crate::spec::{Ctx, RawOptimizer, SuiteError};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::data::Split;
 use randbench_core::optim::Optimizer;
 use randbench_core::stats::{Better, Summary};
 use randbench_core::units::Seconds;
+use randbench_schema::{CellResult, Figure, Measure, MeasureKind, Observer, STEPS_PER_SECOND};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::{Location, Spanned};
 use std::fmt;
@@ -132,8 +129,11 @@ pub struct Reconstruction {
     /// last step's image; `None` where not finite.
     pub start_loss: Option<f64>,
     pub end_loss: Option<f64>,
-    /// Mean squared pixel error against the originals, and the PSNR it gives (dB).
+    /// Mean squared pixel error against the originals, and the PSNR it gives (dB); NaN where
+    /// the reconstruction diverged.
+    #[serde(with = "randbench_schema::real")]
     pub mse: f64,
+    #[serde(with = "randbench_schema::real")]
     pub psnr: f64,
     /// All steps of this reconstruction (every image at once).
     pub seconds: Seconds,
@@ -307,11 +307,11 @@ impl WorkloadFamily for Family {
         tables::headline(result, metrics)
     }
 
-    const MEASURES: &'static [MeasureSpec] =
+    const MEASURES: &'static [Measure] =
         &[STEPS_PER_SECOND, SECONDS_PER_RECONSTRUCTION, PROBE_TEST_ACCURACY];
 
-    fn measures(m: &Metrics) -> Vec<Measured> {
-        Measured::present([
+    fn measures(m: &Metrics) -> Vec<Figure> {
+        Figure::present([
             (&STEPS_PER_SECOND, m.steps_per_second.map(|s| s.median)),
             (&SECONDS_PER_RECONSTRUCTION, m.seconds_per_reconstruction()),
             (&PROBE_TEST_ACCURACY, m.probe_test_accuracy),
@@ -319,18 +319,13 @@ impl WorkloadFamily for Family {
     }
 }
 
-const SECONDS_PER_RECONSTRUCTION: MeasureSpec = MeasureSpec {
-    name: "seconds_per_reconstruction",
-    unit: "s/reconstruction",
-    better: Better::Lower,
-    kind: MeasureKind::Speed,
-    threshold: 0.05,
-};
+const SECONDS_PER_RECONSTRUCTION: Measure = Measure::new(
+    "seconds_per_reconstruction",
+    "s/reconstruction",
+    Better::Lower,
+    MeasureKind::Speed,
+    0.05,
+);
 /// Seeded: the same every run; a change is a change of the computation.
-const PROBE_TEST_ACCURACY: MeasureSpec = MeasureSpec {
-    name: "probe_test_accuracy",
-    unit: "",
-    better: Better::Higher,
-    kind: MeasureKind::Outcome,
-    threshold: 0.02,
-};
+const PROBE_TEST_ACCURACY: Measure =
+    Measure::new("probe_test_accuracy", "", Better::Higher, MeasureKind::Outcome, 0.02);

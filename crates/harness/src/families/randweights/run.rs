@@ -4,8 +4,8 @@
 //! random and with trained weights, and draw them.
 
 use super::{Metrics, RandomWeights, Reconstruction, Weights};
-use crate::cell::{Observer, Progress, Status};
 use crate::families::training::{fits, padded_indices, upload_all, Steps, Trainer};
+use crate::families::Guard;
 use crate::families::{Job, Record, WorkloadFamily};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::data::Dataset;
@@ -16,6 +16,7 @@ use randbench_core::stats::Summary;
 use randbench_core::train::{eval_graph, features_graph, inversion_step, Feed};
 use randbench_core::units::Seconds;
 use randbench_core::HostTensor;
+use randbench_schema::{Observer, Progress, Status};
 use std::path::Path;
 use std::time::Instant;
 
@@ -109,10 +110,18 @@ fn features_of<B: Backend>(
     Ok((out, width))
 }
 
+/// One reconstruction's outcome: the feature loss before the first step and at the last
+/// (`None` where not finite), the images reached, and the time the steps took.
+struct Rebuilt {
+    start_loss: Option<f64>,
+    end_loss: Option<f64>,
+    x: HostTensor,
+    seconds: f64,
+}
+
 /// Rebuilds the images `x0` (on the device, with dummy `labels`) from their feature maps
 /// after `depth` blocks, starting from `start`: Adam on the image for the workload's steps.
-/// The feature loss before the first step and at the last, the images reached, and the time
-/// the steps took.
+/// `None` where the guard stopped it (its reason in `record`).
 #[allow(clippy::too_many_arguments)]
 fn reconstruct<B: Backend>(
     b: &B,
@@ -122,7 +131,8 @@ fn reconstruct<B: Backend>(
     params: &[HostTensor],
     x0: (&B::Tensor, &B::Tensor),
     start: &HostTensor,
-) -> BResult<(Option<f64>, Option<f64>, HostTensor, f64)> {
+    (guard, obs, record): (Guard, &dyn Observer, &mut Record),
+) -> BResult<Option<Rebuilt>> {
     let blocks = upload_all(b, &params[..2 * depth])?;
     let mut inputs: Vec<&B::Tensor> = blocks.iter().collect();
     inputs.extend([x0.0, x0.1]);
@@ -134,6 +144,9 @@ fn reconstruct<B: Backend>(
     let (mut first, mut last) = (None, None);
     let t0 = Instant::now();
     for s in 0..w.steps {
+        if guard.halt(obs, record) {
+            return Ok(None);
+        }
         let mut inputs: Vec<&B::Tensor> = blocks.iter().chain(&state).collect();
         inputs.push(&target);
         let mut out = b.run(&mut inv.step, &inputs)?;
@@ -150,7 +163,7 @@ fn reconstruct<B: Backend>(
     }
     b.sync()?;
     let seconds = t0.elapsed().as_secs_f64();
-    Ok((first, last, b.download(&state[0])?, seconds))
+    Ok(Some(Rebuilt { start_loss: first, end_loss: last, x: b.download(&state[0])?, seconds }))
 }
 
 /// Mean squared error and PSNR (dB, peak: the originals' range) of `x` against `x0`.
@@ -226,7 +239,7 @@ pub fn run<B: Backend>(
     // The network trained end to end, from the same random weights.
     obs.progress(Progress::Compiling);
     let compiling = Instant::now();
-    let trainer = Trainer::new(b, train, w.timeout)?;
+    let trainer = Trainer::new(b, train, job.guard())?;
     let mut steps = Steps::compile(b, &model, w.optimizer, w.batch, n)?;
     record.compile_seconds = Some(Seconds(compiling.elapsed().as_secs_f64()));
     let mut warm_rng = Rng::stream(job.seed, "warmup");
@@ -251,7 +264,9 @@ pub fn run<B: Backend>(
     };
     m.train_seconds = Seconds(times.iter().sum());
     m.steps_per_second = Summary::of(&times.iter().map(|t| 1.0 / t).collect::<Vec<_>>());
-    record.diverged_at = trained.diverged_at;
+    if let Some(step) = trained.diverged_at {
+        Guard::diverged(record, step);
+    }
     let (vx, vy) = test.tensors();
     let test_dev = (b.upload(&vx)?, b.upload(&vy)?);
     let mut eval_test = Evaluation::compile(b, &model, test.len())?;
@@ -275,7 +290,7 @@ pub fn run<B: Backend>(
     let probe = Model::mlp([width, 1, 1], &[], classes, Activation::Relu);
     let probe_specs = probe.params()?;
     let probe_shapes: Vec<Vec<usize>> = probe_specs.iter().map(|p| p.shape.clone()).collect();
-    let probe_trainer = Trainer::new(b, &probe_train, w.timeout)?;
+    let probe_trainer = Trainer::new(b, &probe_train, job.guard())?;
     let mut probe_steps = Steps::compile(b, &probe, adam(w.probe_lr), w.batch, n)?;
     let probe_batches = probe_trainer.batches(job.seed, w.probe_epochs, w.batch);
     let Some(probed) = probe_trainer.train(
@@ -324,11 +339,7 @@ pub fn run<B: Backend>(
         let Some(params) = params else { continue };
         let mut images = Vec::new();
         for depth in 1..=depths {
-            if obs.should_stop() {
-                record.status = Status::Interrupted;
-                return Ok(m);
-            }
-            let (start_loss, end_loss, x, seconds) = reconstruct(
+            let Some(Rebuilt { start_loss, end_loss, x, seconds }) = reconstruct(
                 b,
                 w,
                 &mut inversions[depth - 1],
@@ -336,8 +347,17 @@ pub fn run<B: Backend>(
                 params,
                 (&x0_dev.0, &x0_dev.1),
                 &start,
-            )?;
+                (job.guard(), &*obs, record),
+            )?
+            else {
+                return Ok(m);
+            };
             let (mse, psnr) = mse_psnr(x.as_f32().expect("f32"), x0.as_f32().expect("f32"));
+            if !(mse.is_finite() && end_loss.is_some()) {
+                // Only the first and last steps' losses are read back: it had diverged by its
+                // last step.
+                Guard::diverged(record, w.steps);
+            }
             m.reconstructions.push(Reconstruction {
                 weights: which,
                 depth,
@@ -351,7 +371,9 @@ pub fn run<B: Backend>(
         }
         rebuilt.push((which, images));
     }
-    record.status = if trained.diverged_at.is_some() { Status::Diverged } else { Status::Ok };
+    if record.status != Status::Diverged {
+        record.status = Status::Ok;
+    }
     if let Some(dir) = job.artifacts {
         let per = c * h * wd;
         for i in 0..k {

@@ -3,10 +3,10 @@
 //! PSNR against depth; the pictures.
 
 use super::{Family, Metrics, Weights};
-use crate::cell::CellResult;
 use crate::families::Entry;
-use crate::report::chart::{ChartKind, Lines, Series};
-use crate::report::{first_appearance, Chart, Column, Table};
+use crate::report::chart::{ChartKind, Lines, Polyline};
+use crate::report::{first_appearance, fmt_value, Chart, Column, Table};
+use randbench_schema::CellResult;
 
 type Row<'a> = Entry<'a, Family>;
 
@@ -52,8 +52,9 @@ pub fn all(rs: &[Row]) -> Vec<Table> {
                 depth.to_string(),
                 r.result.cell.backend.to_string(),
                 loss(x.start_loss),
-                loss(x.end_loss),
-                format!("{:.4}", x.mse),
+                // The end loss is absent where it was not finite: the reconstruction diverged.
+                x.end_loss.map_or_else(|| "diverged".to_string(), |l| loss(Some(l))),
+                fmt_value(x.mse),
                 format!("{:.1}", x.psnr),
                 x.seconds.to_string(),
             ]);
@@ -122,7 +123,7 @@ pub fn charts(rs: &[Row]) -> Vec<Chart> {
         .into_iter()
         .flat_map(|weights| {
             firsts.iter().map(move |r| {
-                Series::new(
+                Polyline::new(
                     format!("{weights} ({})", r.result.cell.backend),
                     r.metrics
                         .reconstructions

@@ -3,7 +3,7 @@
 
 use super::Family;
 use crate::families::Entry;
-use crate::report::chart::{ChartKind, Lines, Series};
+use crate::report::chart::{ChartKind, Lines, Polyline};
 use crate::report::Chart;
 
 type Row<'a> = Entry<'a, Family>;
@@ -16,14 +16,14 @@ pub fn all(rs: &[Row]) -> Vec<Chart> {
     let workload = &r.result.cell.workload;
     let is_switch = |name: &str| name.contains('→');
     let chart = |title: String, caption: &str, test: bool, pick: &dyn Fn(&str, &str) -> bool| {
-        let series: Vec<Series> = r
+        let series: Vec<Polyline> = r
             .metrics
             .lines
             .iter()
             .filter(|l| pick(&l.a, &l.b))
             .map(|l| {
                 let fits = if test { &l.test } else { &l.train };
-                Series::new(
+                Polyline::new(
                     format!("{} — {}", l.a, l.b),
                     l.alphas.iter().zip(fits).filter_map(|(a, f)| Some((*a, f.loss?))).collect(),
                 )

@@ -12,19 +12,16 @@ mod run;
 mod tables;
 
 use super::randomization::{ModelSpec, RawModel};
-use super::{
-    Entry, Fit, Job, MeasureKind, MeasureSpec, Measured, PrepareError, Record, WorkloadFamily,
-    WorkloadSpec, STEPS_PER_SECOND,
-};
-use crate::cell::{CellResult, Observer};
+use super::{Entry, Fit, Job, PrepareError, Record, WorkloadFamily, WorkloadSpec};
 use crate::datasets::{DataSpec, RawData};
 use crate::report::{Chart, Table};
-use crate::suite::{Ctx, RawOptimizer, SuiteError};
+use crate::spec::{Ctx, RawOptimizer, SuiteError};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::data::Split;
 use randbench_core::optim::Optimizer;
 use randbench_core::stats::{Better, Summary};
 use randbench_core::units::Seconds;
+use randbench_schema::{CellResult, Figure, Measure, MeasureKind, Observer, STEPS_PER_SECOND};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::{Location, Spanned};
 use std::fmt;
@@ -338,10 +335,10 @@ impl WorkloadFamily for Family {
         tables::headline(result, metrics)
     }
 
-    const MEASURES: &'static [MeasureSpec] = &[STEPS_PER_SECOND, LINE_EXAMPLES_PER_SECOND];
+    const MEASURES: &'static [Measure] = &[STEPS_PER_SECOND, LINE_EXAMPLES_PER_SECOND];
 
-    fn measures(m: &Metrics) -> Vec<Measured> {
-        Measured::present([
+    fn measures(m: &Metrics) -> Vec<Figure> {
+        Figure::present([
             (&STEPS_PER_SECOND, m.steps_per_second.map(|s| s.median)),
             (&LINE_EXAMPLES_PER_SECOND, m.line_examples_per_second),
         ])
@@ -353,10 +350,10 @@ pub fn grid(from: f64, to: f64, points: usize) -> Vec<f64> {
     (0..points).map(|i| from + (to - from) * i as f64 / (points - 1) as f64).collect()
 }
 
-const LINE_EXAMPLES_PER_SECOND: MeasureSpec = MeasureSpec {
-    name: "line_examples_per_second",
-    unit: "examples/s",
-    better: Better::Higher,
-    kind: MeasureKind::Speed,
-    threshold: 0.05,
-};
+const LINE_EXAMPLES_PER_SECOND: Measure = Measure::new(
+    "line_examples_per_second",
+    "examples/s",
+    Better::Higher,
+    MeasureKind::Speed,
+    0.05,
+);

@@ -4,8 +4,8 @@
 //! points at once.
 
 use super::{Endpoint, Line, LossSurface, Metrics};
-use crate::cell::{Observer, Progress, Status};
 use crate::families::training::{fits, upload_all, Steps, Trainer};
+use crate::families::Guard;
 use crate::families::{Fit, Job, Record, WorkloadFamily};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::models::init_params;
@@ -14,6 +14,7 @@ use randbench_core::stats::Summary;
 use randbench_core::train::{eval_graph, interpolation_graph, Feed};
 use randbench_core::units::Seconds;
 use randbench_core::HostTensor;
+use randbench_schema::{Observer, Progress, Status};
 use std::time::Instant;
 
 /// Examples per evaluation run of one end point.
@@ -87,7 +88,7 @@ pub fn run<B: Backend>(
     )?)?;
     record.compile_seconds = Some(Seconds(compiling.elapsed().as_secs_f64()));
 
-    let trainer = Trainer::new(b, train, w.timeout)?;
+    let trainer = Trainer::new(b, train, job.guard())?;
     let (vx, vy) = test.tensors();
     let test_dev = (b.upload(&vx)?, b.upload(&vy)?);
     let initial = init_params(&specs, job.seed);
@@ -159,6 +160,11 @@ pub fn run<B: Backend>(
         };
         ends.push((name, t.params, t.diverged_at));
         obs.progress(Progress::Epoch { epoch: ends.len(), of: runs, score: 0.0 });
+    }
+    // A run whose loss stopped being finite makes the cell's outcome diverged, at the first
+    // such step of any run.
+    if let Some(step) = ends.iter().filter_map(|e| e.2).min() {
+        Guard::diverged(record, step);
     }
     m.train_seconds = Seconds(times.iter().sum());
     m.steps_per_second = Summary::of(&times.iter().map(|t| 1.0 / t).collect::<Vec<_>>());

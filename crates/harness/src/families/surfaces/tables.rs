@@ -2,10 +2,10 @@
 //! barriers and distances between end points (a row per line and backend), and speed.
 
 use super::{Family, Fit, Metrics};
-use crate::cell::CellResult;
-use crate::compare::fmt_value;
 use crate::families::Entry;
+use crate::report::fmt_value;
 use crate::report::{first_appearance, Column, Table};
+use randbench_schema::CellResult;
 
 type Row<'a> = Entry<'a, Family>;
 
