@@ -320,9 +320,23 @@ mod tests {
                 matches!(&here.gpus, super::Probe::Absent { why } if why.contains("no NVIDIA driver"))
             );
             assert!(fact(&here, "GPUs").starts_with("none recorded: "));
+        } else {
+            // With a driver: the GPUs it lists, each in the report's line, or why it said none.
+            match &here.gpus {
+                super::Probe::Present { value } => {
+                    for g in value {
+                        assert!(fact(&here, "GPUs").contains(&g.name), "{g:?}");
+                    }
+                }
+                super::Probe::Absent { why } => assert!(!why.contains("no NVIDIA driver"), "{why}"),
+            }
         }
-        if crate::energy::zones(std::path::Path::new(crate::energy::POWERCAP)).is_empty() {
+        let zones = crate::energy::zones(std::path::Path::new(crate::energy::POWERCAP));
+        if zones.is_empty() {
             assert!(fact(&here, "CPU energy (RAPL)").starts_with("absent: no readable RAPL"));
+        } else {
+            // With RAPL: one recorded package per readable zone.
+            assert_eq!(here.rapl.present().map(Vec::len), Some(zones.len()), "{:?}", here.rapl);
         }
         assert_eq!(here.machine(), "ci");
         // A machine with both: what NVML and the kernel said, in the report's lines.

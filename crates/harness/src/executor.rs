@@ -459,6 +459,12 @@ pub fn child_main() -> Result<(), ChildError> {
         artifacts: req.artifacts.as_deref(),
     };
     let result = InProcess.execute(&job, &mut MessageObserver);
+    // The robustness tests' schema mismatch: a line the parent cannot read as a message.
+    #[cfg(feature = "test-faults")]
+    if crate::fault::wants("message", &req.cell) {
+        let mut out = channel().lock().unwrap_or_else(|e| e.into_inner());
+        out.write_all(b"{\"result\": 42}\n")?;
+    }
     send(&Message::Result(Box::new(result)))?;
     Ok(())
 }

@@ -178,3 +178,39 @@ fn postgres_history_flags_the_slowed_run_and_ingests_once() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// What `--db` gets wrong is bad input (exit 2, one line), never a panic or a failure of the
+/// history: a URL with `@` before `://`, a file that is not a database; and a run whose
+/// environment file is damaged is named.
+#[test]
+fn bad_history_input_is_named_and_exits_2() {
+    let dir = common::scratch("history", "bad-db");
+    let run = run_tiny(&dir, "run", &[], &[]);
+    let run = run.to_str().unwrap();
+    let not_db = dir.join("notes.txt");
+    std::fs::write(&not_db, "these are not the droids you are looking for\n".repeat(200)).unwrap();
+    let cases = [
+        ("user@host://db", "'@' comes before '://'"),
+        ("mysql://host/db", "only postgres://, postgresql:// and sqlite:// URLs"),
+        (not_db.to_str().unwrap(), "not a SQLite database"),
+    ];
+    for (db, words) in cases {
+        let o = randbench(&["ingest", "--db", db, run], &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{db}: {err}");
+        assert!(err.contains(words) && err.lines().count() == 1, "{db}: {err}");
+    }
+    // The file that is not a database is left as it was.
+    assert!(std::fs::read_to_string(&not_db).unwrap().starts_with("these are not"));
+
+    std::fs::write(Path::new(run).join("environment.json"), "{\"randbench_version\": ").unwrap();
+    let db = dir.join("h.sqlite");
+    let o = randbench(&["ingest", "--db", db.to_str().unwrap(), run], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("environment.json: damaged environment file"), "{err}");
+    let o = randbench(&["report", run], &[]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("environment.json: damaged, so the report says nothing of the machine"));
+}

@@ -79,6 +79,17 @@ fn a_segfault_an_abort_or_an_oom_costs_one_cell_and_the_run_goes_on() {
 }
 
 #[test]
+fn a_line_from_a_cell_that_is_no_message_is_a_protocol_error_naming_it() {
+    let (o, r) = run_with_fault("message", "message", "");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(r[0]["status"], "ok");
+    assert_eq!(r[1]["status"], "error", "{}", r[1]);
+    let err = r[1]["error"].as_str().unwrap();
+    assert!(err.contains("sent a message randbench cannot read"), "{err}");
+    assert!(err.contains(r#"{"result": 42}"#), "{err}");
+}
+
+#[test]
 fn a_hanging_cell_is_killed_at_its_timeout() {
     let start = Instant::now();
     let (o, r) = run_with_fault("hang", "hang", "      timeout: 2\n");
