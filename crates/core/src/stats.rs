@@ -24,9 +24,10 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// `None` for an empty sample; NaNs are ignored.
+    /// `None` for an empty sample; values that are not finite are ignored (a rate over a step
+    /// the clock could not resolve is infinite, and a summary must be written as a number).
     pub fn of(xs: &[f64]) -> Option<Self> {
-        let mut v: Vec<f64> = xs.iter().copied().filter(|x| !x.is_nan()).collect();
+        let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
         if v.is_empty() {
             return None;
         }

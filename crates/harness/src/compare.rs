@@ -199,7 +199,16 @@ pub fn compare(
     let (base_results, cur_results, info) = (base.results, cur.results, cur.info);
     let mut skipped = base.skipped;
     skipped.extend(cur.skipped);
-    let known: Vec<String> = first_names(&base_results, &cur_results);
+    let mut known: Vec<String> = first_names(&base_results, &cur_results);
+    // Figures the runs' families may report that no cell reached (a target never met).
+    let catalogued = (cur_results.iter().chain(&base_results))
+        .flat_map(|r| catalogue.measures(&r.metrics.family))
+        .chain(info.iter().flat_map(|i| i.measures.clone()));
+    for m in catalogued {
+        if !known.iter().any(|k| *k == m.name) {
+            known.push(m.name.to_string());
+        }
+    }
     if let Some(name) = thresholds.keys().find(|n| !known.contains(n)) {
         return Err(CompareError::UnknownFigure { name: name.clone(), known });
     }

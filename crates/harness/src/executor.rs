@@ -59,20 +59,21 @@ pub struct ChildProcess;
 const MATCHED: &str = "the pre-flight matched every cell to its workload's family";
 
 impl<'a> CellJob<'a> {
-    /// What the family needs of the job.
-    fn run(&self) -> CellRun<'a> {
+    /// What the family needs of the job, which started at `started`.
+    fn run(&self, started: Instant) -> CellRun<'a> {
         CellRun {
             suite: &self.suite.name,
             workload: self.workload,
             data: self.data,
             cell: self.cell,
             artifacts: self.artifacts,
+            started,
         }
     }
 
     /// The result of this cell that measured nothing, to be filled in.
     fn result(&self, info: BackendInfo, status: Status, error: Option<String>) -> CellResult {
-        let unmeasured = families::unmeasured(&self.run()).expect(MATCHED);
+        let unmeasured = families::unmeasured(&self.run(Instant::now())).expect(MATCHED);
         let (metrics, _) = unmeasured.seal().expect("a cell's set-up values are finite");
         CellResult {
             schema: SCHEMA_VERSION,
@@ -116,6 +117,7 @@ impl Executor for InProcess {
         struct Visit<'a, 'j> {
             job: &'a CellJob<'j>,
             obs: &'a mut dyn Observer,
+            started: Instant,
         }
         impl BackendVisitor for Visit<'_, '_> {
             type Out = CellResult;
@@ -126,7 +128,7 @@ impl Executor for InProcess {
                 let mut result = job.result(b.info(), Status::Error, None);
                 let watches = watch::start(Scope::CellProcess, job.cell.backend.device);
                 let mut record = Record::default();
-                let outcome = families::run_cell(b, &job.run(), &mut record, self.obs);
+                let outcome = families::run_cell(b, &job.run(self.started), &mut record, self.obs);
                 watch::record(watches, &mut result);
                 result.status = record.status;
                 result.compile_seconds = record.compile_seconds;
@@ -150,7 +152,9 @@ impl Executor for InProcess {
                 result
             }
         }
-        with_backend(job.cell.backend, job.grad, Visit { job, obs })
+        // The cell's clock starts before its engine opens: opening counts against its timeout.
+        let started = Instant::now();
+        with_backend(job.cell.backend, job.grad, Visit { job, obs, started })
             .unwrap_or_else(|e| failed(job, BackendInfo::default(), status_of(&e), e.to_string()))
     }
 }
@@ -215,7 +219,13 @@ impl Executor for ChildProcess {
         // print on stdout joins stderr, the cell's last words.
         unsafe {
             command.pre_exec(move || {
-                if libc::dup2(fd, MESSAGE_FD) < 0 || libc::dup2(2, 1) < 0 {
+                // dup2 onto itself keeps close-on-exec: clear it by hand then.
+                let copied = if fd == MESSAGE_FD {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, MESSAGE_FD)
+                };
+                if copied < 0 || libc::dup2(2, 1) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -247,16 +257,13 @@ impl Executor for ChildProcess {
             }
             let _ = tx.send(None);
         });
-        let mut stderr = child.stderr.take().expect("piped");
-        let errors = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
-        });
+        let stderr = child.stderr.take().expect("piped");
+        let errors = Tail::read(stderr);
         let start = Instant::now();
         let timeout = job.workload.timeout().map(|t| Duration::from_secs_f64(t.0));
         let (mut result, mut killed_for_time, mut forwarded) = (None, false, false);
         let mut protocol: Option<ProtocolError> = None;
+        let mut exited: Option<Instant> = None;
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(Some(line)) => match serde_json::from_str::<Message>(&line) {
@@ -279,16 +286,31 @@ impl Executor for ChildProcess {
                 let _ = child.kill();
                 killed_for_time = true;
             }
+            // A process the cell started may hold the pipe open after the cell's own exit:
+            // what the cell wrote arrives within the grace, and nothing waits longer.
+            if exited.is_none() && matches!(child.try_wait(), Ok(Some(_))) {
+                exited = Some(Instant::now());
+            }
+            if exited.is_some_and(|t| t.elapsed() > EXIT_GRACE) {
+                break;
+            }
         }
         let status = child.wait();
-        let _ = reader.join();
-        let stderr = errors.join().unwrap_or_default();
+        drop(reader);
+        let stderr = errors.text();
         let tail = last_lines(&stderr, 3);
-        if let Some(p) = protocol {
-            return failed(Status::Error, format!("{p}{tail}"));
-        }
-        if let Some(r) = result {
-            return r;
+        match (result, protocol) {
+            (Some(r), None) => return r,
+            // The result read: keep it, and say what else came that did not.
+            (Some(mut r), Some(p)) => {
+                r.error = Some(match r.error.take() {
+                    Some(e) => format!("{e}; {p}"),
+                    None => p.to_string(),
+                });
+                return r;
+            }
+            (None, Some(p)) => return failed(Status::Error, format!("{p}{tail}")),
+            (None, None) => {}
         }
         if let Err(e) = sent {
             return failed(
@@ -328,6 +350,37 @@ fn message_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: both descriptors are open and owned by nothing else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// How long the parent reads a cell's pipes after its process ended.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// The last bytes a child wrote on stderr (where its stdout goes too): native libraries can
+/// print without end, and only the last words are reported.
+struct Tail(std::sync::Arc<Mutex<std::collections::VecDeque<u8>>>);
+
+impl Tail {
+    const KEEP: usize = 64 << 10;
+
+    fn read(mut from: impl Read + Send + 'static) -> Tail {
+        let kept = std::sync::Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let into = std::sync::Arc::clone(&kept);
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n @ 1..) = from.read(&mut chunk) {
+                let mut k = into.lock().unwrap_or_else(|e| e.into_inner());
+                k.extend(&chunk[..n]);
+                let over = k.len().saturating_sub(Self::KEEP);
+                k.drain(..over);
+            }
+        });
+        Tail(kept)
+    }
+
+    fn text(&self) -> String {
+        let k = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&k.iter().copied().collect::<Vec<u8>>()).into_owned()
+    }
 }
 
 /// A line on the message pipe that is not a message: the two sides disagree on the schema.
@@ -394,9 +447,15 @@ fn channel() -> &'static Mutex<Box<dyn Write + Send>> {
     CHANNEL.get_or_init(|| {
         let out: Box<dyn Write + Send> = match std::env::var(MESSAGE_FD_VAR) {
             Ok(v) if v == MESSAGE_FD.to_string() => {
+                // Processes this one starts (a native library's helpers) must not inherit the
+                // pipe, or the parent would wait on them for the end of our messages.
+                std::env::remove_var(MESSAGE_FD_VAR);
                 // SAFETY: the parent opened this descriptor for us (see `message_pipe`), and
-                // nothing else in this process uses it.
-                Box::new(unsafe { std::fs::File::from_raw_fd(MESSAGE_FD) })
+                // nothing else in this process uses it; fcntl only sets its close-on-exec flag.
+                unsafe {
+                    libc::fcntl(MESSAGE_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+                    Box::new(std::fs::File::from_raw_fd(MESSAGE_FD))
+                }
             }
             _ => Box::new(std::io::stdout()),
         };
@@ -439,6 +498,8 @@ pub enum ChildError {
 
 /// The child's side: reads the request, runs the cell here and writes its result.
 pub fn child_main() -> Result<(), ChildError> {
+    // Takes the message pipe now, before anything could start a process that inherits it.
+    channel();
     let mut text = String::new();
     std::io::stdin().read_to_string(&mut text).map_err(|e| ChildError::Request(e.to_string()))?;
     let req: CellRequest =

@@ -1,6 +1,7 @@
 //! randbench: runs the workloads of suites on every backend, writes results and reports.
 //!
-//! Modules in layers, each importing only those of lower layers (`tests/layers.rs` checks it):
+//! Modules in layers, each importing only its own layer and those it stands on
+//! (`tests/layers.rs` checks it; analysis stands on the machine and reports, not workloads):
 //! 1. the process and machine: `sys`, `slowdown`, `probe`, `compiled`, `datasets`, `nvml`,
 //!    `energy`, `env`, `watch`;
 //! 2. reports: `report` (tables, charts, renderers, value formatting);

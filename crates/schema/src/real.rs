@@ -5,7 +5,7 @@
 //! written before the schema had a version hold where a value was not finite).
 //!
 //! Use with `#[serde(with = "randbench_schema::real")]` on an `f64`, or the submodules for
-//! `f32`, `Option<f64>` and vectors.
+//! `Option<f64>` and `Vec<f32>`.
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
@@ -87,22 +87,6 @@ impl<'de> Deserialize<'de> for Real {
     }
 }
 
-/// `f32` (a loss as an engine computed it).
-pub mod f32 {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
-        match label(*x as f64) {
-            Some(l) => s.serialize_str(l),
-            None => s.serialize_f32(*x),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
-        super::deserialize(d).map(|x| x as f32)
-    }
-}
-
 /// `Option<f64>`: `None` is `null`, so a `null` reads as `None` here, never as NaN.
 pub mod option {
     use super::*;
@@ -119,31 +103,27 @@ pub mod option {
     }
 }
 
-/// `Vec<f64>`.
-pub mod vec {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(xs: &[f64], s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(xs.len()))?;
-        for x in xs {
-            seq.serialize_element(&Real(*x))?;
-        }
-        seq.end()
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
-        Vec::<Real>::deserialize(d).map(|v| v.into_iter().map(|r| r.0).collect())
-    }
-}
-
 /// `Vec<f32>`.
 pub mod vec_f32 {
     use super::*;
 
+    /// One f32, finite ones as themselves (widened to f64 they would print 0.1 as
+    /// 0.10000000149011612).
+    struct Real32(f32);
+
+    impl Serialize for Real32 {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match label(self.0 as f64) {
+                Some(l) => s.serialize_str(l),
+                None => s.serialize_f32(self.0),
+            }
+        }
+    }
+
     pub fn serialize<S: Serializer>(xs: &[f32], s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(xs.len()))?;
         for x in xs {
-            seq.serialize_element(&Real(*x as f64))?;
+            seq.serialize_element(&Real32(*x))?;
         }
         seq.end()
     }
@@ -175,13 +155,14 @@ mod tests {
 
     #[test]
     fn non_finite_numbers_survive_json() {
-        let l = Line { x: f64::NAN, o: Some(f64::NEG_INFINITY), v: vec![1.5, f32::INFINITY] };
+        let l = Line { x: f64::NAN, o: Some(f64::NEG_INFINITY), v: vec![0.1, f32::INFINITY] };
         let text = serde_json::to_string(&l).unwrap();
-        assert_eq!(text, r#"{"x":"NaN","o":"-inf","v":[1.5,"inf"]}"#);
+        // An f32 prints as the shortest text that reads back as it, not as its f64 widening.
+        assert_eq!(text, r#"{"x":"NaN","o":"-inf","v":[0.1,"inf"]}"#);
         let back: Line = serde_json::from_str(&text).unwrap();
         assert!(back.x.is_nan());
         assert_eq!(back.o, Some(f64::NEG_INFINITY));
-        assert_eq!(back.v, vec![1.5, f32::INFINITY]);
+        assert_eq!(back.v, vec![0.1, f32::INFINITY]);
     }
 
     #[test]

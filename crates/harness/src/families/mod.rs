@@ -167,6 +167,8 @@ pub struct CellRun<'a> {
     pub cell: &'a Cell,
     /// Where a cell may write files of its own (a learned optimizer's weights); none in tests.
     pub artifacts: Option<&'a std::path::Path>,
+    /// When the cell started in the process that runs it, before its engine opened.
+    pub started: std::time::Instant,
 }
 
 /// Why a cell cannot be run or read as its family's: its variant or metrics belong to another
@@ -184,15 +186,17 @@ fn typed<T: DeserializeOwned>(t: &Tagged) -> Result<T, UpgradeError> {
         .map_err(|source| UpgradeError::Metrics { family: t.family.clone(), source })
 }
 
-fn untyped<T: Serialize>(key: &str, v: &T) -> Tagged {
-    Tagged::new(key, serde_json::to_value(v).expect("a family's values serialize"))
+fn untyped<T: Serialize>(key: &str, v: &T) -> Result<Tagged, UpgradeError> {
+    serde_json::to_value(v)
+        .map(|value| Tagged::new(key, value))
+        .map_err(|source| UpgradeError::Metrics { family: key.to_string(), source })
 }
 
 /// A family's metrics as a line holds them, checked to read back: a value serde_json cannot
 /// write (NaN in a field not marked `randbench_schema::real`) would otherwise make the line
 /// unreadable.
 fn sealed<F: WorkloadFamily>(m: &F::Metrics) -> Result<Tagged, UpgradeError> {
-    let t = untyped(F::KEY, m);
+    let t = untyped(F::KEY, m)?;
     typed::<F::Metrics>(&t).map(|_| t)
 }
 
@@ -282,7 +286,8 @@ macro_rules! families {
             /// As a result line names it.
             pub fn to_tagged(&self) -> Tagged {
                 match self {
-                    $(Variant::$variant(v) => untyped(<$module::Family as WorkloadFamily>::KEY, v),)*
+                    $(Variant::$variant(v) => untyped(<$module::Family as WorkloadFamily>::KEY, v)
+                        .expect("variants hold names and suite values, which serialize"),)*
                 }
             }
 
@@ -307,12 +312,10 @@ macro_rules! families {
 
             /// As a result line holds them, with the figures read off them.
             pub fn seal(&self) -> Result<(Tagged, Vec<Figure>), UpgradeError> {
-                match self {
-                    $(Metrics::$variant(m) => Ok((
-                        sealed::<$module::Family>(m)?,
-                        <$module::Family as WorkloadFamily>::measures(m),
-                    )),)*
-                }
+                let tagged = match self {
+                    $(Metrics::$variant(m) => sealed::<$module::Family>(m)?,)*
+                };
+                Ok((tagged, self.figures()))
             }
 
             /// The figures of these metrics.
@@ -334,7 +337,7 @@ macro_rules! families {
             #[allow(unreachable_patterns)]
             match (job.workload, job.data, &variant) {
                 $((Workload::$variant(w), Data::$variant(d), Variant::$variant(v)) => {
-                    let job = Job { suite: job.suite, workload: w, data: d, seed: job.cell.seed, variant: v, artifacts: job.artifacts, started: std::time::Instant::now() };
+                    let job = Job { suite: job.suite, workload: w, data: d, seed: job.cell.seed, variant: v, artifacts: job.artifacts, started: job.started };
                     Ok(<$module::Family as WorkloadFamily>::run(b, &job, record, obs).map(Metrics::$variant))
                 })*
                 _ => Err(Mismatch::Family { variant: job.cell.variant.family.clone() }),
@@ -347,7 +350,7 @@ macro_rules! families {
             #[allow(unreachable_patterns)]
             match (job.workload, job.data, &variant) {
                 $((Workload::$variant(w), Data::$variant(d), Variant::$variant(v)) => {
-                    let job = Job { suite: job.suite, workload: w, data: d, seed: job.cell.seed, variant: v, artifacts: job.artifacts, started: std::time::Instant::now() };
+                    let job = Job { suite: job.suite, workload: w, data: d, seed: job.cell.seed, variant: v, artifacts: job.artifacts, started: job.started };
                     Ok(Metrics::$variant(<$module::Family as WorkloadFamily>::unmeasured(&job)))
                 })*
                 _ => Err(Mismatch::Family { variant: job.cell.variant.family.clone() }),

@@ -144,7 +144,9 @@ pub struct Endpoint {
 pub struct Line {
     pub a: String,
     pub b: String,
-    /// Euclidean distance between the two parameter vectors.
+    /// Euclidean distance between the two parameter vectors (not finite where a run's last
+    /// update blew its weights up).
+    #[serde(with = "randbench_schema::real")]
     pub distance: f64,
     pub alphas: Vec<f64>,
     pub train: Vec<Fit>,
