@@ -297,7 +297,7 @@ impl Executor for ChildProcess {
         }
         let status = child.wait();
         drop(reader);
-        let stderr = errors.text();
+        let stderr = errors.text(EXIT_GRACE);
         let tail = last_lines(&stderr, 3);
         match (result, protocol) {
             (Some(r), None) => return r,
@@ -357,7 +357,11 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// The last bytes a child wrote on stderr (where its stdout goes too): native libraries can
 /// print without end, and only the last words are reported.
-struct Tail(std::sync::Arc<Mutex<std::collections::VecDeque<u8>>>);
+struct Tail {
+    kept: std::sync::Arc<Mutex<std::collections::VecDeque<u8>>>,
+    /// Hears when the stream ended.
+    ended: mpsc::Receiver<()>,
+}
 
 impl Tail {
     const KEEP: usize = 64 << 10;
@@ -365,6 +369,7 @@ impl Tail {
     fn read(mut from: impl Read + Send + 'static) -> Tail {
         let kept = std::sync::Arc::new(Mutex::new(std::collections::VecDeque::new()));
         let into = std::sync::Arc::clone(&kept);
+        let (tx, ended) = mpsc::channel();
         std::thread::spawn(move || {
             let mut chunk = [0u8; 8192];
             while let Ok(n @ 1..) = from.read(&mut chunk) {
@@ -373,12 +378,17 @@ impl Tail {
                 let over = k.len().saturating_sub(Self::KEEP);
                 k.drain(..over);
             }
+            let _ = tx.send(());
         });
-        Tail(kept)
+        Tail { kept, ended }
     }
 
-    fn text(&self) -> String {
-        let k = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// What was kept once the stream ended, or after `wait` where something the child started
+    /// still holds it open: its last words (an allocator's message) may still be in the pipe
+    /// when the child's exit is seen.
+    fn text(&self, wait: Duration) -> String {
+        let _ = self.ended.recv_timeout(wait);
+        let k = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         String::from_utf8_lossy(&k.iter().copied().collect::<Vec<u8>>()).into_owned()
     }
 }
