@@ -11,7 +11,8 @@ use randbench_core::stats::{self, Outliers, Summary};
 use randbench_schema::group::{busy_warning, by_cell, figures};
 use randbench_schema::{CellResult, MeasureKind, Status};
 
-/// The report of a run's results: tables, charts, and the warnings given.
+/// The report of a run's results: each workload's family tables and charts, then the rounds
+/// and parity tables and the speed and memory charts, and the warnings given.
 pub fn document<'a>(
     suite: &'a str,
     env: Option<&'a Environment>,
@@ -19,45 +20,23 @@ pub fn document<'a>(
     results: &[CellResult],
     warnings: Vec<String>,
 ) -> Document<'a> {
-    Document {
-        suite,
-        env,
-        dir: Some(dir),
-        tables: tables(results),
-        charts: charts(results),
-        warnings,
+    let (mut tables, mut charts) = (Vec::new(), Vec::new());
+    for w in first_appearance(results.iter().map(|r| r.cell.workload.as_str())) {
+        let mine: Vec<&CellResult> = results.iter().filter(|r| r.cell.workload == w).collect();
+        let (t, c) = families::presentation(&mine);
+        tables.extend(t);
+        charts.extend(c);
     }
+    tables.extend(rounds_table(results));
+    tables.extend(parity_table(results));
+    charts.extend(speed_charts(results));
+    charts.extend(memory_chart(results));
+    Document { suite, env, dir: Some(dir), tables, charts, warnings }
 }
 
 /// Two backends' losses at a step agree when |a − b| ≤ PARITY_ABS + PARITY_REL·|a|.
 pub const PARITY_REL: f64 = 1e-3;
 pub const PARITY_ABS: f64 = 1e-5;
-
-/// The report's tables: each workload's family tables, then the parity table.
-pub fn tables(results: &[CellResult]) -> Vec<Table> {
-    let workloads = first_appearance(results.iter().map(|r| r.cell.workload.as_str()));
-    let mut out: Vec<Table> = Vec::new();
-    for w in workloads {
-        let mine: Vec<&CellResult> = results.iter().filter(|r| r.cell.workload == w).collect();
-        out.extend(families::presentation(&mine).0);
-    }
-    out.extend(rounds_table(results));
-    out.extend(parity_table(results));
-    out
-}
-
-/// The report's charts: each workload's family charts, then speed and memory per cell.
-pub fn charts(results: &[CellResult]) -> Vec<Chart> {
-    let workloads = first_appearance(results.iter().map(|r| r.cell.workload.as_str()));
-    let mut out: Vec<Chart> = Vec::new();
-    for w in &workloads {
-        let mine: Vec<&CellResult> = results.iter().filter(|r| r.cell.workload == *w).collect();
-        out.extend(families::presentation(&mine).1);
-    }
-    out.extend(speed_charts(results));
-    out.extend(memory_chart(results));
-    out
-}
 
 /// Each speed figure's median per cell, with the 95% bootstrap interval of the median over
 /// the rounds where there are two or more.

@@ -362,17 +362,12 @@ macro_rules! families {
         pub fn presentation(results: &[&CellResult]) -> (Vec<Table>, Vec<Chart>) {
             let mut out = (Vec::new(), Vec::new());
             $(
-                let typed: Vec<(&CellResult, <$module::Family as WorkloadFamily>::Variant, <$module::Family as WorkloadFamily>::Metrics)> = results
+                let read: Vec<(&CellResult, <$module::Family as WorkloadFamily>::Variant, <$module::Family as WorkloadFamily>::Metrics)> = results
                     .iter()
-                    .filter_map(|r| match (Variant::of(&r.cell.variant), Metrics::of(r)) {
-                        (Ok(Variant::$variant(variant)), Ok(Metrics::$variant(metrics))) => {
-                            Some((*r, variant, metrics))
-                        }
-                        #[allow(unreachable_patterns)]
-                        _ => None,
-                    })
+                    .filter(|r| r.metrics.family == <$module::Family as WorkloadFamily>::KEY)
+                    .filter_map(|r| Some((*r, typed(&r.cell.variant).ok()?, typed(&r.metrics).ok()?)))
                     .collect();
-                let mine: Vec<Entry<$module::Family>> = typed
+                let mine: Vec<Entry<$module::Family>> = read
                     .iter()
                     .map(|(result, variant, metrics)| Entry { result, variant, metrics })
                     .collect();
@@ -386,17 +381,13 @@ macro_rules! families {
 
         /// Every figure any family reports, each name once (families share some).
         pub fn all_measures() -> impl Iterator<Item = &'static Measure> {
-            let mut seen: Vec<&'static str> = Vec::new();
+            let mut seen: Vec<&'static Measure> = Vec::new();
             [$(<$module::Family as WorkloadFamily>::MEASURES,)*]
                 .into_iter()
                 .flatten()
                 .filter(move |m| {
-                    let name: &'static str = match &m.name {
-                        std::borrow::Cow::Borrowed(n) => n,
-                        std::borrow::Cow::Owned(_) => unreachable!("families declare their measures as constants"),
-                    };
-                    let new = !seen.contains(&name);
-                    seen.push(name);
+                    let new = !seen.iter().any(|s| s.name == m.name);
+                    seen.push(m);
                     new
                 })
         }
