@@ -235,6 +235,11 @@ pub fn capture(
     }
 }
 
+/// The time now as a file name's part: `20261205-073012`.
+pub fn stamp() -> String {
+    utc_now()[..19].replace([':', '-'], "").replace('T', "-")
+}
+
 /// The current time in UTC as `YYYY-MM-DDTHH:MM:SS.mmmZ` (milliseconds: runs that start
 /// within one second still sort in order in the history).
 pub fn utc_now() -> String {

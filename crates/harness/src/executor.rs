@@ -419,6 +419,12 @@ fn classify(s: ExitStatus, stderr: &str) -> (Status, String) {
         (Some(libc::SIGINT), _) => {
             (Status::Interrupted, "stopped by Ctrl-C before its cell began".into())
         }
+        // A scheduler stopping the task (Slurm's scancel or time limit, Kubernetes) sends
+        // SIGTERM to every process of it; the parent forwards a SIGINT too, and a child that
+        // has both exits at once (130 and 143 are randbench's own exits on a second signal).
+        (Some(libc::SIGTERM), _) | (None, Some(130 | 143)) => {
+            (Status::Interrupted, "stopped (Ctrl-C or the scheduler) before its result".into())
+        }
         (Some(libc::SIGKILL), _) => (
             Status::Oom,
             "killed by SIGKILL, which nothing in randbench sends: most likely the kernel's \

@@ -8,8 +8,10 @@ use crate::env::{fnv1a, Environment, ENV_FILE};
 use crate::report::{fmt_value, Column, Table};
 use randbench_core::rng::Rng;
 use randbench_core::stats::{self, Verdict};
-use randbench_schema::results::{self, Catalogue, ResultsError, RunInfo};
-use randbench_schema::{CellResult, Measure};
+use randbench_schema::results::{
+    self, write_atomic, Catalogue, ResultsError, RunInfo, RESULTS_FILE, RUN_FILE,
+};
+use randbench_schema::{Cell, CellResult, Measure, Shard, Status};
 use std::path::{Path, PathBuf};
 
 /// Why a `--db` value that is not a PostgreSQL URL is no file path either: another scheme, or
@@ -68,12 +70,29 @@ pub enum HistoryError {
     UnknownFigure { name: String, known: Vec<String> },
     #[error("{db}: no stored values of {figure} match; `randbench ingest DIR` stores runs")]
     NoValues { db: String, figure: String },
+    #[error("{db}: no run {run}; {}", if known.is_empty() { "the history holds no run yet".to_string() } else { format!("the latest runs there: {}", known.join(", ")) })]
+    UnknownRun { db: String, run: String, known: Vec<String> },
+    #[error("--db {db}: no such file; `randbench run --db` or `randbench ingest` makes a history")]
+    NoHistory { db: String },
+    #[error("run {run} is in {had} shards; give `submit --shards {had}` or `run --shard I/{had}` (another count shares its experiments out differently)")]
+    ShardCount { run: String, had: usize },
+    #[error("{}: cannot write the gathered run: {source}", path.display())]
+    WriteRun { path: PathBuf, source: std::io::Error },
+    #[error(
+        "{db}: run {run} has no results yet; `randbench status {run} --db {db}` shows its shards"
+    )]
+    NoResults { db: String, run: String },
 }
 
 impl HistoryError {
     /// Whether the user gave something wrong (exit 2), rather than the database failing.
     pub fn is_input(&self) -> bool {
-        !matches!(self, HistoryError::Sqlite { .. } | HistoryError::Postgres { .. })
+        !matches!(
+            self,
+            HistoryError::Sqlite { .. }
+                | HistoryError::Postgres { .. }
+                | HistoryError::WriteRun { .. }
+        )
     }
 }
 
@@ -144,10 +163,40 @@ CREATE TABLE IF NOT EXISTS figures (
     value DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (run, workload, variant, seed, backend, round, figure)
 );
+CREATE TABLE IF NOT EXISTS shards (
+    run TEXT NOT NULL REFERENCES runs (id),
+    shard BIGINT NOT NULL,
+    shards BIGINT NOT NULL,
+    machine TEXT NOT NULL REFERENCES machines (fingerprint),
+    host TEXT,
+    started_at TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    info TEXT NOT NULL,
+    PRIMARY KEY (run, shard)
+);
+CREATE TABLE IF NOT EXISTS planned (
+    run TEXT NOT NULL REFERENCES runs (id),
+    shard BIGINT NOT NULL,
+    workload TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    seed BIGINT NOT NULL,
+    backend TEXT NOT NULL,
+    round BIGINT NOT NULL,
+    PRIMARY KEY (run, workload, variant, seed, backend, round)
+);
+CREATE TABLE IF NOT EXISTS submissions (
+    run TEXT NOT NULL,
+    scheduler TEXT NOT NULL,
+    job TEXT NOT NULL,
+    shards BIGINT NOT NULL,
+    suite TEXT NOT NULL,
+    submitted_at TEXT NOT NULL,
+    PRIMARY KEY (run, job)
+);
 ";
 
 /// Hides the password of a `postgres://user:password@host/db` URL.
-fn shown(url: &str) -> String {
+pub fn shown(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s + 3 && url[s + 3..at].contains(':') => {
             let colon = s + 3 + url[s + 3..at].find(':').expect("checked");
@@ -158,6 +207,17 @@ fn shown(url: &str) -> String {
 }
 
 impl Db {
+    /// Opens a history that must be there already: a SQLite file that does not exist is an
+    /// error, not a new, empty history (for commands that only read, or resume).
+    pub fn open_existing(url: &str) -> Result<Db, HistoryError> {
+        let sqlite = !url.starts_with("postgres://") && !url.starts_with("postgresql://");
+        let path = Path::new(url.strip_prefix("sqlite://").unwrap_or(url));
+        if sqlite && not_a_path(url).is_none() && !path.exists() {
+            return Err(HistoryError::NoHistory { db: url.to_string() });
+        }
+        Db::open(url)
+    }
+
     /// Opens (and creates, the first time) the history at `url`: a `postgres://` or
     /// `postgresql://` URL, else a SQLite file (`sqlite://PATH` or a plain path).
     pub fn open(url: &str) -> Result<Db, HistoryError> {
@@ -260,21 +320,52 @@ impl Db {
         let read = results::read(dir, catalogue)?;
         let (results, skipped) = (read.results, read.skipped);
         let info = RunInfo::read(dir)?;
-        let run = format!("{:016x}", fnv1a(env_text.as_bytes()));
+        let run = match info.as_ref().and_then(|i| i.run_id.clone()) {
+            Some(id) => id,
+            None => env_run_id(&env_text),
+        };
         let suite = info
             .as_ref()
             .map(|i| i.suite.clone())
             .or_else(|| results.first().map(|r| r.suite.clone()))
             .unwrap_or_default();
         let rounds = info.as_ref().map_or(1, |i| i.rounds) as i64;
-        self.batch("BEGIN")?;
-        let stored = self.store(&run, &env, &env_text, &suite, rounds, &results);
-        match stored {
-            Ok(added) => {
-                self.batch("COMMIT")?;
-                let skipped = skipped.iter().map(ToString::to_string).collect();
-                Ok(Ingested { run, added_cells: added.0, added_figures: added.1, skipped })
+        let added = self.transaction(|db| {
+            db.store_run(&run, &env, &env_text, &suite, rounds)?;
+            if let Some(info) = info.as_ref().filter(|i| i.shard.is_some()) {
+                db.store_shard(&run, info, &env, &env_text, &[])?;
             }
+            let (mut cells, mut figures) = (0, 0);
+            for r in &results {
+                let (c, f) = db.store_cell(&run, r)?;
+                cells += c;
+                figures += f;
+            }
+            Ok((cells, figures))
+        })?;
+        let skipped = skipped.iter().map(ToString::to_string).collect();
+        Ok(Ingested { run, added_cells: added.0, added_figures: added.1, skipped })
+    }
+
+    /// Runs `f` in one transaction, rolled back if it fails. SQLite's takes the write lock at
+    /// once, so concurrent writers wait on the busy timeout instead of failing as deadlocked.
+    fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, HistoryError>,
+    ) -> Result<T, HistoryError> {
+        let begin = match self.conn {
+            Conn::Sqlite(_) => "BEGIN IMMEDIATE",
+            Conn::Postgres(_) => "BEGIN",
+        };
+        self.batch(begin)?;
+        match f(self) {
+            Ok(out) => match self.batch("COMMIT") {
+                Ok(()) => Ok(out),
+                Err(e) => {
+                    let _ = self.batch("ROLLBACK");
+                    Err(e)
+                }
+            },
             Err(e) => {
                 let _ = self.batch("ROLLBACK");
                 Err(e)
@@ -282,17 +373,16 @@ impl Db {
         }
     }
 
-    fn store(
+    /// The run's row (and its machine's), unless it is there already: the first shard to
+    /// start describes a sharded run.
+    fn store_run(
         &mut self,
         run: &str,
         env: &Environment,
         env_text: &str,
         suite: &str,
         rounds: i64,
-        results: &[CellResult],
-    ) -> Result<(u64, u64), HistoryError> {
-        let text = |s: &str| Value::Text(s.to_string());
-        let opt = |s: &Option<String>| s.as_deref().map_or(Value::Null, text);
+    ) -> Result<(), HistoryError> {
         let machine = env.fingerprint();
         self.execute(
             "INSERT INTO machines (fingerprint, hardware) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -304,35 +394,75 @@ impl Db {
             &[
                 text(run),
                 text(&machine),
-                opt(&env.host),
+                optional(&env.host),
                 text(suite),
                 text(&env.started_at),
-                opt(&env.git_commit),
+                optional(&env.git_commit),
                 Value::Int(rounds),
                 text(env_text),
             ],
         )?;
-        let (mut cells, mut figures) = (0, 0);
-        for r in results {
-            let key = [
+        Ok(())
+    }
+
+    /// A shard's row (replaced when the shard starts again on resume) and the cells it plans.
+    fn store_shard(
+        &mut self,
+        run: &str,
+        info: &RunInfo,
+        env: &Environment,
+        env_text: &str,
+        planned: &[(&Cell, usize)],
+    ) -> Result<(), HistoryError> {
+        let shard = info.shard.unwrap_or(Shard { index: 0, count: 1 });
+        let info_text = serde_json::to_string(info).expect("serializable");
+        self.execute(
+            "INSERT INTO shards (run, shard, shards, machine, host, started_at, environment, info) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (run, shard) DO UPDATE SET shards = excluded.shards, \
+             machine = excluded.machine, host = excluded.host, started_at = excluded.started_at, \
+             environment = excluded.environment, info = excluded.info",
+            &[
                 text(run),
-                text(&r.cell.workload),
-                text(&r.cell.variant_label()),
-                Value::Int(r.cell.seed as i64),
-                text(&r.cell.backend.to_string()),
-                Value::Int(r.round as i64),
-            ];
-            let json = serde_json::to_string(r).expect("serializable");
-            let mut args = key.to_vec();
-            args.extend([text(r.status.label()), text(&json)]);
-            cells += self.execute(
-                "INSERT INTO cells (run, workload, variant, seed, backend, round, status, result) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                Value::Int(shard.index as i64),
+                Value::Int(shard.count as i64),
+                text(&env.fingerprint()),
+                optional(&env.host),
+                text(&env.started_at),
+                text(env_text),
+                text(&info_text),
+            ],
+        )?;
+        for (cell, round) in planned {
+            let mut args = cell_key(run, cell, *round).to_vec();
+            args.push(Value::Int(shard.index as i64));
+            self.execute(
+                "INSERT INTO planned (run, workload, variant, seed, backend, round, shard) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
                 &args,
             )?;
-            if !r.status.ran() {
-                continue;
-            }
+        }
+        Ok(())
+    }
+
+    /// One cell's result and its figures; returns the rows added. A cell the history holds as
+    /// interrupted is replaced by its rerun; any other stays as it is (idempotent).
+    fn store_cell(&mut self, run: &str, r: &CellResult) -> Result<(u64, u64), HistoryError> {
+        let key = cell_key(run, &r.cell, r.round);
+        let json = serde_json::to_string(r).expect("serializable");
+        let mut args = key.to_vec();
+        args.extend([text(r.status.label()), text(&json), text(Status::Interrupted.label())]);
+        let cells = self.execute(
+            "INSERT INTO cells (run, workload, variant, seed, backend, round, status, result) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (run, workload, variant, seed, backend, round) DO UPDATE \
+             SET status = excluded.status, result = excluded.result \
+             WHERE cells.status = $9 AND excluded.status <> $9",
+            &args,
+        )?;
+        let mut figures = 0;
+        // Only the figures of the result the history now holds (not of one it kept out).
+        if cells > 0 && r.status.ran() {
             for f in r.figures.iter().filter(|f| f.value.is_finite()) {
                 let mut args = key.to_vec();
                 args.extend([text(f.name()), Value::Real(f.value)]);
@@ -374,32 +504,266 @@ impl Db {
         }
         let mut out = Vec::new();
         for (id, env) in latest {
-            let rows =
-                self.query("SELECT result FROM cells WHERE run = $1", &[Value::Text(id.clone())])?;
-            let mut results = rows
-                .iter()
-                .filter_map(|r| r[0].text())
-                .map(|t| {
-                    let mut r: CellResult =
-                        serde_json::from_str(t).map_err(|source| HistoryError::DamagedStored {
-                            db: self.name.clone(),
-                            run: id.clone(),
-                            what: "result",
-                            source,
-                        })?;
-                    // A result stored before lines carried their figures: the catalogue
-                    // derives them; one it cannot read counts as having none.
-                    if catalogue.upgrade(&mut r).is_err() {
-                        r.figures.clear();
-                    }
-                    Ok(r)
-                })
-                .collect::<Result<Vec<CellResult>, HistoryError>>()?;
-            // In the order the run ran its cells.
-            results.sort_by(|a, b| (a.round, &a.started_at).cmp(&(b.round, &b.started_at)));
+            let results = self.results(&id, catalogue)?;
             out.push(StoredRun { id, env, results });
         }
         Ok(out)
+    }
+
+    /// One run as [`latest_runs`](Self::latest_runs) gives them, for `procure --run`.
+    pub fn stored_run(
+        &mut self,
+        run: &str,
+        catalogue: &dyn Catalogue,
+    ) -> Result<StoredRun, HistoryError> {
+        let rows = self.query("SELECT environment FROM runs WHERE id = $1", &[text(run)])?;
+        let Some(env_text) = rows.first().and_then(|r| r[0].text()) else {
+            return Err(self.unknown_run(run));
+        };
+        let env = self.parse_stored(run, "environment", env_text)?;
+        let results = self.results(run, catalogue)?;
+        Ok(StoredRun { id: run.to_string(), env, results })
+    }
+
+    fn parse_stored<T: serde::de::DeserializeOwned>(
+        &self,
+        run: &str,
+        what: &'static str,
+        text: &str,
+    ) -> Result<T, HistoryError> {
+        serde_json::from_str(text).map_err(|source| HistoryError::DamagedStored {
+            db: self.name.clone(),
+            run: run.to_string(),
+            what,
+            source,
+        })
+    }
+
+    /// A run's results from all its shards, in the order they ran (round, then start).
+    fn results(
+        &mut self,
+        run: &str,
+        catalogue: &dyn Catalogue,
+    ) -> Result<Vec<CellResult>, HistoryError> {
+        let rows = self.query("SELECT result FROM cells WHERE run = $1", &[text(run)])?;
+        let mut results = rows
+            .iter()
+            .filter_map(|r| r[0].text())
+            .map(|t| {
+                let mut r: CellResult = self.parse_stored(run, "result", t)?;
+                // A result stored before lines carried their figures: the catalogue derives
+                // them; one it cannot read counts as having none.
+                if catalogue.upgrade(&mut r).is_err() {
+                    r.figures.clear();
+                }
+                Ok(r)
+            })
+            .collect::<Result<Vec<CellResult>, HistoryError>>()?;
+        results.sort_by(|a, b| (a.round, &a.started_at).cmp(&(b.round, &b.started_at)));
+        Ok(results)
+    }
+
+    /// The error for a run id the history does not hold, naming the latest it does.
+    fn unknown_run(&mut self, run: &str) -> HistoryError {
+        let known = self
+            .query(
+                "SELECT id FROM (SELECT id, started_at AS at FROM runs UNION \
+                 SELECT run, submitted_at FROM submissions) AS k \
+                 GROUP BY id ORDER BY MAX(at) DESC LIMIT 5",
+                &[],
+            )
+            .map(|rows| rows.iter().filter_map(|r| r[0].text().map(str::to_string)).collect())
+            .unwrap_or_default();
+        HistoryError::UnknownRun { db: self.name.clone(), run: run.to_string(), known }
+    }
+
+    /// Whether the history knows this run: started by a shard, or submitted.
+    pub fn check_run(&mut self, run: &str) -> Result<(), HistoryError> {
+        let rows = self.query(
+            "SELECT id FROM runs WHERE id = $1 UNION SELECT run FROM submissions WHERE run = $1",
+            &[text(run)],
+        )?;
+        if rows.is_empty() {
+            return Err(self.unknown_run(run));
+        }
+        Ok(())
+    }
+
+    /// How many shards the run was given (its shards' own count, else its submission's).
+    pub fn shard_count(&mut self, run: &str) -> Result<Option<usize>, HistoryError> {
+        // The shards' own count first: what ran, whatever a submission said.
+        for table in ["shards", "submissions"] {
+            let rows = self.query(
+                &format!("SELECT shards FROM {table} WHERE run = $1 LIMIT 1"),
+                &[text(run)],
+            )?;
+            if let Some(r) = rows.first() {
+                return Ok(Some(int(&r[0]) as usize));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records that a shard starts: the run (if it is the first), the shard, and the cells it
+    /// plans, so that `status` can tell which are missing.
+    pub fn start_shard(
+        &mut self,
+        run: &str,
+        info: &RunInfo,
+        env: &Environment,
+        env_text: &str,
+        planned: &[(&Cell, usize)],
+    ) -> Result<(), HistoryError> {
+        self.transaction(|db| {
+            db.store_run(run, env, env_text, &info.suite, info.rounds as i64)?;
+            db.store_shard(run, info, env, env_text, planned)
+        })
+    }
+
+    /// Stores one cell's result as soon as it exists; idempotent.
+    pub fn record(&mut self, run: &str, r: &CellResult) -> Result<(), HistoryError> {
+        self.transaction(|db| db.store_cell(run, r).map(|_| ()))
+    }
+
+    /// The cells of a run that the history holds as finished (every status but interrupted:
+    /// a crash or a time-out is an answer too), for `--resume`.
+    pub fn finished(&mut self, run: &str) -> Result<Vec<StoredCell>, HistoryError> {
+        let rows = self.query(
+            "SELECT workload, variant, seed, backend, round FROM cells WHERE run = $1 AND status <> $2",
+            &[text(run), text(Status::Interrupted.label())],
+        )?;
+        Ok(rows.iter().map(|r| StoredCell::from_row(r)).collect())
+    }
+
+    /// Records a submission to a scheduler, so that `status` can ask it about the run.
+    pub fn record_submission(&mut self, s: &Submission) -> Result<(), HistoryError> {
+        self.execute(
+            "INSERT INTO submissions (run, scheduler, job, shards, suite, submitted_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            &[
+                text(&s.run),
+                text(&s.scheduler),
+                text(&s.job),
+                Value::Int(s.shards as i64),
+                text(&s.suite),
+                text(&s.submitted_at),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Per shard, the cells planned, finished, failed and missing, and the run's submissions.
+    pub fn status(&mut self, run: &str) -> Result<RunStatus, HistoryError> {
+        self.check_run(run)?;
+        let submissions = self
+            .query(
+                "SELECT scheduler, job, shards, suite, submitted_at FROM submissions \
+                 WHERE run = $1 ORDER BY submitted_at",
+                &[text(run)],
+            )?
+            .iter()
+            .map(|r| Submission {
+                run: run.to_string(),
+                scheduler: r[0].text().unwrap_or("").to_string(),
+                job: r[1].text().unwrap_or("").to_string(),
+                shards: int(&r[2]) as usize,
+                suite: r[3].text().unwrap_or("").to_string(),
+                submitted_at: r[4].text().unwrap_or("").to_string(),
+            })
+            .collect::<Vec<_>>();
+        let started = self.query(
+            "SELECT shard, shards, host, started_at FROM shards WHERE run = $1 ORDER BY shard",
+            &[text(run)],
+        )?;
+        let counts = self.query(
+            "SELECT p.shard, COUNT(*), \
+                    SUM(CASE WHEN c.status IN ($1, $2, $3) THEN 1 ELSE 0 END), \
+                    SUM(CASE WHEN c.status IS NOT NULL AND c.status <> $4 THEN 1 ELSE 0 END) \
+             FROM planned p LEFT JOIN cells c ON c.run = p.run AND c.workload = p.workload \
+                  AND c.variant = p.variant AND c.seed = p.seed AND c.backend = p.backend \
+                  AND c.round = p.round \
+             WHERE p.run = $5 GROUP BY p.shard",
+            // Numbered in the order they appear: SQLite numbers them so.
+            &[
+                text(Status::Ok.label()),
+                text(Status::NoFit.label()),
+                text(Status::Diverged.label()),
+                text(Status::Interrupted.label()),
+                text(run),
+            ],
+        )?;
+        let count = started
+            .first()
+            .map(|r| int(&r[1]) as usize)
+            .or_else(|| submissions.last().map(|s| s.shards))
+            .unwrap_or(1);
+        let shards = (0..count)
+            .map(|index| {
+                let row = started.iter().find(|r| int(&r[0]) as usize == index);
+                let counted = counts.iter().find(|r| int(&r[0]) as usize == index);
+                let (planned, ran, finished) =
+                    counted.map_or((0, 0, 0), |r| (int(&r[1]), int(&r[2]), int(&r[3])));
+                ShardState {
+                    shard: Shard { index, count },
+                    host: row.and_then(|r| r[2].text().map(str::to_string)),
+                    started_at: row.and_then(|r| r[3].text().map(str::to_string)),
+                    planned: planned as usize,
+                    ran: ran as usize,
+                    failed: (finished - ran) as usize,
+                    missing: (planned - finished) as usize,
+                }
+            })
+            .collect();
+        Ok(RunStatus { run: run.to_string(), shards, submissions })
+    }
+
+    /// Writes a run's directory from the history, all shards gathered: `environment.json`
+    /// (the first shard's), `run.json` (the whole run's: no shard) and `results.jsonl`, for
+    /// `report`, `compare` and `export` to read as they read any run.
+    pub fn write_run(
+        &mut self,
+        run: &str,
+        dir: &Path,
+        catalogue: &dyn Catalogue,
+    ) -> Result<usize, HistoryError> {
+        self.check_run(run)?;
+        let results = self.results(run, catalogue)?;
+        if results.is_empty() {
+            return Err(HistoryError::NoResults { db: self.name.clone(), run: run.to_string() });
+        }
+        let first = self.query(
+            "SELECT environment, info FROM shards WHERE run = $1 ORDER BY shard LIMIT 1",
+            &[text(run)],
+        )?;
+        let (env_text, info) = match first.first() {
+            Some(r) => {
+                let mut info: RunInfo =
+                    self.parse_stored(run, "run description", r[1].text().unwrap_or(""))?;
+                info.shard = None;
+                (r[0].text().unwrap_or("").to_string(), Some(info))
+            }
+            None => {
+                let rows =
+                    self.query("SELECT environment FROM runs WHERE id = $1", &[text(run)])?;
+                (rows[0][0].text().unwrap_or("").to_string(), None)
+            }
+        };
+        let write = |file: &str, contents: &str| {
+            write_atomic(&dir.join(file), contents)
+                .map_err(|source| HistoryError::WriteRun { path: dir.join(file), source })
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|source| HistoryError::WriteRun { path: dir.to_path_buf(), source })?;
+        write(ENV_FILE, &env_text)?;
+        if let Some(info) = info {
+            write(RUN_FILE, &serde_json::to_string_pretty(&info).expect("serializable"))?;
+        }
+        let lines: String = results
+            .iter()
+            .map(|r| serde_json::to_string(r).expect("serializable") + "\n")
+            .collect();
+        write(RESULTS_FILE, &lines)?;
+        Ok(results.len())
     }
 
     /// Every stored value of a figure that matches the filter, oldest run first.
@@ -449,6 +813,40 @@ impl Db {
         }
         Ok(out)
     }
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_string())
+}
+
+fn optional(s: &Option<String>) -> Value {
+    s.as_deref().map_or(Value::Null, text)
+}
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::Int(i) => *i,
+        Value::Real(x) => *x as i64,
+        Value::Text(t) => t.parse().unwrap_or(0),
+        Value::Null => 0,
+    }
+}
+
+/// The columns that name a cell of a run: run, workload, variant, seed, backend, round.
+fn cell_key(run: &str, cell: &Cell, round: usize) -> [Value; 6] {
+    [
+        text(run),
+        text(&cell.workload),
+        text(&cell.variant_label()),
+        Value::Int(cell.seed as i64),
+        text(&cell.backend.to_string()),
+        Value::Int(round as i64),
+    ]
+}
+
+/// The history's name for a run without a `--run-id`: a hash of its environment file.
+pub fn env_run_id(env_text: &str) -> String {
+    format!("{:016x}", fnv1a(env_text.as_bytes()))
 }
 
 fn to_sqlite(v: &Value) -> rusqlite::types::Value {
@@ -524,6 +922,73 @@ pub struct StoredRun {
     pub id: String,
     pub env: Environment,
     pub results: Vec<CellResult>,
+}
+
+/// A cell of a run, as the history keys it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredCell {
+    pub workload: String,
+    pub variant: String,
+    pub seed: u64,
+    pub backend: String,
+    pub round: usize,
+}
+
+impl StoredCell {
+    fn from_row(r: &[Value]) -> Self {
+        StoredCell {
+            workload: r[0].text().unwrap_or("").to_string(),
+            variant: r[1].text().unwrap_or("").to_string(),
+            seed: int(&r[2]) as u64,
+            backend: r[3].text().unwrap_or("").to_string(),
+            round: int(&r[4]) as usize,
+        }
+    }
+
+    pub fn is(&self, cell: &Cell, round: usize) -> bool {
+        self.workload == cell.workload
+            && self.variant == cell.variant_label()
+            && self.seed == cell.seed
+            && self.backend == cell.backend.to_string()
+            && self.round == round
+    }
+}
+
+/// A run handed to a scheduler.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Submission {
+    pub run: String,
+    /// `slurm` or `kubernetes`.
+    pub scheduler: String,
+    /// The scheduler's name for it: Slurm's job id, the Kubernetes Job's name.
+    pub job: String,
+    pub shards: usize,
+    pub suite: String,
+    pub submitted_at: String,
+}
+
+/// One shard of a run as the history sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardState {
+    pub shard: Shard,
+    /// Where and when it last started; `None`: not started.
+    pub host: Option<String>,
+    pub started_at: Option<String>,
+    /// Its cells (every round).
+    pub planned: usize,
+    /// Finished with whole measurements (fitted, out of budget, diverged).
+    pub ran: usize,
+    /// Finished without them (crashed, out of memory, timed out, error, unsupported).
+    pub failed: usize,
+    /// Not finished: not run yet, or interrupted.
+    pub missing: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunStatus {
+    pub run: String,
+    pub shards: Vec<ShardState>,
+    pub submissions: Vec<Submission>,
 }
 
 /// What one `ingest` of a directory added.

@@ -9,7 +9,7 @@
 //!    families, the registry), `suite`, `presentation` (a run's report from its lines);
 //! 4. analysis, which reads result lines without the families: `compare`, `history`,
 //!    `procure`, `export`;
-//! 5. running: `backends` (the engines), `fault`, `executor`, `runner`.
+//! 5. running: `backends` (the engines), `fault`, `executor`, `runner`, `fleet` (schedulers).
 //!
 //! The result schema itself is the `randbench-schema` crate, below all of them.
 
@@ -40,4 +40,5 @@ pub mod backends;
 pub mod executor;
 #[cfg(feature = "test-faults")]
 pub mod fault;
+pub mod fleet;
 pub mod runner;

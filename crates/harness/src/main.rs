@@ -6,6 +6,7 @@ use randbench::compare::{self, CompareError, EXIT_SKIPPED_LINES};
 use randbench::executor::{child_main, own_executable, STOP};
 use randbench::export;
 use randbench::families::{self, Registry};
+use randbench::fleet::{self, FleetError, ShardCommand};
 use randbench::history::{self, HistoryError};
 use randbench::procure::{self, ProcureError};
 use randbench::report::{Document, Reporter, Terminal};
@@ -29,6 +30,8 @@ enum CliError {
     Procure(#[from] ProcureError),
     #[error(transparent)]
     Results(#[from] ResultsError),
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
     #[error("{db}: no run of suite {suite}; on each machine run `randbench run {suite} --machine NAME`, then `randbench ingest DIR --db {db}`")]
     NoRun { db: String, suite: String },
     #[error("{flag} {}: {source}", path.display())]
@@ -40,6 +43,7 @@ impl CliError {
         let input = match self {
             CliError::Run(e) => e.is_input(),
             CliError::History(e) => e.is_input(),
+            CliError::Fleet(e) => e.is_input(),
             CliError::Compare(_) | CliError::Procure(_) | CliError::Results(_) => true,
             CliError::NoRun { .. } => true,
             CliError::Write { .. } => false,
@@ -126,6 +130,33 @@ enum Command {
         /// (default: the host name).
         #[arg(long)]
         machine: Option<String>,
+        /// Run only shard I of N: every experiment whose index in the suite leaves I when
+        /// divided by N, on all its backends (what `submit` gives each task).
+        #[arg(long)]
+        shard: Option<String>,
+        /// The run this shard belongs to, shared by all its shards (default: a hash of this
+        /// run's environment).
+        #[arg(long)]
+        run_id: Option<String>,
+        /// Store every result in this history as soon as it exists: a SQLite file, or a
+        /// postgres://USER@HOST:PORT/DATABASE URL.
+        #[arg(long)]
+        db: Option<String>,
+        /// Run only the cells of --run-id that the history (--db) does not hold as finished.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Hand a suite to a scheduler as shards, all storing into one history under one run id.
+    Submit {
+        #[command(subcommand)]
+        scheduler: Scheduler,
+    },
+    /// A run's shards: cells planned, ran, failed and missing, from the history, and the
+    /// scheduler's state where `squeue` answers.
+    Status {
+        run: String,
+        #[arg(long, default_value = history::DEFAULT_DB)]
+        db: String,
     },
     /// Run one cell, sent as JSON on stdin, and write its progress and result as JSON lines
     /// (what `run` starts in child processes).
@@ -137,8 +168,21 @@ enum Command {
     /// process of its own, so that it opens no engine itself).
     #[command(hide = true)]
     Probe { backend: String },
-    /// Re-render the tables, report.md and report.html of a finished run from its directory.
-    Report { dir: PathBuf },
+    /// Re-render the tables, report.md and report.html of a finished run from its directory,
+    /// or gather a run's shards from the history (--db URL --run RUN_ID) into --out.
+    Report {
+        #[arg(required_unless_present = "run")]
+        dir: Option<PathBuf>,
+        /// The history holding the run.
+        #[arg(long, requires = "run")]
+        db: Option<String>,
+        /// A run id in the history: its shards are gathered into one report.
+        #[arg(long, requires = "db", conflicts_with = "dir")]
+        run: Option<String>,
+        /// Where the gathered run goes (default: reports/RUN_ID).
+        #[arg(long, requires = "run")]
+        out: Option<PathBuf>,
+    },
     /// A run's figures (medians over rounds) as JSON for continuous-benchmarking services.
     /// Exit code 4: lines of its results could not be read (the rest was exported).
     Export {
@@ -201,6 +245,10 @@ enum Command {
         /// `run --machine` name, host name or fingerprint; see docs/prices.example.yaml.
         #[arg(long)]
         prices: Option<PathBuf>,
+        /// Compare these runs of the history (repeat the flag) instead of each machine's
+        /// latest run of the suite.
+        #[arg(long = "run")]
+        runs: Vec<String>,
         #[arg(long, default_value = history::DEFAULT_DB)]
         db: String,
     },
@@ -209,8 +257,13 @@ enum Command {
     /// rest was compared); 3: too noisy to tell (too few rounds, or too much spread); 2: bad
     /// input.
     Compare {
-        baseline: PathBuf,
-        current: PathBuf,
+        /// A run directory, or with --db a run id in the history.
+        baseline: String,
+        /// A run directory, or with --db a run id in the history.
+        current: String,
+        /// The history holding runs named by id.
+        #[arg(long)]
+        db: Option<String>,
         /// The smallest change that counts for a figure, e.g. steps_per_second=0.1 (or 10%);
         /// repeat for several (default: the current run's suite, else 5% for speed).
         #[arg(long = "threshold", value_parser = compare::parse_threshold)]
@@ -219,6 +272,157 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum Scheduler {
+    /// A Slurm job array, one task per shard (`sbatch --parsable`); prints the run id and
+    /// the job id.
+    Slurm {
+        suite: String,
+        #[command(flatten)]
+        shards: ShardArgs,
+        #[arg(long)]
+        partition: Option<String>,
+        /// Each task's time limit, e.g. 2:00:00.
+        #[arg(long)]
+        time: Option<String>,
+        /// Generic resources per task, e.g. gpu:1.
+        #[arg(long)]
+        gres: Option<String>,
+        /// At most this many tasks at once.
+        #[arg(long)]
+        max_parallel: Option<usize>,
+        /// Each task alone on its node, so that no other job shares its timings.
+        #[arg(long)]
+        exclusive: bool,
+    },
+    /// A Kubernetes Indexed Job, one pod per shard; applied with kubectl where a cluster is
+    /// configured, else only written.
+    K8s {
+        suite: String,
+        #[command(flatten)]
+        shards: ShardArgs,
+        /// The image with randbench, its libraries and data (see the Dockerfile).
+        #[arg(long)]
+        image: String,
+        /// GPUs per pod.
+        #[arg(long)]
+        gpu: Option<u32>,
+        /// CPUs per pod (request and limit), e.g. 4.
+        #[arg(long)]
+        cpu: Option<String>,
+        /// Memory per pod (request and limit), e.g. 16Gi.
+        #[arg(long)]
+        memory: Option<String>,
+        /// At most this many pods at once.
+        #[arg(long)]
+        parallelism: Option<usize>,
+        #[arg(long)]
+        namespace: Option<String>,
+    },
+}
+
+/// What every scheduler's shards are asked to do.
+#[derive(clap::Args)]
+struct ShardArgs {
+    /// How many shards (tasks, pods) to spread the suite over.
+    #[arg(long)]
+    shards: usize,
+    /// The history every shard stores into: postgres://… for a fleet, a SQLite file on one
+    /// host or a shared file system.
+    #[arg(long)]
+    db: String,
+    /// The run's id (default: a new one, printed).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Submit only the cells of this run that the history does not hold as finished.
+    #[arg(long, conflicts_with = "run_id")]
+    resume: Option<String>,
+    #[arg(long, value_delimiter = ',')]
+    backends: Option<Vec<String>>,
+    /// A name for the machines in procurement reports.
+    #[arg(long)]
+    machine: Option<String>,
+    /// Where the script or manifest, logs and shard directories go (default:
+    /// reports/RUN_ID).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Only write the script or manifest.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl ShardArgs {
+    fn command(&self, suite: String) -> ShardCommand {
+        ShardCommand {
+            suite,
+            shards: self.shards,
+            db: self.db.clone(),
+            run_id: self.resume.clone().or_else(|| self.run_id.clone()),
+            backends: self.backends.clone(),
+            machine: self.machine.clone(),
+            resume: self.resume.is_some(),
+        }
+    }
+}
+
+fn submit(scheduler: Scheduler) -> Result<u8, CliError> {
+    let (submitted, db) = match scheduler {
+        Scheduler::Slurm { suite, shards, partition, time, gres, max_parallel, exclusive } => {
+            let slurm = fleet::Slurm {
+                partition,
+                time,
+                gres,
+                max_parallel,
+                exclusive,
+                dir: shards.out.clone(),
+                dry_run: shards.dry_run,
+            };
+            (fleet::submit_slurm(shards.command(suite), &slurm)?, shards.db)
+        }
+        Scheduler::K8s { suite, shards, image, gpu, cpu, memory, parallelism, namespace } => {
+            let k = fleet::Kubernetes {
+                image,
+                gpus: gpu,
+                cpu,
+                memory,
+                parallelism,
+                namespace,
+                dir: shards.out.clone(),
+                dry_run: shards.dry_run,
+            };
+            (fleet::submit_k8s(shards.command(suite), &k)?, shards.db)
+        }
+    };
+    println!("run {}", submitted.run);
+    match &submitted.job {
+        Some(job) => {
+            println!("job {job}");
+            eprintln!(
+                "submitted {}; follow it with `randbench status {} --db {db}`",
+                submitted.file.display(),
+                submitted.run
+            );
+        }
+        None => eprintln!("written, not submitted: {}", submitted.file.display()),
+    }
+    Ok(0)
+}
+
+/// A run directory for a `compare` argument: the directory itself, or with `--db` a run of
+/// the history gathered into a temporary one.
+fn run_dir(
+    arg: &str,
+    db: Option<&mut history::Db>,
+    temp: &mut Vec<PathBuf>,
+) -> Result<PathBuf, CliError> {
+    let path = PathBuf::from(arg);
+    let Some(db) = db.filter(|_| !path.is_dir()) else { return Ok(path) };
+    let dir = std::env::temp_dir().join(format!("randbench-{}-{arg}", std::process::id()));
+    temp.push(dir.clone());
+    db.write_run(arg, &dir, &Registry)?;
+    Ok(dir)
 }
 
 fn ingest(dirs: &[PathBuf], db: &str) -> Result<u8, CliError> {
@@ -238,9 +442,20 @@ fn ingest(dirs: &[PathBuf], db: &str) -> Result<u8, CliError> {
     Ok(code)
 }
 
-fn procurement(suite: &str, prices: Option<&std::path::Path>, db: &str) -> Result<u8, CliError> {
+fn procurement(
+    suite: &str,
+    prices: Option<&std::path::Path>,
+    runs: &[String],
+    db: &str,
+) -> Result<u8, CliError> {
     let prices = prices.map(procure::Prices::read).transpose()?;
-    let runs = history::Db::open(db)?.latest_runs(suite, &Registry)?;
+    let mut store = history::Db::open(db)?;
+    let runs = match runs {
+        [] => store.latest_runs(suite, &Registry)?,
+        ids => {
+            ids.iter().map(|id| store.stored_run(id, &Registry)).collect::<Result<Vec<_>, _>>()?
+        }
+    };
     if runs.is_empty() {
         return Err(CliError::NoRun { db: db.to_string(), suite: suite.to_string() });
     }
@@ -252,9 +467,14 @@ fn procurement(suite: &str, prices: Option<&std::path::Path>, db: &str) -> Resul
 /// Ctrl-C once: the current cell finishes or is abandoned, what is done is written, and the
 /// run exits with 130. Twice: exit at once (every line already written stays whole).
 fn handle_interrupts() {
-    use signal_hook::{consts::SIGINT, flag};
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::flag;
+    // SIGTERM is how schedulers stop a task (Slurm's scancel and time limit, Kubernetes):
+    // the current cell is then written as interrupted, which `--resume` runs again.
     let installed = flag::register_conditional_shutdown(SIGINT, 130, &STOP)
-        .and_then(|_| flag::register(SIGINT, &STOP));
+        .and_then(|_| flag::register(SIGINT, &STOP))
+        .and_then(|_| flag::register_conditional_shutdown(SIGTERM, 143, &STOP))
+        .and_then(|_| flag::register(SIGTERM, &STOP));
     if let Err(e) = installed {
         eprintln!("warning: Ctrl-C will end the run without writing its report: {e}");
     }
@@ -285,7 +505,19 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Run { suite, backends, out, grad, rounds, isolate, machine } => {
+        Command::Run {
+            suite,
+            backends,
+            out,
+            grad,
+            rounds,
+            isolate,
+            machine,
+            shard,
+            run_id,
+            db,
+            resume,
+        } => {
             let isolate = match isolate {
                 Isolate::Auto => Isolation::Auto,
                 Isolate::Process => Isolation::Process,
@@ -299,6 +531,10 @@ fn main() -> ExitCode {
                 rounds,
                 isolate,
                 machine,
+                shard,
+                run_id,
+                db,
+                resume,
             })
             .map(|s| {
                 eprintln!("results in {}", s.out.display());
@@ -323,12 +559,26 @@ fn main() -> ExitCode {
                 0
             })
             .map_err(CliError::from),
-        Command::Report { dir } => runner::report(&dir)
-            .map(|text| {
-                print!("{text}");
-                0
-            })
-            .map_err(CliError::from),
+        Command::Report { dir, db, run, out } => (|| {
+            let dir = match (run, db) {
+                (Some(run), Some(db)) => {
+                    let out = out.unwrap_or_else(|| PathBuf::from("reports").join(&run));
+                    let n = history::Db::open_existing(&db)?.write_run(&run, &out, &Registry)?;
+                    eprintln!("run {run}: {n} cell results gathered into {}", out.display());
+                    out
+                }
+                _ => dir.expect("clap requires a directory without --run"),
+            };
+            print!("{}", runner::report(&dir)?);
+            Ok(0)
+        })(),
+        Command::Submit { scheduler } => submit(scheduler),
+        Command::Status { run, db } => (|| {
+            let status = history::Db::open_existing(&db)?.status(&run)?;
+            let table = fleet::status_table(&status);
+            print!("{}", Terminal.render(&Document::tables("randbench", vec![table])));
+            Ok(0)
+        })(),
         Command::Export { dir, format, out } => {
             export::export(&dir, format, &Registry).map_err(CliError::from).and_then(|e| {
                 let text = serde_json::to_string_pretty(&e.json).expect("serializable") + "\n";
@@ -387,24 +637,34 @@ fn main() -> ExitCode {
                 })
                 .map_err(CliError::from)
         }
-        Command::Procure { suite, prices, db } => procurement(&suite, prices.as_deref(), &db),
-        Command::Compare { baseline, current, thresholds, json } => {
+        Command::Procure { suite, prices, runs, db } => {
+            procurement(&suite, prices.as_deref(), &runs, &db)
+        }
+        Command::Compare { baseline, current, db, thresholds, json } => {
             let thresholds = thresholds.into_iter().collect();
-            compare::compare(&baseline, &current, &thresholds, &Registry)
-                .map_err(CliError::from)
-                .and_then(|r| {
-                    print!("{}", Terminal.render(&Document::tables("randbench", vec![r.table()])));
-                    warn_skipped(&r.skipped);
-                    if let Some(path) = json {
-                        let text = serde_json::to_string_pretty(&r).expect("serializable");
-                        write_atomic(&path, text).map_err(|source| CliError::Write {
-                            flag: "--json",
-                            path,
-                            source,
-                        })?;
-                    }
-                    Ok(r.exit_code())
-                })
+            let mut temp = Vec::new();
+            let compared = (|| {
+                let mut store = db.as_deref().map(history::Db::open_existing).transpose()?;
+                let baseline = run_dir(&baseline, store.as_mut(), &mut temp)?;
+                let current = run_dir(&current, store.as_mut(), &mut temp)?;
+                Ok::<_, CliError>(compare::compare(&baseline, &current, &thresholds, &Registry)?)
+            })();
+            for dir in temp {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            compared.and_then(|r| {
+                print!("{}", Terminal.render(&Document::tables("randbench", vec![r.table()])));
+                warn_skipped(&r.skipped);
+                if let Some(path) = json {
+                    let text = serde_json::to_string_pretty(&r).expect("serializable");
+                    write_atomic(&path, text).map_err(|source| CliError::Write {
+                        flag: "--json",
+                        path,
+                        source,
+                    })?;
+                }
+                Ok(r.exit_code())
+            })
         }
     };
     match result {

@@ -6,6 +6,7 @@ use crate::compiled;
 use crate::env::{self, Environment, ENV_FILE};
 use crate::executor::{CellJob, ChildProcess, Executor, InProcess, STOP};
 use crate::families::{self, Data, PrepareError, Registry};
+use crate::history::{self, HistoryError};
 use crate::presentation;
 use crate::report::{Html, Markdown, Reporter, Terminal};
 use crate::spec::SuiteError;
@@ -15,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use randbench_core::backend::{Backend, BackendId, Device, Engine, GradMode, ParseBackendError};
 use randbench_schema::group::busy_warning;
 use randbench_schema::results::{self, write_atomic, ResultsError, RunInfo, RUN_FILE};
-use randbench_schema::{Cell, CellResult, Observer, Progress, Status};
+use randbench_schema::{Cell, CellResult, Observer, Progress, Shard, ShardError, Status};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -56,12 +57,26 @@ pub enum RunError {
     Append { path: PathBuf, source: std::io::Error },
     #[error("{}: {source}", path.display())]
     Write { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error(
+        "--run-id {0}: use 1 to 64 letters, digits, '.', '_' or '-' (it names files and jobs)"
+    )]
+    BadRunId(String),
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    #[error("--resume needs --run-id RUN_ID and --db URL: the history says which cells of that run are finished")]
+    ResumeWithoutRun,
 }
 
 impl RunError {
     /// Whether the user gave something wrong (exit 2) rather than the run failing (exit 1).
     pub fn is_input(&self) -> bool {
-        !matches!(self, RunError::Append { .. } | RunError::Write { .. })
+        match self {
+            RunError::Append { .. } | RunError::Write { .. } => false,
+            RunError::History(e) => e.is_input(),
+            _ => true,
+        }
     }
 }
 
@@ -88,6 +103,23 @@ pub struct RunOptions {
     pub isolate: Isolation,
     /// What procurement and the history call this machine (default: its host name).
     pub machine: Option<String>,
+    /// The share of the suite to run, as `I/N`; `None`: all of it.
+    pub shard: Option<String>,
+    /// The run this shard belongs to (default: a hash of this run's environment).
+    pub run_id: Option<String>,
+    /// A history to store each result in as soon as it exists.
+    pub db: Option<String>,
+    /// Run only the cells the history does not hold as finished for `run_id`.
+    pub resume: bool,
+}
+
+/// Checks a run id: it names directories, Slurm jobs and Kubernetes objects.
+pub fn check_run_id(id: &str) -> Result<(), RunError> {
+    let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if id.is_empty() || id.len() > 64 || !id.chars().all(fine) || id.starts_with(['.', '-']) {
+        return Err(RunError::BadRunId(id.to_string()));
+    }
+    Ok(())
 }
 
 pub const LOCK_FILE: &str = ".randbench.lock";
@@ -167,9 +199,18 @@ pub fn preflight(
     Ok((ids, data))
 }
 
-fn default_out(suite: &str) -> PathBuf {
-    let stamp = env::utc_now()[..19].replace([':', '-'], "").replace('T', "-");
-    PathBuf::from("reports").join(format!("{suite}-{stamp}"))
+/// `reports/SUITE-TIMESTAMP`, or for a shard `reports/RUN_ID/shard-I`.
+fn default_out(suite: &str, run_id: Option<&str>, shard: Option<Shard>) -> PathBuf {
+    match (run_id, shard) {
+        (Some(id), Some(shard)) => PathBuf::from("reports").join(id).join(shard_dir(shard)),
+        (Some(id), None) => PathBuf::from("reports").join(id),
+        _ => PathBuf::from("reports").join(format!("{suite}-{}", env::stamp())),
+    }
+}
+
+/// A shard's directory under its run's: `shard-I`.
+pub fn shard_dir(shard: Shard) -> String {
+    format!("shard-{}", shard.index)
 }
 
 struct ProgressObserver<'a> {
@@ -205,7 +246,35 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     if rounds == 0 {
         return Err(RunError::NoRounds);
     }
-    let out = opts.out.clone().unwrap_or_else(|| default_out(&suite.name));
+    let shard: Option<Shard> = opts.shard.as_deref().map(str::parse).transpose()?;
+    if let Some(id) = &opts.run_id {
+        check_run_id(id)?;
+    }
+    if opts.resume && (opts.run_id.is_none() || opts.db.is_none()) {
+        return Err(RunError::ResumeWithoutRun);
+    }
+    // The history first: an unreachable database or an unknown run stops the run before it
+    // writes anything.
+    let open = if opts.resume { history::Db::open_existing } else { history::Db::open };
+    let mut history = opts.db.as_deref().map(open).transpose()?;
+    // A shard that starts again (resumed, requeued by the scheduler, resubmitted) runs only
+    // the cells the history does not hold as finished.
+    let finished = match (&mut history, &opts.run_id) {
+        (Some(db), Some(id)) => {
+            if opts.resume {
+                db.check_run(id)?;
+            }
+            match db.shard_count(id)? {
+                Some(had) if had != shard.map_or(1, |s| s.count) => {
+                    return Err(HistoryError::ShardCount { run: id.clone(), had }.into())
+                }
+                _ => db.finished(id)?,
+            }
+        }
+        _ => vec![],
+    };
+    let out =
+        opts.out.clone().unwrap_or_else(|| default_out(&suite.name, opts.run_id.as_deref(), shard));
     std::fs::create_dir_all(&out)
         .map_err(|source| RunError::CreateOut { out: out.clone(), source })?;
     let _lock = lock_dir(&out)?;
@@ -227,6 +296,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         rounds,
         thresholds: suite.thresholds.clone(),
         measures: suite_measures(&suite),
+        run_id: opts.run_id.clone(),
+        shard,
     };
     let info_json = serde_json::to_string_pretty(&info).expect("serializable");
     for (file, json) in [(ENV_FILE, &env_json), (RUN_FILE, &info_json)] {
@@ -236,9 +307,26 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
 
     // Round after round, and within a round each experiment on every backend in turn
     // (ABCABC…), so that a machine's drift over minutes falls on every backend alike.
-    let cells = suite.cells(&ids);
-    let order: Vec<(usize, &Cell)> =
-        (0..rounds).flat_map(|round| cells.iter().map(move |c| (round, c))).collect();
+    let cells = suite.shard_cells(&ids, shard);
+    let planned: Vec<(&Cell, usize)> =
+        (0..rounds).flat_map(|round| cells.iter().map(move |c| (c, round))).collect();
+    let run_id = opts.run_id.clone().unwrap_or_else(|| history::env_run_id(&env_json));
+    if let Some(db) = &mut history {
+        db.start_shard(&run_id, &info, &environment, &env_json, &planned)?;
+    }
+    let order: Vec<(usize, &Cell)> = planned
+        .iter()
+        .filter(|(c, round)| !finished.iter().any(|f| f.is(c, *round)))
+        .map(|&(c, round)| (round, c))
+        .collect();
+    let resumed = order.len() < planned.len();
+    if resumed {
+        eprintln!(
+            "run {run_id}: {} of this shard's {} cells are finished in the history; running the rest",
+            planned.len() - order.len(),
+            planned.len()
+        );
+    }
     let bar = ProgressBar::new(order.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("[{pos}/{len}] {elapsed_precise} {msg}")
@@ -272,6 +360,16 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         watch::record(watches, &mut result);
         results::append(&out, &result)
             .map_err(|source| RunError::Append { path: out.join(results::RESULTS_FILE), source })?;
+        if let Some(Err(e)) = history.as_mut().map(|db| db.record(&run_id, &result)) {
+            // The results file holds every line; `ingest` stores them later.
+            bar.println(format!(
+                "warning: the history stores no more of this run: {e}; later, `randbench \
+                 ingest {} --db {}` stores them",
+                out.display(),
+                history::shown(opts.db.as_deref().unwrap_or_default())
+            ));
+            history = None;
+        }
         bar.println(cell_line(&result, rounds));
         bar.inc(1);
         interrupted |= result.status == Status::Interrupted;
@@ -281,9 +379,25 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     // as interrupted.
     interrupted |= STOP.load(Ordering::SeqCst);
     bar.finish_and_clear();
-    let text = render(&out, Some(&environment), &done, &[], &suite.name)?;
+    // A resumed shard reports all its lines in this directory, each cell's latest (a rerun
+    // replaces its interrupted line); in a new directory, what it ran now.
+    let shown = match !resumed || !out.join(results::RESULTS_FILE).exists() {
+        true => done.clone(),
+        false => latest_per_cell(results::read(&out, &Registry)?.results),
+    };
+    let text = render(&out, Some(&environment), &shown, &[], &suite.name)?;
     print!("{text}");
     Ok(RunSummary { out, results: done, interrupted })
+}
+
+/// Each cell and round once, its last line kept, in the order the last lines were written.
+fn latest_per_cell(lines: Vec<CellResult>) -> Vec<CellResult> {
+    let mut out: Vec<CellResult> = Vec::new();
+    for r in lines {
+        out.retain(|o| !(o.cell == r.cell && o.round == r.round));
+        out.push(r);
+    }
+    out
 }
 
 fn cell_line(r: &CellResult, rounds: usize) -> String {

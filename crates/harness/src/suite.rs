@@ -6,7 +6,7 @@ use crate::compiled;
 use crate::families::{self, RawWorkload, Workload};
 use crate::spec::{yaml_error, Ctx, SuiteError};
 use randbench_core::{BackendId, GradMode};
-use randbench_schema::Cell;
+use randbench_schema::{Cell, Shard};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
@@ -233,6 +233,18 @@ impl Suite {
             }
         }
         cells
+    }
+
+    /// The cells of one shard (all of them for `None`): whole experiments, each with every
+    /// backend, so that comparisons taken in turns stay on one machine.
+    pub fn shard_cells(&self, backends: &[BackendId], shard: Option<Shard>) -> Vec<Cell> {
+        let all = self.cells(backends);
+        let Some(shard) = shard else { return all };
+        all.chunks(backends.len().max(1))
+            .enumerate()
+            .filter(|(experiment, _)| shard.holds(*experiment))
+            .flat_map(|(_, cells)| cells.iter().cloned())
+            .collect()
     }
 
     pub fn workload(&self, name: &str) -> Option<&Workload> {

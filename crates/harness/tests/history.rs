@@ -4,9 +4,8 @@
 
 mod common;
 
-use common::{randbench, run_tiny, DELAY};
+use common::{randbench, run_tiny, Postgres, DELAY};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Three runs as they are, then one slowed: the history must flag the fourth.
 fn four_runs(dir: &Path) -> Vec<PathBuf> {
@@ -63,101 +62,6 @@ fn sqlite_history_flags_the_slowed_run_and_ingests_once() {
     let dir = common::scratch("history", "sqlite");
     let runs = four_runs(&dir);
     check_history(dir.join("history.sqlite").to_str().unwrap(), &runs);
-}
-
-/// A PostgreSQL server of its own in a temporary directory, on a free loopback port; stopped
-/// when dropped. Run as the `postgres` user when the tests run as root (the server refuses
-/// root).
-struct Postgres {
-    bin: PathBuf,
-    data: PathBuf,
-    port: u16,
-    as_user: Option<&'static str>,
-}
-
-impl Postgres {
-    /// `None` when no server is installed (scripts/setup-postgres.sh installs Debian's) and
-    /// RANDBENCH_REQUIRE_POSTGRES is unset; with it set (as scripts/test.sh does), a missing
-    /// server fails the test.
-    fn start() -> Option<Postgres> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-            .filter(|b| b.join("initdb").exists())
-            .max();
-        let Some(bin) = bin else {
-            assert!(
-                std::env::var_os("RANDBENCH_REQUIRE_POSTGRES").is_none(),
-                "no PostgreSQL server under /usr/lib/postgresql: run scripts/setup-postgres.sh"
-            );
-            eprintln!("skipped: no PostgreSQL server installed (scripts/setup-postgres.sh)");
-            return None;
-        };
-        let root = std::env::temp_dir().join(format!("randbench-pg-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        let as_user = (unsafe { libc::geteuid() } == 0).then_some("postgres");
-        if let Some(user) = as_user {
-            let ok =
-                Command::new("chown").args([&format!("{user}:"), root.to_str().unwrap()]).status();
-            assert!(ok.unwrap().success(), "chown {user} {}", root.display());
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let pg = Postgres { bin, data: root.join("data"), port, as_user };
-        pg.tool(
-            "initdb",
-            &["-D", pg.data.to_str().unwrap(), "-A", "trust", "-U", "randbench", "--no-sync"],
-        );
-        let options =
-            format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", root.display());
-        let log = root.join("log");
-        pg.tool(
-            "pg_ctl",
-            &[
-                "-D",
-                pg.data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-o",
-                &options,
-                "-w",
-                "start",
-            ],
-        );
-        Some(pg)
-    }
-
-    fn tool(&self, name: &str, args: &[&str]) {
-        let exe = self.bin.join(name);
-        let mut c = match self.as_user {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(&exe);
-                c
-            }
-            None => Command::new(&exe),
-        };
-        let o = c.args(args).output().unwrap();
-        assert!(
-            o.status.success(),
-            "{name}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://randbench@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        self.tool("pg_ctl", &["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"]);
-        let _ = std::fs::remove_dir_all(self.data.parent().unwrap());
-    }
 }
 
 #[test]

@@ -19,7 +19,7 @@ const LAYERS: &[(&str, &[&str], &[&str])] = &[
     ("analysis", &["compare", "history", "procure", "export"], &["machine", "report"]),
     (
         "running",
-        &["backends", "fault", "executor", "runner"],
+        &["backends", "fault", "executor", "runner", "fleet"],
         &["machine", "report", "workloads", "analysis"],
     ),
 ];

@@ -9,11 +9,13 @@ pub mod measure;
 pub mod real;
 pub mod record;
 pub mod results;
+pub mod shard;
 
 pub use cell::{BusyProcess, Cell, Energy, MemoryUse, PeakSince, Status, Tagged};
 pub use measure::{Figure, Measure, MeasureKind, STEPS_PER_SECOND};
 pub use record::{CellResult, Message, Observer, Progress, TRACE_STEPS};
 pub use results::{Catalogue, Read, RunInfo, Skipped, Uncatalogued, UpgradeError};
+pub use shard::{Shard, ShardError};
 
 /// The version result lines are written with. 0: lines from before versions existed, without
 /// `figures` (the family's catalogue derives them when read). 1: figures in every line;

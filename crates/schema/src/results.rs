@@ -26,6 +26,13 @@ pub struct RunInfo {
     /// Every figure the suite's families may report (absent before the schema had versions).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub measures: Vec<Measure>,
+    /// The run this directory belongs to, shared by all its shards (`--run-id`, or one that
+    /// `submit` made); `None`: a run of its own, named in the history by its environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// The share of the suite this directory holds; `None`: all of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::Shard>,
 }
 
 impl RunInfo {

@@ -4,6 +4,7 @@
 pub use randbench_core::testing::Scratch;
 use randbench_schema::{Observer, Progress};
 use std::path::PathBuf;
+use std::process::Command;
 
 /// An observer that shows nothing and never asks a cell to stop.
 pub struct Quiet;
@@ -147,4 +148,101 @@ pub fn run_on_cpu_backends(suite_text: &str) -> Vec<randbench_schema::CellResult
 pub fn timing_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A PostgreSQL server of its own in a temporary directory, on a free loopback port; stopped
+/// when dropped. Run as the `postgres` user when the tests run as root (the server refuses
+/// root).
+pub struct Postgres {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    as_user: Option<&'static str>,
+}
+
+impl Postgres {
+    /// `None` when no server is installed (scripts/setup-postgres.sh installs Debian's) and
+    /// RANDBENCH_REQUIRE_POSTGRES is unset; with it set (as scripts/test.sh does), a missing
+    /// server fails the test.
+    pub fn start() -> Option<Postgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|b| b.join("initdb").exists())
+            .max();
+        let Some(bin) = bin else {
+            assert!(
+                std::env::var_os("RANDBENCH_REQUIRE_POSTGRES").is_none(),
+                "no PostgreSQL server under /usr/lib/postgresql: run scripts/setup-postgres.sh"
+            );
+            eprintln!("skipped: no PostgreSQL server installed (scripts/setup-postgres.sh)");
+            return None;
+        };
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let nth = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let root = std::env::temp_dir().join(format!("randbench-pg-{}-{nth}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let as_user = (unsafe { libc::geteuid() } == 0).then_some("postgres");
+        if let Some(user) = as_user {
+            let ok =
+                Command::new("chown").args([&format!("{user}:"), root.to_str().unwrap()]).status();
+            assert!(ok.unwrap().success(), "chown {user} {}", root.display());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let pg = Postgres { bin, data: root.join("data"), port, as_user };
+        pg.tool(
+            "initdb",
+            &["-D", pg.data.to_str().unwrap(), "-A", "trust", "-U", "randbench", "--no-sync"],
+        );
+        let options =
+            format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", root.display());
+        let log = root.join("log");
+        pg.tool(
+            "pg_ctl",
+            &[
+                "-D",
+                pg.data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        );
+        Some(pg)
+    }
+
+    fn tool(&self, name: &str, args: &[&str]) {
+        let exe = self.bin.join(name);
+        let mut c = match self.as_user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let o = c.args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://randbench@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.tool("pg_ctl", &["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"]);
+        let _ = std::fs::remove_dir_all(self.data.parent().unwrap());
+    }
 }
