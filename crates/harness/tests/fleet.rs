@@ -490,3 +490,56 @@ fn slurm_job_array_runs_the_shards_and_resumes_a_cancelled_task() {
         .any(|e| { e.unwrap().file_name().to_string_lossy().starts_with("submit-resume-") }));
     gathered_equals(&dir, db, &run, &whole);
 }
+
+/// The sbatch script hands every argument to the program as it was given, whatever quotes
+/// and spaces a suite path or URL holds, with the task's index expanded by the shell.
+#[test]
+fn the_sbatch_script_passes_arguments_through_the_shell_intact() {
+    use randbench::fleet::{slurm_script, ShardCommand, Slurm};
+    let dir = common::scratch("fleet", "script");
+    // A stand-in for randbench that prints its arguments, one a line.
+    let exe = dir.join("args");
+    std::fs::write(&exe, "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done\n").unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&exe).status().unwrap();
+    let cmd = ShardCommand {
+        suite: "/suites/it's a \"suite\" $HOME.yaml".into(),
+        shards: 3,
+        db: "postgres://bench@db:5432/history?options=-c search_path=x".into(),
+        run_id: Some("run-1".into()),
+        backends: Some(vec!["candle-cpu".into(), "tch-cpu".into()]),
+        machine: Some("lab box".into()),
+        resume: true,
+    };
+    let script =
+        slurm_script(&cmd, &Slurm { max_parallel: Some(2), ..Default::default() }, &exe, &dir);
+    assert!(script.contains("#SBATCH --array=0-2%2\n"), "{script}");
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("SLURM_ARRAY_TASK_ID", "2")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let args: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect();
+    let shard_dir = format!("{}/shard-2", dir.display());
+    let want = [
+        "run",
+        &cmd.suite,
+        "--shard",
+        "2/3",
+        "--run-id",
+        "run-1",
+        "--db",
+        &cmd.db,
+        "--out",
+        &shard_dir,
+        "--isolate",
+        "process",
+        "--backends",
+        "candle-cpu,tch-cpu",
+        "--machine",
+        "lab box",
+        "--resume",
+    ];
+    assert_eq!(args, want);
+}
