@@ -43,7 +43,7 @@ pub const DEFAULT_DB: &str = "reports/history.sqlite";
 pub enum HistoryError {
     #[error("{db}: {source}")]
     Sqlite { db: String, source: rusqlite::Error },
-    #[error("{db}: {source}")]
+    #[error("{db}: {}", postgres_words(source))]
     Postgres { db: String, source: Box<postgres::Error> },
     #[error(
         "--db {db}: cannot connect: {source}; check that the server runs and the URL \
@@ -195,6 +195,23 @@ CREATE TABLE IF NOT EXISTS submissions (
 );
 ";
 
+/// The key of the PostgreSQL advisory lock taken while the tables are created.
+const SCHEMA_LOCK: i64 = 0x7261_6e64_6265_6e63; // "randbenc"
+
+/// A PostgreSQL error in words: the server's message (its Display says only "db error").
+fn postgres_words(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => {
+            let mut words = format!("{}: {}", d.severity(), d.message());
+            if let Some(detail) = d.detail() {
+                words += &format!(" ({detail})");
+            }
+            words
+        }
+        None => e.to_string(),
+    }
+}
+
 /// Hides the password of a `postgres://user:password@host/db` URL.
 pub fn shown(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -246,7 +263,15 @@ impl Db {
             Conn::Sqlite(conn)
         };
         let mut db = Db { conn, name };
-        match db.batch(SCHEMA) {
+        // Shards opening a new history at once would race to create its tables, and
+        // PostgreSQL's CREATE TABLE IF NOT EXISTS is not atomic: one creates, the others wait.
+        let create = match db.conn {
+            Conn::Sqlite(_) => format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"),
+            Conn::Postgres(_) => {
+                format!("BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA} COMMIT;")
+            }
+        };
+        match db.batch(&create) {
             Err(HistoryError::Sqlite { db, source }) if is_not_a_database(&source) => {
                 Err(HistoryError::NotADatabase { db, source })
             }

@@ -204,6 +204,72 @@ fn concurrent_shards_into_postgres_gather_into_the_unsharded_run() {
     ok(&o);
 }
 
+/// A shard stopped as schedulers stop one (SIGTERM) mid-cell, then resumed, on PostgreSQL:
+/// the interrupted cell is replaced by its rerun, nothing else runs again, and the shard's
+/// cells equal the unsharded run's.
+#[test]
+fn a_shard_stopped_by_sigterm_resumes_on_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = common::scratch("fleet", "sigterm");
+    let suite = write_suite(&dir);
+    let whole = unsharded(&dir, &suite);
+    let db = pg.url();
+    let out = dir.join("shard-0");
+    let args = [
+        "run",
+        &suite,
+        "--shard",
+        "0/2",
+        "--run-id",
+        "stopped",
+        "--db",
+        &db,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_randbench"))
+        .args(args)
+        .env("RANDBENCH_TEST_DELAY", "candle-cpu=200")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while results_so_far(&out) < 1 {
+        assert!(start.elapsed() < Duration::from_secs(300), "no cell stored");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    let stopped = results(&out);
+    assert_eq!(stopped.last().unwrap().status, randbench_schema::Status::Interrupted);
+    let table = ok(&randbench(&["status", "stopped", "--db", &db], &[]));
+    assert!(table.contains("stopped; resume it"), "{table}");
+
+    let mut again = args.to_vec();
+    again.push("--resume");
+    ok(&randbench(&again, &[]));
+    let lines = results(&out);
+    let rerun = lines.len() - stopped.len();
+    // The shard's three experiments: those not stored, and the interrupted one.
+    let missing = 3 - stopped.iter().filter(|r| r.status.ran()).count();
+    assert_eq!(rerun, missing, "ran {rerun} cells again, {missing} were missing");
+    let gathered = dir.join("gathered");
+    ok(&randbench(
+        &["report", "--db", &db, "--run", "stopped", "--out", gathered.to_str().unwrap()],
+        &[],
+    ));
+    let mine: Vec<CellResult> =
+        whole.iter().enumerate().filter(|(i, _)| i % 2 == 0).map(|(_, r)| r.clone()).collect();
+    assert_eq!(outcomes(&results(&gathered)), outcomes(&mine));
+}
+
+fn results_so_far(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("results.jsonl")).map_or(0, |t| t.lines().count())
+}
+
 #[test]
 fn bad_fleet_input_is_one_line_exit_2_and_writes_nothing() {
     let dir = common::scratch("fleet", "bad");
