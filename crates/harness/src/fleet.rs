@@ -50,7 +50,7 @@ pub enum FleetError {
     NoDb(String),
     #[error("{0}: a suite file of this host is not in the image; give the name of a suite in bench-suites/, or build the file into the image")]
     SuiteFile(String),
-    #[error("--out {0}: Slurm's #SBATCH lines take no spaces, quotes, '%' or '$' in paths; choose another directory")]
+    #[error("{0}: Slurm's #SBATCH lines take no spaces, quotes, '%' or '$' in paths; choose another --out, or submit from another directory")]
     SlurmDir(String),
 }
 
@@ -262,13 +262,18 @@ pub fn submit_slurm(mut cmd: ShardCommand, slurm: &Slurm) -> Result<Submitted, F
         true => None,
         false => Some(on_path("sbatch").ok_or(FleetError::NoSbatch)?),
     };
+    // The output directory and the working directory go into #SBATCH lines (a run id, the
+    // default's last part, is made of safe characters).
+    let out = slurm.dir.clone().unwrap_or_else(|| PathBuf::from("reports"));
+    for path in [absolute(&out), absolute(Path::new("."))] {
+        let shown = path.display().to_string();
+        if shown.contains(|c: char| c.is_whitespace() || "%$'\"\\`".contains(c)) {
+            return Err(FleetError::SlurmDir(shown));
+        }
+    }
     let run = cmd.prepare(true)?;
     let exe = own_executable().and_then(|e| e.canonicalize()).map_err(FleetError::NoExecutable)?;
     let dir = absolute(&slurm.dir.clone().unwrap_or_else(|| PathBuf::from("reports").join(&run)));
-    let shown = dir.display().to_string();
-    if shown.contains(|c: char| c.is_whitespace() || "%$'\"\\`".contains(c)) {
-        return Err(FleetError::SlurmDir(shown));
-    }
     let file = dir.join(if cmd.resume {
         format!("submit-resume-{}.sbatch", env::stamp())
     } else {

@@ -278,6 +278,7 @@ fn bad_fleet_input_is_one_line_exit_2_and_writes_nothing() {
     let db = db.to_str().unwrap();
     let out = dir.join("out");
     let o = out.to_str().unwrap();
+    let spaced = format!("{}/with space", dir.display());
     let no_sbatch = dir.join("empty-path");
     std::fs::create_dir_all(&no_sbatch).unwrap();
     type Env<'a> = Vec<(&'a str, &'a str)>;
@@ -301,6 +302,11 @@ fn bad_fleet_input_is_one_line_exit_2_and_writes_nothing() {
             vec!["submit", "slurm", &suite, "--shards", "3", "--db", db, "--out", o],
             vec![("PATH", no_sbatch.to_str().unwrap())],
             "sbatch: not found",
+        ),
+        (
+            vec!["submit", "slurm", &suite, "--shards", "2", "--db", db, "--out", &spaced],
+            vec![],
+            "Slurm's #SBATCH lines take no spaces",
         ),
         (
             vec!["submit", "slurm", &suite, "--shards", "0", "--db", db, "--out", o],
