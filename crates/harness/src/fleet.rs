@@ -83,8 +83,8 @@ pub struct ShardCommand {
 impl ShardCommand {
     /// Checks what can be checked before anything is written: the suite loads, the run id is
     /// well formed, the history opens where `reach` says this host must reach it, and holds
-    /// the run being resumed. Returns the run id.
-    fn prepare(&mut self, reach: bool) -> Result<String, FleetError> {
+    /// the run being resumed. Returns the run id, and the history where it was opened.
+    fn prepare(&mut self, reach: bool) -> Result<(String, Option<history::Db>), FleetError> {
         if self.shards == 0 {
             return Err(FleetError::NoShards);
         }
@@ -96,11 +96,11 @@ impl ShardCommand {
         if Path::new(&self.suite).is_file() {
             self.suite = absolute(Path::new(&self.suite)).display().to_string();
         }
-        if !self.db.contains("://") {
+        if let Some(path) = history::sqlite_file(&self.db) {
             // A relative SQLite path would mean a different file in each task's directory.
-            self.db = absolute(Path::new(&self.db)).display().to_string();
+            self.db = absolute(&path).display().to_string();
         }
-        let id = match (&self.run_id, self.resume) {
+        let (id, db) = match (&self.run_id, self.resume) {
             (Some(id), true) => {
                 check_run_id(id)?;
                 let mut db = history::Db::open_existing(&self.db)?;
@@ -109,25 +109,26 @@ impl ShardCommand {
                     Some(had) if had != self.shards => {
                         return Err(HistoryError::ShardCount { run: id.clone(), had }.into())
                     }
-                    _ => id.clone(),
+                    _ => (id.clone(), Some(db)),
                 }
             }
             (None, true) => return Err(RunError::ResumeWithoutRun.into()),
             (Some(id), false) => {
                 check_run_id(id)?;
-                id.clone()
+                (id.clone(), None)
             }
             (None, false) => {
                 let id = new_run_id(&loaded.name);
                 check_run_id(&id)?;
-                id
+                (id, None)
             }
         };
-        if reach && !self.resume {
-            history::Db::open(&self.db)?;
-        }
+        let db = match db {
+            None if reach => Some(history::Db::open(&self.db)?),
+            db => db,
+        };
         self.run_id = Some(id.clone());
-        Ok(id)
+        Ok((id, db))
     }
 
     /// The arguments after the program, with `shard` standing for the index (a shell or
@@ -271,7 +272,7 @@ pub fn submit_slurm(mut cmd: ShardCommand, slurm: &Slurm) -> Result<Submitted, F
             return Err(FleetError::SlurmDir(shown));
         }
     }
-    let run = cmd.prepare(true)?;
+    let (run, db) = cmd.prepare(true)?;
     let exe = own_executable().and_then(|e| e.canonicalize()).map_err(FleetError::NoExecutable)?;
     let dir = absolute(&slurm.dir.clone().unwrap_or_else(|| PathBuf::from("reports").join(&run)));
     let file = dir.join(if cmd.resume {
@@ -300,7 +301,7 @@ pub fn submit_slurm(mut cmd: ShardCommand, slurm: &Slurm) -> Result<Submitted, F
         return Err(FleetError::NoJobId(answer));
     }
     // The job runs whatever happens now: say so, and which, even if the history is away.
-    if let Err(e) = record(&cmd, "slurm", &job) {
+    if let Err(e) = record(db, &cmd, "slurm", &job) {
         eprintln!("warning: the history does not record the job ({e}); `status` will not ask Slurm about it");
     }
     Ok(Submitted { run, job: Some(job), file })
@@ -314,8 +315,17 @@ fn write_file(path: &Path, text: &str) -> Result<(), FleetError> {
     randbench_schema::results::write_atomic(path, text).map_err(fail)
 }
 
-fn record(cmd: &ShardCommand, scheduler: &str, job: &str) -> Result<(), FleetError> {
-    let mut db = history::Db::open(&cmd.db)?;
+/// Records the submission in the history: on the connection `prepare` opened, else a new one.
+fn record(
+    db: Option<history::Db>,
+    cmd: &ShardCommand,
+    scheduler: &str,
+    job: &str,
+) -> Result<(), FleetError> {
+    let mut db = match db {
+        Some(db) => db,
+        None => history::Db::open(&cmd.db)?,
+    };
     db.record_submission(&Submission {
         run: cmd.run_id.clone().unwrap_or_default(),
         scheduler: scheduler.to_string(),
@@ -449,14 +459,14 @@ pub fn submit_k8s(mut cmd: ShardCommand, k: &Kubernetes) -> Result<Submitted, Fl
     if k.parallelism == Some(0) {
         return Err(FleetError::NoParallel);
     }
-    if !(cmd.db.starts_with("postgres://") || cmd.db.starts_with("postgresql://")) {
+    if !history::is_postgres(&cmd.db) {
         return Err(FleetError::NoDb(cmd.db));
     }
     if Path::new(&cmd.suite).is_file() {
         return Err(FleetError::SuiteFile(cmd.suite));
     }
     // The history may be a service inside the cluster, out of this host's reach.
-    let run = cmd.prepare(false)?;
+    let (run, db) = cmd.prepare(false)?;
     // A Job's pod template cannot change: a resumption is a Job of its own.
     let attempt = cmd.resume.then(env::stamp);
     let job = k8s_job(&cmd, k, attempt.as_deref());
@@ -488,7 +498,7 @@ pub fn submit_k8s(mut cmd: ShardCommand, k: &Kubernetes) -> Result<Submitted, Fl
         });
     }
     let name = job.metadata.name.clone().unwrap_or_default();
-    if let Err(e) = record(&cmd, "kubernetes", &name) {
+    if let Err(e) = record(db, &cmd, "kubernetes", &name) {
         eprintln!("warning: the history does not record the submission ({e}); the pods still store their cells");
     }
     Ok(Submitted { run, job: Some(name), file })

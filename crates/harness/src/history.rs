@@ -28,6 +28,20 @@ fn not_a_path(url: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether `--db` names a PostgreSQL server.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// The SQLite file a `--db` value names (`sqlite://PATH` or a plain path); `None` for a
+/// PostgreSQL URL and for any other scheme, which [`Db::open`] refuses.
+pub fn sqlite_file(url: &str) -> Option<PathBuf> {
+    if is_postgres(url) || not_a_path(url).is_some() {
+        return None;
+    }
+    Some(PathBuf::from(url.strip_prefix("sqlite://").unwrap_or(url)))
+}
+
 /// SQLite's answer to a file that is not one of its databases.
 fn is_not_a_database(e: &rusqlite::Error) -> bool {
     matches!(
@@ -227,9 +241,7 @@ impl Db {
     /// Opens a history that must be there already: a SQLite file that does not exist is an
     /// error, not a new, empty history (for commands that only read, or resume).
     pub fn open_existing(url: &str) -> Result<Db, HistoryError> {
-        let sqlite = !url.starts_with("postgres://") && !url.starts_with("postgresql://");
-        let path = Path::new(url.strip_prefix("sqlite://").unwrap_or(url));
-        if sqlite && not_a_path(url).is_none() && !path.exists() {
+        if sqlite_file(url).is_some_and(|path| !path.exists()) {
             return Err(HistoryError::NoHistory { db: url.to_string() });
         }
         Db::open(url)
@@ -239,7 +251,7 @@ impl Db {
     /// `postgresql://` URL, else a SQLite file (`sqlite://PATH` or a plain path).
     pub fn open(url: &str) -> Result<Db, HistoryError> {
         let name = shown(url);
-        let conn = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let conn = if is_postgres(url) {
             let client = postgres::Client::connect(url, postgres::NoTls)
                 .map_err(|e| HistoryError::Connect { db: name.clone(), source: Box::new(e) })?;
             Conn::Postgres(Box::new(client))
@@ -247,7 +259,7 @@ impl Db {
             if let Some(why) = not_a_path(url) {
                 return Err(HistoryError::BadUrl { db: name, why });
             }
-            let path = PathBuf::from(url.strip_prefix("sqlite://").unwrap_or(url));
+            let path = sqlite_file(url).expect("neither PostgreSQL nor another scheme");
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|source| HistoryError::CreateDir {
                     db: name.clone(),
