@@ -201,7 +201,11 @@ fn concurrent_shards_into_postgres_gather_into_the_unsharded_run() {
         &["procure", "--suite", "fleet", "--run", "concurrent-1", "--db", &pg.url()],
         &[],
     );
-    ok(&o);
+    let tables = ok(&o);
+    assert!(
+        tables.contains("tiny true_labels") && tables.contains("tiny random_labels"),
+        "{tables}"
+    );
 }
 
 /// A shard stopped as schedulers stop one (SIGTERM) mid-cell, then resumed, on PostgreSQL:
@@ -519,6 +523,9 @@ fn slurm_job_array_runs_the_shards_and_resumes_a_cancelled_task() {
         let shard1 = s.lines().find(|l| l.contains(" 1/3 ")).unwrap_or("").to_string();
         let cells: Vec<&str> = shard1.split('┆').map(str::trim).collect();
         if cells.len() > 3 && cells[3] == "1" {
+            // Its second cell runs: `status` shows Slurm's state of the task.
+            let state = cells.last().unwrap().trim_end_matches('│').trim();
+            assert_eq!(state, "running", "{s}");
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(300), "shard 1 never stored a cell: {s}");
