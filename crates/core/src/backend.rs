@@ -1,4 +1,4 @@
-//! The `Backend` trait: what every engine (candle, libtorch, ONNX Runtime) provides.
+//! The `Backend` trait: what every engine (candle, libtorch, ONNX Runtime, burn) provides.
 
 use crate::graph::{Graph, GraphError};
 use crate::tensor::HostTensor;
@@ -13,15 +13,17 @@ pub enum Engine {
     Candle,
     Tch,
     Ort,
+    Burn,
 }
 
 impl Engine {
-    pub const ALL: [Engine; 3] = [Engine::Candle, Engine::Tch, Engine::Ort];
+    pub const ALL: [Engine; 4] = [Engine::Candle, Engine::Tch, Engine::Ort, Engine::Burn];
     pub fn name(self) -> &'static str {
         match self {
             Engine::Candle => "candle",
             Engine::Tch => "tch",
             Engine::Ort => "ort",
+            Engine::Burn => "burn",
         }
     }
 }
@@ -55,7 +57,7 @@ impl fmt::Display for BackendId {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("unknown backend '{given}': write ENGINE-DEVICE with ENGINE one of candle, tch, ort and DEVICE cpu or cuda:N (for example candle-cpu, tch-cuda:0)")]
+#[error("unknown backend '{given}': write ENGINE-DEVICE with ENGINE one of candle, tch, ort, burn and DEVICE cpu or cuda:N (for example candle-cpu, tch-cuda:0)")]
 pub struct ParseBackendError {
     pub given: String,
 }

@@ -172,6 +172,29 @@ pub fn with_backend<V: BackendVisitor>(id: BackendId, grad: GradMode, v: V) -> B
         // ONNX Runtime has no autograd: its graphs are always expanded symbolically.
         #[cfg(feature = "ort")]
         Engine::Ort => Ok(v.visit(&randbench_ort::OrtBackend::new(id.device, threads)?)),
+        // burn-flex computes on rayon's pool: its count is set through the environment too.
+        // The gradient mode picks the burn backend: under burn's autograd or bare.
+        #[cfg(feature = "burn")]
+        Engine::Burn => {
+            use randbench_burn::{BurnBackend, Flex, FlexAutodiff};
+            match (id.device, grad) {
+                (Device::Cpu, GradMode::Native) => Ok(v.visit(&BurnBackend::<FlexAutodiff>::cpu())),
+                (Device::Cpu, GradMode::Symbolic) => Ok(v.visit(&BurnBackend::<Flex>::cpu())),
+                #[cfg(feature = "cuda")]
+                (Device::Cuda(n), GradMode::Native) => {
+                    Ok(v.visit(&BurnBackend::<randbench_burn::CudaAutodiff>::cuda(n)?))
+                }
+                #[cfg(feature = "cuda")]
+                (Device::Cuda(n), GradMode::Symbolic) => {
+                    Ok(v.visit(&BurnBackend::<randbench_burn::Cuda>::cuda(n)?))
+                }
+                #[cfg(not(feature = "cuda"))]
+                (Device::Cuda(_), _) => Err(BackendError::DeviceUnavailable {
+                    backend: id,
+                    reason: "this binary was built without CUDA support for burn; rebuild with `--features cuda`".into(),
+                }),
+            }
+        }
         #[allow(unreachable_patterns)]
         other => {
             let _ = (grad, v, threads);

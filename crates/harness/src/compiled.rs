@@ -8,6 +8,7 @@ pub fn engine_compiled(e: Engine) -> bool {
         Engine::Candle => cfg!(feature = "candle"),
         Engine::Tch => cfg!(feature = "tch"),
         Engine::Ort => cfg!(feature = "ort"),
+        Engine::Burn => cfg!(feature = "burn"),
     }
 }
 
@@ -16,6 +17,7 @@ pub fn enable_hint(e: Engine) -> String {
         Engine::Candle => "build with the `candle` feature (on by default)".into(),
         Engine::Tch => "run scripts/setup-native.sh, then build with `--features tch` (scripts/run.sh does both)".into(),
         Engine::Ort => "run scripts/setup-native.sh, then build with `--features ort` (scripts/run.sh does both)".into(),
+        Engine::Burn => "build with the `burn` feature (on by default)".into(),
     }
 }
 
@@ -25,6 +27,7 @@ pub fn cuda_compiled(e: Engine) -> bool {
         // libtorch's CUDA support is in the library itself, found at run time.
         Engine::Tch => cfg!(feature = "tch"),
         Engine::Ort => cfg!(all(feature = "ort", feature = "cuda")),
+        Engine::Burn => cfg!(all(feature = "burn", feature = "cuda")),
     }
 }
 

@@ -14,13 +14,13 @@ fn parsing_every_suite_and_listing_open_no_engine() {
         suite::load(path).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     // A suite naming every engine, as the fuzz test and every cell's process parse them.
-    let text = "backends: [candle-cpu, tch-cpu, ort-cpu]\nworkloads:\n  - randomization:\n      \
+    let text = "backends: [candle-cpu, tch-cpu, ort-cpu, burn-cpu]\nworkloads:\n  - randomization:\n      \
                 data: {source: synthetic, train: 100, test: 50}\n      model: {mlp: {hidden: [8]}}\n      \
                 optimizer: {kind: sgd, lr: 0.1}\n      batch: 10\n      conditions: [true_labels]\n      \
                 max_epochs: 1\n";
     let parsed = suite::parse(text, std::path::Path::new("all.yaml"));
     // Without an engine compiled in, naming it is an error; either way nothing opens.
-    if cfg!(all(feature = "tch", feature = "ort")) {
+    if cfg!(all(feature = "tch", feature = "ort", feature = "burn")) {
         parsed.unwrap();
     }
     let listed = randbench::runner::list(std::path::Path::new(env!("CARGO_BIN_EXE_randbench")));
