@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds randbench with CUDA for every engine (candle's kernels, libtorch's CUDA, ONNX
-# Runtime's CUDA execution provider) on a machine without a GPU or CUDA toolkit, for carrying
+# Runtime's CUDA execution provider, burn-cuda: its kernels are compiled by NVRTC at run time) on a machine without a GPU or CUDA toolkit, for carrying
 # to a GPU machine (docs/gpu.md):
 #   - nvcc, cicc and CUDA's headers come from PyPI wheels of CUDA 13.0, the version of the
 #     pinned PyTorch's CUDA libraries;
@@ -32,6 +32,8 @@ if [ ! -f "$CUDA_TREE/.complete" ]; then
   for pair in cudart:libcudart.so.13 cublas:libcublas.so.13 cublasLt:libcublasLt.so.13 curand:libcurand.so.10 nvrtc:libnvrtc.so.13; do
     ln -sf "$SITE/lib/${pair#*:}" "$WORK/tree/lib64/lib${pair%%:*}.so"
   done
+  # burn-cuda's cudarc asks for NCCL too (cudarc links what candle's asks dynamically).
+  ln -sf "$(dirname "$SITE")/nccl/lib/libnccl.so.2" "$WORK/tree/lib64/libnccl.so"
   grep -oh "pub unsafe fn cu[A-Za-z0-9_]*" "$CUDARC/src/driver/sys/mod.rs" | awk '{print $4}' | sort -u \
     | awk 'BEGIN { print "/* link-time stand-in for libcuda.so.1 */" } { print "int " $1 "(void) { return 999; }" }' > "$WORK/tree/cuda-stub.c"
   gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$WORK/tree/lib64/libcuda.so" "$WORK/tree/cuda-stub.c"

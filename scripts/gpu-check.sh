@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks, on a machine with an NVIDIA GPU whose python3 has PyTorch 2.11.0+cu130
 # (docs/gpu.md). Runs a binary built by scripts/gpu-build.sh: the quick and randomization
-# suites on tch-cuda:0 and candle-cuda:0, the refusal of ort-cuda:0 without ONNX Runtime's
-# CUDA provider, and the PyTorch eager peer on the same GPU. Writes eight files under OUT.
+# suites on tch-cuda:0, candle-cuda:0 and burn-cuda:0, the refusal of ort-cuda:0 without ONNX
+# Runtime's CUDA provider, and the PyTorch eager peer on the same GPU. Writes eight files
+# under OUT.
 #   RANDBENCH_BIN  the binary (default target/gpu/randbench)
 #   FASHION_MNIST  a folder with Fashion-MNIST's four .gz files, installed where randbench
 #                  looks when the machine has no copy
@@ -14,7 +15,7 @@ PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 SITE=$($PY -c 'import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))')
-export LD_LIBRARY_PATH="$SITE/torch/lib:$SITE/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$SITE/torch/lib:$SITE/nvidia/cu13/lib:$SITE/nvidia/nccl/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 ORT=$(ls "$SITE"/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -1)
 [ -n "$ORT" ] && export ORT_DYLIB_PATH="$ORT"
 DEST=/usr/share/datasets/fashion-mnist
@@ -29,7 +30,7 @@ fi
 } > "$OUT/list.txt" 2>&1
 # One backend a run, so that one that does not work here does not stop the other.
 for suite in quick randomization; do
-  for backend in tch-cuda:0 candle-cuda:0; do
+  for backend in tch-cuda:0 candle-cuda:0 burn-cuda:0; do
     "$BIN" run "$suite" --backends "$backend" --out "$WORK/$suite-$backend" >> "$OUT/$suite.txt" 2>&1
     echo "$backend: exit $?" >> "$OUT/$suite.txt"
     cat "$WORK/$suite-$backend/results.jsonl" >> "$OUT/$suite.jsonl" 2>/dev/null
