@@ -19,7 +19,9 @@
 //! unroll.
 //!
 //! The same step written by hand with candle-core and candle-nn ("candle by hand") takes its
-//! turn too: randbench's candle-cpu against it is the cost of the IR.
+//! turn too: randbench's candle-cpu against it is the cost of the IR. So does the step as
+//! burn's book teaches it ("burn idiom": its `nn` modules, `backward`, its SGD), against
+//! randbench's burn-cpu.
 //!
 //! The unroll: one meta-training unroll of the learned optimizer (scripts/peers/pytorch_l2l.py):
 //! a 2×20 LSTM on 128 quadratics of dimension 10, 20 steps, the outer gradient and an Adam
@@ -100,6 +102,38 @@ fn hand_step_median() -> f64 {
         }
     }
     median(&times)
+}
+
+/// Median seconds of one step of burn's own loop (scripts/peers/burn_idiom, a crate of its
+/// own: burn's `nn` and `optim` cannot share this workspace's build, see Cargo.toml). With
+/// `randbench_allocator`, glibc is told what `sys::tune_allocator` tells it in randbench's
+/// processes (keep freed megabyte blocks), so that the two differ only in the code.
+fn burn_idiom_median(randbench_allocator: bool) -> f64 {
+    let peer = root().join("scripts/peers/burn_idiom");
+    let mut cmd = Command::new(root().join("target/peers/release/burn_idiom"));
+    cmd.args(["step", "--steps", &STEPS.to_string()]);
+    if randbench_allocator {
+        cmd.env(
+            "GLIBC_TUNABLES",
+            "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824",
+        );
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("{}: {e}", peer.display()));
+    assert!(out.status.success(), "burn_idiom failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON from the peer");
+    v["median_step_seconds"].as_f64().unwrap()
+}
+
+/// Builds burn's idiomatic peer (untimed) before the rounds begin.
+fn build_burn_idiom() {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "--manifest-path"])
+        .arg(root().join("scripts/peers/burn_idiom/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(root().join("target/peers"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "scripts/peers/burn_idiom does not build");
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -226,6 +260,11 @@ fn compare_step() {
     let sides = sides(&[Variant::Plain, Variant::HostRoundTrip, Variant::FusionOff]);
     let mut peer = Vec::new();
     let mut hand = Vec::new();
+    let with_burn = sides.iter().any(|s| s.id.engine == randbench_core::Engine::Burn);
+    if with_burn {
+        build_burn_idiom();
+    }
+    let (mut burn, mut burn_tuned) = (Vec::new(), Vec::new());
     let mut ours: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
     let steps = STEPS.to_string();
     for _ in 0..3 {
@@ -235,6 +274,10 @@ fn compare_step() {
                 .unwrap(),
         );
         hand.push(hand_step_median());
+        if with_burn {
+            burn.push(burn_idiom_median(false));
+            burn_tuned.push(burn_idiom_median(true));
+        }
         for (k, side) in sides.iter().enumerate() {
             let round_trip = side.variant == Variant::HostRoundTrip;
             let times = side.visit(StepTimer { round_trip, steps: STEPS });
@@ -246,10 +289,28 @@ fn compare_step() {
     println!("  {:<32} {:>8.0} steps/s", "PyTorch eager (python)", 1.0 / p);
     let h = median(&hand);
     println!("  {:<32} {:>8.0} steps/s   {:.2}× PyTorch", "candle by hand", 1.0 / h, p / h);
+    let idiom = (!burn.is_empty()).then(|| (median(&burn), median(&burn_tuned)));
+    if let Some((b, bt)) = idiom {
+        println!(
+            "  {:<32} {:>8.0} steps/s   {:.2}× PyTorch",
+            "burn idiom (nn, optim)",
+            1.0 / b,
+            p / b
+        );
+        println!(
+            "  {:<32} {:>8.0} steps/s   {:.2}× PyTorch",
+            "burn idiom, randbench's malloc",
+            1.0 / bt,
+            p / bt
+        );
+    }
     for (side, t) in sides.iter().zip(&ours) {
         let t = median(t);
-        let ir = match side.id.engine {
-            randbench_core::Engine::Candle => format!("   {:.2}× candle by hand", h / t),
+        let ir = match (side.id.engine, idiom) {
+            (randbench_core::Engine::Candle, _) => format!("   {:.2}× candle by hand", h / t),
+            (randbench_core::Engine::Burn, Some((b, bt))) => {
+                format!("   {:.2}× burn idiom ({:.2}× with its malloc)", b / t, bt / t)
+            }
             _ => String::new(),
         };
         println!(

@@ -88,8 +88,9 @@ pub fn usable_here() -> Vec<BackendId> {
 /// The gradient mode a backend runs by default: its faster correct one. Measured in turns
 /// (`cargo bench --bench peer_pytorch`, 2-core CPU): the symbolic expansion ran candle's MLP
 /// step at 389 steps/s against its autograd's 256 (1.52×) and the learned optimizer's unroll
-/// 1.12× faster; on libtorch 687 against 678 steps/s (even) and the unroll 1.13× faster.
-/// ONNX Runtime has only the expansion. No CUDA measurement yet: the same choice there.
+/// 1.12× faster; on libtorch 687 against 678 steps/s (even) and the unroll 1.13× faster; on
+/// burn (bare burn-flex against `Autodiff<Flex>`) 378 against 363 steps/s and the unroll 1.84×
+/// faster. ONNX Runtime has only the expansion. No CUDA measurement yet: the same choice there.
 pub fn default_grad(_id: BackendId) -> GradMode {
     GradMode::Symbolic
 }
