@@ -12,8 +12,8 @@
 use burn_backend::ops::{ConvOptions, ConvTransposeOptions, FloatTensorOps};
 use burn_backend::tensor::{BoolTensor, FloatTensor, IntTensor};
 use burn_backend::{
-    get_device_settings, read_sync, AutodiffBackend, Backend as BurnEngine, BoolDType,
-    DType as BDType, FloatDType, IntDType, Scalar, Shape, Slice, TensorData, TensorMetadata,
+    get_device_settings, read_sync, AutodiffBackend, Backend as BurnEngine, BoolDType, Element,
+    ExecutionError, FloatDType, IntDType, Scalar, Shape, Slice, TensorData, TensorMetadata,
 };
 use randbench_core::backend::{
     BResult, Backend, BackendError, BackendId, BackendInfo, Device, Engine, GradMode,
@@ -446,6 +446,18 @@ impl<B: Tape> BurnBackend<B> {
         })
     }
 
+    /// A tensor's values as `E`s (converted where burn keeps another dtype), with its shape.
+    fn read<E: Element>(
+        &self,
+        pending: impl std::future::Future<Output = Result<TensorData, ExecutionError>>,
+    ) -> BResult<(Vec<usize>, Vec<E>)> {
+        let lib = |e: String| BackendError::library(self.id, e);
+        let data = read_sync(pending).map_err(|e| lib(e.to_string()))?;
+        let shape = data.shape.to_vec();
+        let data = if data.dtype == E::dtype() { data } else { data.convert::<E>() };
+        Ok((shape, data.into_vec().map_err(|e| lib(format!("{e:?}")))?))
+    }
+
     /// Runs `work`, turning a panic of burn's (its ops check shapes by panicking) into the
     /// backend's error.
     fn guarded<T>(&self, work: impl FnOnce() -> BResult<T>) -> BResult<T> {
@@ -555,26 +567,19 @@ impl<B: Tape> Backend for BurnBackend<B> {
     }
 
     fn download(&self, t: &Self::Tensor) -> BResult<HostTensor> {
-        let lib = |e: String| BackendError::library(self.id, e);
         let (shape, data) = self.guarded(|| {
             Ok(match t {
                 BurnTensor::Float(f) => {
-                    let data =
-                        read_sync(B::float_into_data(f.clone())).map_err(|e| lib(e.to_string()))?;
-                    let shape = data.shape.to_vec();
-                    let data = if data.dtype == BDType::F32 { data } else { data.convert::<f32>() };
-                    (shape, HostData::F32(data.into_vec().map_err(|e| lib(format!("{e:?}")))?))
+                    let (shape, v) = self.read::<f32>(B::float_into_data(f.clone()))?;
+                    (shape, HostData::F32(v))
                 }
                 BurnTensor::Int(i) => {
-                    let data =
-                        read_sync(B::int_into_data(i.clone())).map_err(|e| lib(e.to_string()))?;
-                    let shape = data.shape.to_vec();
-                    let data = if data.dtype == BDType::I64 { data } else { data.convert::<i64>() };
-                    (shape, HostData::I64(data.into_vec().map_err(|e| lib(format!("{e:?}")))?))
+                    let (shape, v) = self.read::<i64>(B::int_into_data(i.clone()))?;
+                    (shape, HostData::I64(v))
                 }
             })
         })?;
-        HostTensor::new(shape, data).map_err(|e| lib(e.to_string()))
+        HostTensor::new(shape, data).map_err(|e| BackendError::library(self.id, e.to_string()))
     }
 
     fn compile(&self, g: &Graph) -> BResult<Self::Program> {

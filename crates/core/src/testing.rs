@@ -598,6 +598,27 @@ pub fn fixed_batch_losses<B: Backend>(
     losses
 }
 
+/// An engine's own autograd (`native`) and the core's symbolic expansion (`symbolic`) agree
+/// directly, output for output, on the unrolled meta-graph, and on a training step's losses.
+pub fn check_native_and_symbolic_agree<N: Backend, S: Backend>(native: &N, symbolic: &S) {
+    let f64s = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<_>>();
+    let opt = LstmOptimizer::default();
+    let q = small_quadratics(8, 10);
+    let g = unroll(&opt, &q, 2, Outer::Gradient, false).expect("graph");
+    let inputs = meta_inputs(&opt, &q, 2, 4);
+    let (a, b) = (run_on(native, &g, &inputs), run_on(symbolic, &g, &inputs));
+    for (k, (name, _)) in g.outputs().iter().enumerate() {
+        let (a, b) = (a[k].as_f32().expect("f32"), b[k].as_f32().expect("f32"));
+        let err = max_rel_diff(&f64s(a), &f64s(b));
+        assert!(err < 1e-5, "{name}: native and symbolic differ by {err:e}");
+    }
+    let opt = Optimizer::momentum(0.01, 0.9);
+    let la = fixed_batch_losses(native, &opt, 10, 1);
+    let lb = fixed_batch_losses(symbolic, &opt, 10, 1);
+    let err = max_rel_diff(&f64s(&la), &f64s(&lb));
+    assert!(err < 1e-5, "loss trajectories differ by {err:e}: {la:?} {lb:?}");
+}
+
 /// Defines the conformance tests for a backend built by `$make` (an expression), so every
 /// engine runs the same checks.
 #[macro_export]
