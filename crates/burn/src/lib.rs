@@ -154,11 +154,6 @@ impl<B: Tape<Device = burn_cuda::CudaDevice>> BurnBackend<B> {
     }
 }
 
-/// Whether this build has burn's CUDA backend (the `cuda` feature).
-pub fn cuda_compiled() -> bool {
-    cfg!(feature = "cuda")
-}
-
 /// What a panic said.
 fn panic_words(payload: &(dyn std::any::Any + Send)) -> String {
     payload
@@ -179,10 +174,6 @@ impl<B: Tape> BurnBackend<B> {
     fn on(device: B::Device, on: Device) -> Self {
         let bools = get_device_settings::<B>(&device).bool_dtype;
         Self { device, id: BackendId { engine: Engine::Burn, device: on }, bools }
-    }
-
-    pub fn grad_mode(&self) -> GradMode {
-        B::MODE
     }
 
     fn no_tape(&self) -> BackendError {

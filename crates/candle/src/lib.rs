@@ -59,15 +59,6 @@ impl CandleBackend {
         })
     }
 
-    /// Whether this build can use CUDA at all (the feature is compiled in).
-    pub fn cuda_compiled() -> bool {
-        cfg!(feature = "cuda")
-    }
-
-    pub fn grad_mode(&self) -> GradMode {
-        self.mode
-    }
-
     pub fn device(&self) -> &candle_core::Device {
         &self.device
     }

@@ -113,10 +113,7 @@ fn burn_idiom_median(randbench_allocator: bool) -> f64 {
     let mut cmd = Command::new(root().join("target/peers/release/burn_idiom"));
     cmd.args(["step", "--steps", &STEPS.to_string()]);
     if randbench_allocator {
-        cmd.env(
-            "GLIBC_TUNABLES",
-            "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824",
-        );
+        cmd.env("GLIBC_TUNABLES", randbench::sys::allocator_tunables());
     }
     let out = cmd.output().unwrap_or_else(|e| panic!("{}: {e}", peer.display()));
     assert!(out.status.success(), "burn_idiom failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -291,18 +288,9 @@ fn compare_step() {
     println!("  {:<32} {:>8.0} steps/s   {:.2}× PyTorch", "candle by hand", 1.0 / h, p / h);
     let idiom = (!burn.is_empty()).then(|| (median(&burn), median(&burn_tuned)));
     if let Some((b, bt)) = idiom {
-        println!(
-            "  {:<32} {:>8.0} steps/s   {:.2}× PyTorch",
-            "burn idiom (nn, optim)",
-            1.0 / b,
-            p / b
-        );
-        println!(
-            "  {:<32} {:>8.0} steps/s   {:.2}× PyTorch",
-            "burn idiom, randbench's malloc",
-            1.0 / bt,
-            p / bt
-        );
+        for (name, t) in [("burn idiom (nn, optim)", b), ("burn idiom, randbench's malloc", bt)] {
+            println!("  {name:<32} {:>8.0} steps/s   {:.2}× PyTorch", 1.0 / t, p / t);
+        }
     }
     for (side, t) in sides.iter().zip(&ours) {
         let t = median(t);

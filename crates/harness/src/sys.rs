@@ -4,6 +4,11 @@
 use randbench_core::units::Bytes;
 use randbench_schema::BusyProcess;
 
+/// Blocks below this many bytes come from the heap, not their own mmap (glibc's largest).
+const MMAP_THRESHOLD: i32 = 32 << 20;
+/// Free memory at the top of the heap kept, not returned to the OS, up to this many bytes.
+const TRIM_THRESHOLD: i32 = 1 << 30;
+
 /// Keeps glibc from returning large freed blocks to the OS. Training frees and reallocates the
 /// same megabyte-sized tensors every step; with glibc's defaults each step page-faults them in
 /// again, which cost the 784-512-10 step on candle about a quarter of its time.
@@ -11,9 +16,17 @@ pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before any threads start.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
     }
+}
+
+/// [`tune_allocator`]'s settings as a `GLIBC_TUNABLES` value, for a process that is not
+/// randbench's (a peer compared with it).
+pub fn allocator_tunables() -> String {
+    format!(
+        "glibc.malloc.mmap_threshold={MMAP_THRESHOLD}:glibc.malloc.trim_threshold={TRIM_THRESHOLD}"
+    )
 }
 
 fn status_kib(field: &str) -> Option<u64> {
