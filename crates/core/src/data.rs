@@ -86,15 +86,22 @@ impl Dataset {
 
     /// The first `n` examples.
     pub fn take(&self, n: usize) -> Result<Self, DataError> {
-        if n > self.len() {
+        self.rows(0..n)
+    }
+
+    /// The examples in `range`.
+    pub fn rows(&self, range: std::ops::Range<usize>) -> Result<Self, DataError> {
+        if range.end > self.len() {
             return Err(DataError::Invalid(format!(
-                "asked for {n} examples, the data set has {}",
+                "asked for {} examples, the data set has {}",
+                range.end,
                 self.len()
             )));
         }
+        let s = self.image_size();
         Ok(Self {
-            images: self.images[..n * self.image_size()].to_vec(),
-            labels: self.labels[..n].to_vec(),
+            images: self.images[range.start * s..range.end * s].to_vec(),
+            labels: self.labels[range.clone()].to_vec(),
             shape: self.shape,
             classes: self.classes,
             background: self.background.clone(),

@@ -1,7 +1,7 @@
 //! Training and evaluation on a data set kept on the device, for the families that train a
-//! model several times in one cell (loss surfaces, random-weight networks): step programs per
-//! optimizer, a trainer that runs them over given batches with snapshots, and evaluation of
-//! per-example outputs summed over a data set.
+//! model several times in one cell (loss surfaces, random-weight networks, architecture search):
+//! step programs per optimizer, a trainer that runs them over given batches with snapshots, and
+//! evaluation of per-example outputs summed over a data set.
 
 use crate::families::{Fit, Record, WARMUP_STEPS};
 use crate::families::{Guard, Loss};
@@ -11,7 +11,7 @@ use randbench_core::data::Dataset;
 use randbench_core::models::Model;
 use randbench_core::optim::Optimizer;
 use randbench_core::rng::Rng;
-use randbench_core::train::{training_step, Feed};
+use randbench_core::train::{eval_graph, training_step, Feed};
 use randbench_core::HostTensor;
 use randbench_schema::Observer;
 use std::time::Instant;
@@ -217,6 +217,36 @@ impl<'a, B: Backend> Trainer<'a, B> {
             state = out;
         }
         Ok(Some(Trained { params: Some(download(&state)?), diverged_at: None, snapshots }))
+    }
+}
+
+/// Examples per run of an evaluation or feature program.
+pub const CHUNK: usize = 500;
+
+/// A model's evaluation over a data set of `n` examples on the device.
+pub struct Evaluation<B: Backend> {
+    prog: B::Program,
+    n: usize,
+    chunk: usize,
+}
+
+impl<B: Backend> Evaluation<B> {
+    pub fn compile(b: &B, model: &Model, n: usize) -> BResult<Self> {
+        let chunk = CHUNK.min(n);
+        let prog = b.compile(&eval_graph(model, chunk, Feed::Gather { examples: n })?)?;
+        Ok(Evaluation { prog, n, chunk })
+    }
+
+    /// Accuracy of `params` over `data`.
+    pub fn accuracy(
+        &mut self,
+        b: &B,
+        params: &[HostTensor],
+        data: &(B::Tensor, B::Tensor),
+    ) -> BResult<f64> {
+        let dev = upload_all(b, params)?;
+        let refs: Vec<&B::Tensor> = dev.iter().collect();
+        Ok(fits(b, &mut self.prog, &refs, data, self.n, self.chunk, 1)?[0].accuracy)
     }
 }
 

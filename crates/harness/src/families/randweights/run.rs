@@ -4,7 +4,7 @@
 //! random and with trained weights, and draw them.
 
 use super::{Metrics, RandomWeights, Reconstruction, Weights};
-use crate::families::training::{fits, padded_indices, upload_all, Steps, Trainer};
+use crate::families::training::{padded_indices, upload_all, Evaluation, Steps, Trainer, CHUNK};
 use crate::families::Guard;
 use crate::families::{Job, Record, WorkloadFamily};
 use randbench_core::backend::{BResult, Backend};
@@ -13,48 +13,18 @@ use randbench_core::models::{init_params, Activation, Model};
 use randbench_core::optim::{defaults, Optimizer, Rule};
 use randbench_core::rng::Rng;
 use randbench_core::stats::Summary;
-use randbench_core::train::{eval_graph, features_graph, inversion_step, Feed};
+use randbench_core::train::{features_graph, inversion_step, Feed};
 use randbench_core::units::Seconds;
 use randbench_core::HostTensor;
 use randbench_schema::{Observer, Progress, Status};
 use std::path::Path;
 use std::time::Instant;
 
-/// Examples per run of an evaluation or feature program.
-const CHUNK: usize = 500;
-
 fn adam(lr: f64) -> Optimizer {
     Optimizer::new(
         Rule::Adam { beta1: defaults::BETA1, beta2: defaults::BETA2, eps: defaults::EPS },
         lr,
     )
-}
-
-/// A model's evaluation over a data set of `n` examples on the device.
-struct Evaluation<B: Backend> {
-    prog: B::Program,
-    n: usize,
-    chunk: usize,
-}
-
-impl<B: Backend> Evaluation<B> {
-    fn compile(b: &B, model: &Model, n: usize) -> BResult<Self> {
-        let chunk = CHUNK.min(n);
-        let prog = b.compile(&eval_graph(model, chunk, Feed::Gather { examples: n })?)?;
-        Ok(Evaluation { prog, n, chunk })
-    }
-
-    /// Accuracy of `params` over `data`.
-    fn accuracy(
-        &mut self,
-        b: &B,
-        params: &[HostTensor],
-        data: &(B::Tensor, B::Tensor),
-    ) -> BResult<f64> {
-        let dev = upload_all(b, params)?;
-        let refs: Vec<&B::Tensor> = dev.iter().collect();
-        Ok(fits(b, &mut self.prog, &refs, data, self.n, self.chunk, 1)?[0].accuracy)
-    }
 }
 
 /// A depth's reconstruction programs, compiled once for both weights: the target feature
