@@ -5,6 +5,7 @@
 
 mod guard;
 pub mod l2l;
+pub mod nas;
 pub mod randomization;
 pub mod randweights;
 pub mod surfaces;
@@ -454,4 +455,5 @@ families! {
     LearnedOptimizer => l2l,
     LossSurface => surfaces,
     RandomWeights => randweights,
+    ArchitectureSearch => nas,
 }
