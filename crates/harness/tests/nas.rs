@@ -122,7 +122,13 @@ fn the_search_reads_the_table_of_its_run_and_repeats_with_its_seed() {
     for name in ["candidates_per_second", "compile_seconds_per_model", "best_validation_accuracy"] {
         assert!(a[0].figure(name).is_some(), "{name}");
     }
-    for name in ["regret_random", "regret_q_learning", "regret_evolution", "final_test_accuracy"] {
+    for name in [
+        "regret_random",
+        "regret_q_learning",
+        "regret_walk",
+        "regret_evolution",
+        "final_test_accuracy",
+    ] {
         assert!(a[1].figure(name).is_some(), "{name}");
     }
 }

@@ -1,5 +1,6 @@
 //! Architecture search (Zoph & Le; Baker et al.'s MetaQNN, ICLR 2017; Real et al.'s
-//! regularized evolution, 2019; Li & Talwalkar's random-search baseline, 2019) over a space
+//! regularized evolution, 2019; Li & Talwalkar's random-search baseline, 2019; and MetaQNN's
+//! walks without learning, the control that says what Q-learning learned) over a space
 //! small enough to evaluate whole, as the tabular benchmarks (NAS-Bench-101/201) do: every
 //! architecture is trained once per engine and seed by one recipe and scored on a validation
 //! subset (the table), and each strategy then searches the table for many seeds at the cost of
@@ -419,6 +420,7 @@ impl WorkloadFamily for Family {
         BEST_VALIDATION_ACCURACY,
         REGRET_RANDOM,
         REGRET_Q_LEARNING,
+        REGRET_WALK,
         REGRET_EVOLUTION,
         FINAL_TEST_ACCURACY,
     ];
@@ -446,6 +448,7 @@ impl WorkloadFamily for Family {
             (&BEST_VALIDATION_ACCURACY, m.best_row().map(Row::score).filter(|_| table)),
             (&REGRET_RANDOM, regret(Strategy::Random)),
             (&REGRET_Q_LEARNING, regret(Strategy::QLearning)),
+            (&REGRET_WALK, regret(Strategy::Walk)),
             (&REGRET_EVOLUTION, regret(Strategy::Evolution)),
             (&FINAL_TEST_ACCURACY, best_test),
         ])
@@ -469,6 +472,8 @@ const REGRET_RANDOM: Measure =
     Measure::new("regret_random", "", Better::Lower, MeasureKind::Outcome, 0.10);
 const REGRET_Q_LEARNING: Measure =
     Measure::new("regret_q_learning", "", Better::Lower, MeasureKind::Outcome, 0.10);
+const REGRET_WALK: Measure =
+    Measure::new("regret_walk", "", Better::Lower, MeasureKind::Outcome, 0.10);
 const REGRET_EVOLUTION: Measure =
     Measure::new("regret_evolution", "", Better::Lower, MeasureKind::Outcome, 0.10);
 /// The best test accuracy of the retrained top architectures.

@@ -14,11 +14,16 @@ use std::fmt;
 pub enum Strategy {
     Random,
     QLearning,
+    /// The control for Q-learning: MetaQNN's walks at ε = 1 throughout, learning nothing. What
+    /// Q-learning gains over it is learning; what it gains over random search is also how its
+    /// walks sample the space (choice by choice, not row by row).
+    Walk,
     Evolution,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 3] = [Strategy::Random, Strategy::QLearning, Strategy::Evolution];
+    pub const ALL: [Strategy; 4] =
+        [Strategy::Random, Strategy::QLearning, Strategy::Walk, Strategy::Evolution];
 }
 
 impl fmt::Display for Strategy {
@@ -26,6 +31,7 @@ impl fmt::Display for Strategy {
         f.write_str(match self {
             Strategy::Random => "random search",
             Strategy::QLearning => "MetaQNN Q-learning",
+            Strategy::Walk => "MetaQNN's walk, no learning",
             Strategy::Evolution => "regularized evolution",
         })
     }
@@ -195,6 +201,12 @@ pub fn search(
                     let (p, r) = &memory[rng.below(memory.len())];
                     agent.update(p, *r);
                 }
+            }
+        }
+        Strategy::Walk => {
+            let agent = QAgent::new(space);
+            while budget.open() {
+                budget.evaluate(table.rows[&space.arch_of(&agent.walk(1.0, rng))]);
             }
         }
         Strategy::Evolution => {

@@ -79,39 +79,42 @@ pub fn all(rs: &[E]) -> Vec<Table> {
             percent(best.validation_accuracy),
         ]);
     }
-    out.push(Table {
-        title: format!("{workload}: the space, trained once per engine"),
-        caption: format!(
-            "every architecture trained by one recipe on {} examples and scored on {} \
+    // A shard of searches alone has no rows: the table cells ran elsewhere.
+    if !cost.is_empty() {
+        out.push(Table {
+            title: format!("{workload}: the space, trained once per engine"),
+            caption: format!(
+                "every architecture trained by one recipe on {} examples and scored on {} \
              validation examples",
-            first.metrics.train_examples, first.metrics.validation_examples
-        ),
-        header: [
-            ("backend", false),
-            ("seed", false),
-            ("models", true),
-            ("seconds", true),
-            ("models/s", true),
-            ("compile ms (median)", true),
-            ("first step ms", true),
-            ("step ms", true),
-            ("outside steps", true),
-            ("diverged", true),
-            ("best", false),
-            ("validation", true),
-        ]
-        .iter()
-        .map(|&(n, fig)| if fig { Column::figure(n) } else { Column::plain(n) })
-        .collect(),
-        rows: cost,
-        notes: vec![
+                first.metrics.train_examples, first.metrics.validation_examples
+            ),
+            header: [
+                ("backend", false),
+                ("seed", false),
+                ("models", true),
+                ("seconds", true),
+                ("models/s", true),
+                ("compile ms (median)", true),
+                ("first step ms", true),
+                ("step ms", true),
+                ("outside steps", true),
+                ("diverged", true),
+                ("best", false),
+                ("validation", true),
+            ]
+            .iter()
+            .map(|&(n, fig)| if fig { Column::figure(n) } else { Column::plain(n) })
+            .collect(),
+            rows: cost,
+            notes: vec![
             "compile: building the step and evaluation graphs and compiling them on the engine; \
              first step: the first training step of each new graph; outside steps: the share \
              of all candidates' time not in training steps (compilation, uploads, evaluation); \
              diverged: candidates whose loss stopped being finite (a search scores them 0)"
                 .into(),
         ],
-    });
+        });
+    }
 
     // The strategies at the budget.
     let mut strategies = Vec::new();
@@ -131,16 +134,23 @@ pub fn all(rs: &[E]) -> Vec<Table> {
                 fmt_value(c.seconds.mean),
             ]);
         }
-        if let (Some(r), Some(q)) = (s.curve(Strategy::Random), s.curve(Strategy::QLearning)) {
-            let (r, q) = (r.by_models.last().expect("budget"), q.by_models.last().expect("budget"));
-            let verdict = if q.high < r.low {
-                "Q-learning's regret is below random search's (the intervals do not overlap)"
-            } else if r.high < q.low {
-                "random search's regret is below Q-learning's (the intervals do not overlap)"
+        let versus = |a: Strategy, b: Strategy| -> Option<String> {
+            let last = |st: Strategy| s.curve(st).and_then(|c| c.by_models.last());
+            let (x, y) = (last(a)?, last(b)?);
+            Some(if x.high < y.low {
+                format!("{a}'s regret is below {b}'s (the intervals do not overlap)")
+            } else if y.high < x.low {
+                format!("{b}'s regret is below {a}'s (the intervals do not overlap)")
             } else {
-                "Q-learning and random search cannot be told apart (the intervals overlap)"
-            };
-            notes.push(format!("{} seed {}: {verdict}", key.0, key.1));
+                format!("{a} and {b} cannot be told apart (the intervals overlap)")
+            })
+        };
+        for (a, b) in
+            [(Strategy::QLearning, Strategy::Random), (Strategy::QLearning, Strategy::Walk)]
+        {
+            if let Some(verdict) = versus(a, b) {
+                notes.push(format!("{} seed {}: {verdict}", key.0, key.1));
+            }
         }
         for f in &s.finals {
             finals.push(vec![
@@ -289,11 +299,12 @@ pub fn headline(r: &CellResult, m: &Metrics) -> String {
         };
         let test = s.finals.first().and_then(|f| f.test_accuracy);
         return format!(
-            "regret after {} models (points): random {}, Q-learning {}, evolution {}; top found \
-             {} on test",
+            "regret after {} models (points): random {}, Q-learning {}, its walk unlearned {}, \
+             evolution {}; top found {} on test",
             s.models,
             regret(Strategy::Random),
             regret(Strategy::QLearning),
+            regret(Strategy::Walk),
             regret(Strategy::Evolution),
             percent(test)
         );
