@@ -83,6 +83,11 @@ pub fn median(xs: impl Iterator<Item = f64>) -> Option<f64> {
     Summary::of(&xs.collect::<Vec<_>>()).map(|s| s.median)
 }
 
+/// A fraction as a percentage with one decimal, or "-" where there is none.
+pub fn fmt_percent(x: Option<f64>) -> String {
+    x.map_or("-".into(), |v| format!("{:.1}%", 100.0 * v))
+}
+
 /// A figure with about four significant digits, in scientific notation when very large or
 /// small.
 pub fn fmt_value(x: f64) -> String {

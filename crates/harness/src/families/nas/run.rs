@@ -208,8 +208,7 @@ pub fn run<B: Backend>(
             let seconds: Vec<f64> = rows.iter().map(|r| r.seconds.0).collect();
             let (curves, grid) =
                 curves(&w.space, &table, &accuracy, &seconds, w.settings, w.seeds, job.seed);
-            let best =
-                (0..rows.len()).fold(0, |b, i| if accuracy[i] > accuracy[b] { i } else { b });
+            let best = super::best(rows.iter()).expect("a space of at least one row");
             // The top rows found: each search's best, ranked by validation accuracy.
             let mut found: HashMap<usize, usize> = HashMap::new();
             for i in curves.iter().flat_map(|c| &c.found) {
@@ -238,8 +237,8 @@ pub fn run<B: Backend>(
             m.search = Some(SearchOutcome {
                 rows_read,
                 rows_trained: m.rows.len(),
-                best: rows[best].arch.clone(),
-                best_validation_accuracy: accuracy[best],
+                best: best.arch.clone(),
+                best_validation_accuracy: best.score(),
                 models: w.settings.models,
                 seeds: w.seeds,
                 grid,

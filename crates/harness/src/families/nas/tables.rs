@@ -7,7 +7,7 @@ use super::search::Band;
 use super::{best, Family, Metrics, Row, SearchOutcome, Strategy, Variant};
 use crate::families::Entry;
 use crate::report::chart::{ChartKind, Lines, Polyline};
-use crate::report::{first_appearance, fmt_value, Chart, Column, Table};
+use crate::report::{first_appearance, fmt_percent, fmt_value, Chart, Column, Table};
 use randbench_core::backend::BackendId;
 use randbench_core::stats::median;
 use randbench_schema::CellResult;
@@ -32,10 +32,6 @@ fn search_of<'a>(rs: &'a [E<'a>], key: (BackendId, u64)) -> Option<&'a SearchOut
         .filter(|r| (r.result.cell.backend, r.result.cell.seed) == key && r.result.round == 0)
         .filter(|r| *r.variant == Variant::Search)
         .find_map(|r| r.metrics.search.as_ref())
-}
-
-fn percent(x: Option<f64>) -> String {
-    x.map_or("-".into(), |v| format!("{:.1}%", 100.0 * v))
 }
 
 fn band(b: &Band, scale: f64) -> String {
@@ -76,7 +72,7 @@ pub fn all(rs: &[E]) -> Vec<Table> {
             format!("{:.0}%", 100.0 * (1.0 - steps / total)),
             rows.iter().filter(|r| r.validation_accuracy.is_none()).count().to_string(),
             best.arch.to_string(),
-            percent(best.validation_accuracy),
+            fmt_percent(best.validation_accuracy),
         ]);
     }
     // A shard of searches alone has no rows: the table cells ran elsewhere.
@@ -157,8 +153,8 @@ pub fn all(rs: &[E]) -> Vec<Table> {
                 key.0.to_string(),
                 f.arch.to_string(),
                 f.params.to_string(),
-                percent(Some(f.validation_accuracy)),
-                percent(f.test_accuracy),
+                fmt_percent(Some(f.validation_accuracy)),
+                fmt_percent(f.test_accuracy),
                 f.found_by.to_string(),
                 fmt_value(f.seconds.0),
             ]);
@@ -218,7 +214,9 @@ pub fn all(rs: &[E]) -> Vec<Table> {
             .map(|r| {
                 let mut row = vec![r.arch.to_string(), r.params.to_string()];
                 row.extend(tables.iter().map(|t| {
-                    percent(t.iter().find(|x| x.arch == r.arch).and_then(|x| x.validation_accuracy))
+                    fmt_percent(
+                        t.iter().find(|x| x.arch == r.arch).and_then(|x| x.validation_accuracy),
+                    )
                 }));
                 row
             })
@@ -306,7 +304,7 @@ pub fn headline(r: &CellResult, m: &Metrics) -> String {
             regret(Strategy::QLearning),
             regret(Strategy::Walk),
             regret(Strategy::Evolution),
-            percent(test)
+            fmt_percent(test)
         );
     }
     match m.best_row() {
@@ -317,7 +315,7 @@ pub fn headline(r: &CellResult, m: &Metrics) -> String {
             millis(m.median_of(|r| r.compile_seconds.0)),
             100.0 * m.outside_steps().unwrap_or(0.0),
             best.arch,
-            percent(best.validation_accuracy)
+            fmt_percent(best.validation_accuracy)
         ),
         None => format!("{} (no model trained)", r.status.label()),
     }

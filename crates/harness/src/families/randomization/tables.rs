@@ -3,7 +3,7 @@
 
 use super::Metrics;
 use crate::families::Entry;
-use crate::report::{first_appearance, median, Column, Table};
+use crate::report::{first_appearance, fmt_percent, median, Column, Table};
 use randbench_core::units::{Bytes, Seconds};
 use randbench_schema::{CellResult, Status};
 
@@ -11,10 +11,6 @@ const METRICS: [&str; 7] =
     ["fit", "time to fit", "× true", "train acc", "test acc", "steps/s", "memory"];
 
 type Row<'a> = Entry<'a, super::Family>;
-
-fn percent(x: Option<f64>) -> String {
-    x.map(|v| format!("{:.1}%", 100.0 * v)).unwrap_or_else(|| "-".into())
-}
 
 /// The status column: epochs to fit, or what went wrong; "k/n" when seeds disagree.
 fn fit_cell(cells: &[Row]) -> String {
@@ -96,8 +92,8 @@ pub fn comparison(rs: &[Row]) -> Table {
             row.push(fit_cell(&cs));
             row.push(secs.map(|s| Seconds(s).to_string()).unwrap_or_else(|| "-".into()));
             row.push(ratio);
-            row.push(percent(median(cs.iter().filter_map(|c| c.metrics.train_accuracy))));
-            row.push(percent(median(cs.iter().filter_map(|c| c.metrics.test_accuracy))));
+            row.push(fmt_percent(median(cs.iter().filter_map(|c| c.metrics.train_accuracy))));
+            row.push(fmt_percent(median(cs.iter().filter_map(|c| c.metrics.test_accuracy))));
             row.push(
                 median(cs.iter().filter_map(|c| c.metrics.steps_per_second.map(|s| s.median)))
                     .map(|v| format!("{v:.0}"))

@@ -5,7 +5,7 @@
 use super::{Family, Metrics, Weights};
 use crate::families::Entry;
 use crate::report::chart::{ChartKind, Lines, Polyline};
-use crate::report::{first_appearance, fmt_value, Chart, Column, Table};
+use crate::report::{first_appearance, fmt_percent, fmt_value, Chart, Column, Table};
 use randbench_schema::CellResult;
 
 type Row<'a> = Entry<'a, Family>;
@@ -25,10 +25,6 @@ fn firsts<'a>(rs: &'a [Row<'a>]) -> Vec<&'a Row<'a>> {
 
 fn loss(x: Option<f64>) -> String {
     x.map_or("-".into(), |v| format!("{v:.3e}"))
-}
-
-fn percent(x: Option<f64>) -> String {
-    x.map_or("-".into(), |v| format!("{:.1}%", 100.0 * v))
 }
 
 pub fn all(rs: &[Row]) -> Vec<Table> {
@@ -99,9 +95,9 @@ pub fn all(rs: &[Row]) -> Vec<Table> {
                 let m: &Metrics = r.metrics;
                 vec![
                     r.result.cell.backend.to_string(),
-                    percent(m.untrained_test_accuracy),
-                    percent(m.trained_test_accuracy),
-                    percent(m.probe_test_accuracy),
+                    fmt_percent(m.untrained_test_accuracy),
+                    fmt_percent(m.trained_test_accuracy),
+                    fmt_percent(m.probe_test_accuracy),
                     m.probe_features.to_string(),
                 ]
             })
