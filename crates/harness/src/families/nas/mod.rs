@@ -215,23 +215,28 @@ pub struct Metrics {
     pub search: Option<SearchOutcome>,
 }
 
+/// Candidates trained per second of their own time.
+pub fn models_per_second(rows: &[&Row]) -> Option<f64> {
+    let total: f64 = rows.iter().map(|r| r.seconds.0).sum();
+    (total > 0.0).then(|| rows.len() as f64 / total)
+}
+
+/// The share of the candidates' time spent outside training steps (compilation, uploads,
+/// evaluation).
+pub fn outside_steps(rows: &[&Row]) -> Option<f64> {
+    let total: f64 = rows.iter().map(|r| r.seconds.0).sum();
+    let steps: f64 = rows.iter().map(|r| r.train_seconds.0).sum();
+    (total > 0.0).then(|| 1.0 - steps / total)
+}
+
+pub fn median_of(rows: &[&Row], f: impl Fn(&Row) -> f64) -> Option<f64> {
+    median(&rows.iter().map(|r| f(r)).collect::<Vec<_>>())
+}
+
 impl Metrics {
-    /// Candidates trained per second of the cell's candidates.
-    pub fn candidates_per_second(&self) -> Option<f64> {
-        let total: f64 = self.rows.iter().map(|r| r.seconds.0).sum();
-        (total > 0.0).then(|| self.rows.len() as f64 / total)
-    }
-
-    pub fn median_of(&self, f: impl Fn(&Row) -> f64) -> Option<f64> {
-        median(&self.rows.iter().map(f).collect::<Vec<_>>())
-    }
-
-    /// The share of the candidates' time spent outside training steps (compilation, uploads,
-    /// evaluation).
-    pub fn outside_steps(&self) -> Option<f64> {
-        let total: f64 = self.rows.iter().map(|r| r.seconds.0).sum();
-        let steps: f64 = self.rows.iter().map(|r| r.train_seconds.0).sum();
-        (total > 0.0).then(|| 1.0 - steps / total)
+    /// The cell's rows, for the cost figures above.
+    pub fn row_refs(&self) -> Vec<&Row> {
+        self.rows.iter().collect()
     }
 
     pub fn best_row(&self) -> Option<&Row> {
@@ -440,11 +445,12 @@ impl WorkloadFamily for Family {
                 .fold(None, |b: Option<f64>, a| Some(b.map_or(a, |b| b.max(a))))
         });
         let table = m.search.is_none();
+        let rows = m.row_refs();
         Figure::present([
-            (&CANDIDATES_PER_SECOND, m.candidates_per_second().filter(|_| table)),
-            (&COMPILE_SECONDS, m.median_of(|r| r.compile_seconds.0).filter(|_| table)),
-            (&FIRST_STEP_SECONDS, m.median_of(|r| r.first_step_seconds.0).filter(|_| table)),
-            (&OUTSIDE_STEPS, m.outside_steps().filter(|_| table)),
+            (&CANDIDATES_PER_SECOND, models_per_second(&rows).filter(|_| table)),
+            (&COMPILE_SECONDS, median_of(&rows, |r| r.compile_seconds.0).filter(|_| table)),
+            (&FIRST_STEP_SECONDS, median_of(&rows, |r| r.first_step_seconds.0).filter(|_| table)),
+            (&OUTSIDE_STEPS, outside_steps(&rows).filter(|_| table)),
             (&BEST_VALIDATION_ACCURACY, m.best_row().map(Row::score).filter(|_| table)),
             (&REGRET_RANDOM, regret(Strategy::Random)),
             (&REGRET_Q_LEARNING, regret(Strategy::QLearning)),

@@ -4,12 +4,12 @@
 //! against models and against engine seconds.
 
 use super::search::Band;
-use super::{best, Family, Metrics, Row, SearchOutcome, Strategy, Variant};
+use super::{best, median_of, models_per_second, outside_steps};
+use super::{Family, Metrics, Row, SearchOutcome, Strategy, Variant};
 use crate::families::Entry;
 use crate::report::chart::{ChartKind, Lines, Polyline};
 use crate::report::{first_appearance, fmt_percent, fmt_value, Chart, Column, Table};
 use randbench_core::backend::BackendId;
-use randbench_core::stats::median;
 use randbench_schema::CellResult;
 
 type E<'a> = Entry<'a, Family>;
@@ -55,21 +55,18 @@ pub fn all(rs: &[E]) -> Vec<Table> {
         if rows.is_empty() {
             continue;
         }
-        let total: f64 = rows.iter().map(|r| r.seconds.0).sum();
-        let steps: f64 = rows.iter().map(|r| r.train_seconds.0).sum();
-        let med = |f: &dyn Fn(&Row) -> f64| median(&rows.iter().map(|r| f(r)).collect::<Vec<_>>());
-        let step = med(&|r| r.train_seconds.0 / r.steps.max(1) as f64);
         let best = best(rows.iter().copied()).expect("rows");
+        let or_dash = |x: Option<f64>, f: fn(f64) -> String| x.map_or("-".into(), f);
         cost.push(vec![
             key.0.to_string(),
             key.1.to_string(),
             format!("{}/{space}", rows.len()),
-            fmt_value(total),
-            format!("{:.2}", rows.len() as f64 / total),
-            millis(med(&|r| r.compile_seconds.0)),
-            millis(med(&|r| r.first_step_seconds.0)),
-            millis(step),
-            format!("{:.0}%", 100.0 * (1.0 - steps / total)),
+            fmt_value(rows.iter().map(|r| r.seconds.0).sum()),
+            or_dash(models_per_second(&rows), |v| format!("{v:.2}")),
+            millis(median_of(&rows, |r| r.compile_seconds.0)),
+            millis(median_of(&rows, |r| r.first_step_seconds.0)),
+            millis(median_of(&rows, |r| r.train_seconds.0 / r.steps.max(1) as f64)),
+            or_dash(outside_steps(&rows), |v| format!("{:.0}%", 100.0 * v)),
             rows.iter().filter(|r| r.validation_accuracy.is_none()).count().to_string(),
             best.arch.to_string(),
             fmt_percent(best.validation_accuracy),
@@ -307,13 +304,14 @@ pub fn headline(r: &CellResult, m: &Metrics) -> String {
             fmt_percent(test)
         );
     }
+    let rows = m.row_refs();
     match m.best_row() {
         Some(best) => format!(
             "{} models at {:.2}/s, compile {} ms (median), {:.0}% outside steps; best {} {}",
             m.rows.len(),
-            m.candidates_per_second().unwrap_or(0.0),
-            millis(m.median_of(|r| r.compile_seconds.0)),
-            100.0 * m.outside_steps().unwrap_or(0.0),
+            models_per_second(&rows).unwrap_or(0.0),
+            millis(median_of(&rows, |r| r.compile_seconds.0)),
+            100.0 * outside_steps(&rows).unwrap_or(0.0),
             best.arch,
             fmt_percent(best.validation_accuracy)
         ),
