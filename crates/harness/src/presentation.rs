@@ -8,6 +8,7 @@ use crate::report::chart::{self, Chart};
 use crate::report::{first_appearance, fmt_value, Column, Document, Table};
 use randbench_core::backend::BackendId;
 use randbench_core::stats::{self, Outliers, Summary};
+use randbench_core::units::Seconds;
 use randbench_schema::group::{busy_warning, by_cell, figures};
 use randbench_schema::{CellResult, MeasureKind, Status};
 
@@ -27,6 +28,7 @@ pub fn document<'a>(
         tables.extend(t);
         charts.extend(c);
     }
+    tables.extend(setup_table(results));
     tables.extend(rounds_table(results));
     tables.extend(parity_table(results));
     charts.extend(speed_charts(results));
@@ -108,6 +110,57 @@ fn memory_chart(results: &[CellResult]) -> Option<Chart> {
                   GPU memory the cell held"
             .into(),
         kind: chart::ChartKind::Bars(chart::Bars { value_label: "MiB".into(), bars }),
+    })
+}
+
+/// What each engine pays before a cell's timed work, per workload and backend: building and
+/// compiling the cell's graphs, and the first step on them. No speed figure includes either.
+pub fn setup_table(results: &[CellResult]) -> Option<Table> {
+    let mut rows = Vec::new();
+    for w in first_appearance(results.iter().map(|r| r.cell.workload.as_str())) {
+        let mine = || results.iter().filter(move |r| r.cell.workload == w);
+        for b in first_appearance(mine().map(|r| r.cell.backend)) {
+            let cells: Vec<&CellResult> = mine().filter(|r| r.cell.backend == b).collect();
+            let compile: Vec<f64> =
+                cells.iter().filter_map(|r| r.compile_seconds).map(|s| s.0).collect();
+            let first: Vec<f64> =
+                cells.iter().filter_map(|r| r.first_step_seconds).map(|s| s.0).collect();
+            if compile.is_empty() && first.is_empty() {
+                continue;
+            }
+            let spread = |xs: &[f64]| match Summary::of(xs) {
+                Some(s) => {
+                    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    (Seconds(s.median).to_string(), Seconds(max).to_string())
+                }
+                None => ("-".into(), "-".into()),
+            };
+            let ((cm, cx), (fm, fx)) = (spread(&compile), spread(&first));
+            rows.push(vec![w.to_string(), b.to_string(), cells.len().to_string(), cm, cx, fm, fx]);
+        }
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let header = ["workload", "backend", "cells", "compile", "max", "first step", "max"]
+        .iter()
+        .enumerate()
+        .map(|(k, h)| if k < 2 { Column::plain(h) } else { Column::figure(h) })
+        .collect();
+    let notes =
+        vec!["compile: building a cell's graphs and the engine's own preparation of them (ONNX \
+         Runtime's sessions, libtorch's and candle's op plans, burn's), median and largest over \
+         the cells; first step: the first step on them, which pays lazy allocation and kernel \
+         choice. Both come before the clock: no speed figure includes them. Architecture \
+         search compiles a graph per model, so its cells sum its models' (its own table gives \
+         the median per model)."
+            .into()];
+    Some(Table {
+        title: "set-up cost".into(),
+        caption: "what each cell paid before its timed work".into(),
+        header,
+        rows,
+        notes,
     })
 }
 

@@ -124,16 +124,14 @@ pub fn comparison(rs: &[Row]) -> Table {
             .to_string(),
     ];
     for b in &backends {
-        let mine = rs.iter().filter(|r| r.result.cell.backend == *b);
-        let total: f64 = mine.clone().map(|r| r.metrics.train_seconds.0).sum();
-        let compile = median(mine.clone().filter_map(|r| r.result.compile_seconds.map(|s| s.0)));
-        let first_step = median(mine.filter_map(|r| r.result.first_step_seconds.map(|s| s.0)));
-        let or_dash = |s: Option<f64>| s.map(|s| Seconds(s).to_string()).unwrap_or("-".into());
+        let total: f64 = rs
+            .iter()
+            .filter(|r| r.result.cell.backend == *b)
+            .map(|r| r.metrics.train_seconds.0)
+            .sum();
         notes.push(format!(
-            "{b}: {} of training in all; median compile {}, first step {}.",
-            Seconds(total),
-            or_dash(compile),
-            or_dash(first_step)
+            "{b}: {} of training in all (compile and first step: the set-up cost table).",
+            Seconds(total)
         ));
     }
     for r in rs.iter().map(|e| e.result).filter(|r| r.error.is_some()) {
