@@ -35,6 +35,14 @@ pub trait EagerOps {
     fn grads(&self, of: &Self::T, wrt: &[&Self::T]) -> BResult<Vec<Option<Self::T>>>;
     fn zeros(&self, shape: &[usize]) -> BResult<Self::T>;
     fn shape_dtype(&self, t: &Self::T) -> (Vec<usize>, DType);
+    /// Runs the elementwise `node` as [`apply`](Self::apply) does, but may write the result
+    /// into the buffer of `args[into]`: a value of the node's shape that nothing else holds
+    /// and nothing reads afterwards (see [`EagerProgram`]'s reuse plan). Engines with in-place
+    /// ops override it to save an allocation and a pass over memory.
+    fn apply_into(&self, node: &Node, args: &[&Self::T], into: usize) -> BResult<Self::T> {
+        let _ = into;
+        self.apply(node, args)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +73,8 @@ pub struct EagerProgram<T> {
     consts: HashMap<usize, T>,
     /// Values no later step reads, dropped after each step to bound memory.
     drop_after: Vec<Vec<usize>>,
+    /// Per step: the argument whose buffer an elementwise op may write its result into.
+    reuse: Vec<Option<usize>>,
 }
 
 impl<T: Clone> EagerProgram<T> {
@@ -117,7 +127,8 @@ impl<T: Clone> EagerProgram<T> {
             }
         }
         let drop_after = plan_drops(&graph, &steps, &groups);
-        Ok(Self { graph, steps, groups, tracked_input, consts: HashMap::new(), drop_after })
+        let reuse = plan_reuse(&graph, &steps, &groups);
+        Ok(Self { graph, steps, groups, tracked_input, consts: HashMap::new(), drop_after, reuse })
     }
 
     /// The graph this program runs (after any symbolic expansion).
@@ -154,16 +165,24 @@ impl<T: Clone> EagerProgram<T> {
             match step {
                 Step::Node(i) => {
                     let node = &g.nodes()[*i];
+                    // The reused argument leaves `vals` first, so that nothing else holds it.
+                    let dead = self.reuse[si].map(|k| {
+                        let a = node.args[k].index();
+                        (a, vals[a].take().expect("planned"))
+                    });
                     let out = {
                         let args: Vec<&T> = node
                             .args
                             .iter()
-                            .map(|a| vals[a.index()].as_ref().expect("planned"))
+                            .map(|a| match &dead {
+                                Some((d, t)) if *d == a.index() => t,
+                                _ => vals[a.index()].as_ref().expect("planned"),
+                            })
                             .collect();
-                        if node.op == Op::StopGradient {
-                            e.detach(args[0])?
-                        } else {
-                            e.apply(node, &args)?
+                        match self.reuse[si] {
+                            _ if node.op == Op::StopGradient => e.detach(args[0])?,
+                            Some(k) => e.apply_into(node, &args, k)?,
+                            None => e.apply(node, &args)?,
                         }
                     };
                     vals[*i] = Some(out);
@@ -312,6 +331,50 @@ fn segment_between(g: &Graph, wrt: &[NodeId], of: NodeId) -> (Vec<NodeId>, Vec<N
     (segment, boundary)
 }
 
+/// For each step, the argument (by position) whose buffer the step's elementwise op may write
+/// its result into, if any: an f32 value of the op's shape, made by an op that returns a new
+/// buffer (never a view, an input or a constant), read by this op alone (so no view of it and
+/// no gradient group holds it) and not an output.
+fn plan_reuse(g: &Graph, steps: &[Step], groups: &[GradGroup]) -> Vec<Option<usize>> {
+    let mut uses = vec![0usize; g.len()];
+    for n in g.nodes() {
+        for a in &n.args {
+            uses[a.index()] += 1;
+        }
+    }
+    for grp in groups {
+        for r in std::iter::once(&grp.of).chain(&grp.wrt).chain(&grp.boundary) {
+            uses[r.index()] += 1;
+        }
+    }
+    for (_, id) in g.outputs() {
+        uses[id.index()] += 1;
+    }
+    let elementwise =
+        |op: &Op| matches!(op, Op::Unary(_) | Op::Affine { .. } | Op::Binary(_) | Op::Clamp { .. });
+    let new_buffer = |op: &Op| match op {
+        Op::Affine { mul, add } => *mul != 1.0 || *add != 0.0,
+        op => elementwise(op) || matches!(op, Op::MatMul { .. } | Op::Linear),
+    };
+    steps
+        .iter()
+        .map(|step| {
+            let Step::Node(i) = step else { return None };
+            let node = &g.nodes()[*i];
+            if !elementwise(&node.op) || node.dtype != DType::F32 {
+                return None;
+            }
+            node.args.iter().position(|a| {
+                let arg = g.node(*a);
+                uses[a.index()] == 1
+                    && new_buffer(&arg.op)
+                    && arg.shape == node.shape
+                    && arg.dtype == DType::F32
+            })
+        })
+        .collect()
+}
+
 /// For each step, the values no later step (nor the outputs) reads.
 fn plan_drops(g: &Graph, steps: &[Step], groups: &[GradGroup]) -> Vec<Vec<usize>> {
     let mut last_use: HashMap<usize, usize> = HashMap::new();
@@ -339,4 +402,40 @@ fn plan_drops(g: &Graph, steps: &[Step], groups: &[GradGroup]) -> Vec<Vec<usize>
         }
     }
     drops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::UnaryOp;
+
+    /// The steps that may write into an argument: (node, argument position).
+    fn reused(p: &EagerProgram<()>) -> Vec<(usize, usize)> {
+        p.steps
+            .iter()
+            .zip(&p.reuse)
+            .filter_map(|(s, r)| match (s, r) {
+                (Step::Node(i), Some(k)) => Some((*i, *k)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_dead_new_buffers_are_written_into() {
+        let mut g = Graph::new();
+        let x = g.input("x", &[4], DType::F32);
+        let y = g.input("y", &[4], DType::F32);
+        let a = g.affine(x, 2.0, 0.0).unwrap(); // reads an input: allocates
+        let b = g.add(y, a).unwrap(); // a: a new buffer read once: into it
+        let c = g.reshape(b, &[2, 2]).unwrap(); // not elementwise
+        let d = g.relu(c).unwrap(); // c is a view of b: allocates
+        let e = g.mul(d, d).unwrap(); // d is read twice: allocates
+        let f = g.unary(UnaryOp::Exp, e).unwrap(); // e: into it
+        let h = g.unary(UnaryOp::Neg, f).unwrap(); // f is an output: allocates
+        g.output("f", f);
+        g.output("h", h);
+        let p = EagerProgram::<()>::compile(&g, GradMode::Symbolic).unwrap();
+        assert_eq!(reused(&p), vec![(b.index(), 1), (f.index(), 0)]);
+    }
 }

@@ -173,18 +173,18 @@ impl EagerOps for TchBackend {
                 UnaryOp::Step => return f32_mask(self.id, a[0].f_gt(0.0).lib(self.id)?),
             }
             .lib(self.id)?,
-            Op::Affine { mul, add } => {
-                let scaled = if *mul == 1.0 {
-                    a[0].shallow_clone()
-                } else {
-                    a[0].f_mul_scalar(*mul).lib(self.id)?
-                };
-                if *add == 0.0 {
+            Op::Affine { mul, add } => match (*mul == 1.0, *add == 0.0) {
+                (true, true) => a[0].shallow_clone(),
+                (true, false) => a[0].f_add_scalar(*add).lib(self.id)?,
+                // The product is a new buffer: the shift goes into it.
+                (false, _) => {
+                    let mut scaled = a[0].f_mul_scalar(*mul).lib(self.id)?;
+                    if *add != 0.0 {
+                        scaled = scaled.f_add_scalar_(*add).lib(self.id)?;
+                    }
                     scaled
-                } else {
-                    scaled.f_add_scalar(*add).lib(self.id)?
                 }
-            }
+            },
             Op::Clamp { min, max } => a[0].f_clamp(*min, *max).lib(self.id)?,
             Op::Binary(b) => match b {
                 BinaryOp::Add => a[0].f_add(a[1]),
@@ -290,6 +290,49 @@ impl EagerOps for TchBackend {
         // keep_graph: other groups of the same program may still walk shared parts.
         let grads = Tensor::f_run_backward(&[&of.0], &inputs, true, false).lib(self.id)?;
         Ok(grads.into_iter().map(|g| g.defined().then_some(TchTensor(g))).collect())
+    }
+
+    /// libtorch's in-place and `out=` forms write into the dead argument's buffer. Not where
+    /// autograd records the op (`--grad native`'s forward pass): it refuses `out=` there.
+    fn apply_into(&self, node: &Node, args: &[&TchTensor], into: usize) -> BResult<TchTensor> {
+        if args.iter().any(|t| t.0.requires_grad()) {
+            return self.apply(node, args);
+        }
+        let a: Vec<&Tensor> = args.iter().map(|t| &t.0).collect();
+        let mut out = a[into].shallow_clone();
+        let written = match &node.op {
+            Op::Unary(u) => match u {
+                UnaryOp::Neg => out.f_neg_(),
+                UnaryOp::Relu => out.f_relu_(),
+                UnaryOp::Sigmoid => out.f_sigmoid_(),
+                UnaryOp::Tanh => out.f_tanh_(),
+                UnaryOp::Exp => out.f_exp_(),
+                UnaryOp::Log => out.f_log_(),
+                UnaryOp::Sqrt => out.f_sqrt_(),
+                UnaryOp::Abs => out.f_abs_(),
+                UnaryOp::Sign => out.f_sign_(),
+                UnaryOp::Square => out.f_square_(),
+                UnaryOp::Step => return self.apply(node, args),
+            },
+            Op::Affine { mul, add } => {
+                if *mul != 1.0 {
+                    out = out.f_mul_scalar_(*mul).lib(self.id)?;
+                }
+                if *add == 0.0 {
+                    return Ok(TchTensor(out));
+                }
+                out.f_add_scalar_(*add)
+            }
+            Op::Clamp { min, max } => out.f_clamp_(*min, *max),
+            Op::Binary(b) => match b {
+                BinaryOp::Add => a[0].f_add_out(&out, a[1]),
+                BinaryOp::Sub => a[0].f_sub_out(&out, a[1]),
+                BinaryOp::Mul => a[0].f_mul_out(&out, a[1]),
+                BinaryOp::Div => a[0].f_div_out(&out, a[1]),
+            },
+            _ => return self.apply(node, args),
+        };
+        Ok(TchTensor(written.lib(self.id)?))
     }
 
     fn zeros(&self, shape: &[usize]) -> BResult<TchTensor> {
