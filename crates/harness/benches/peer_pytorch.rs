@@ -5,8 +5,9 @@
 //!   cargo bench -p randbench --features tch --bench peer_pytorch             # MLP step, L2L unroll
 //!   cargo bench -p randbench --features tch --bench peer_pytorch -- --suite  # and the randomization suite
 //!
-//! `--suite` runs the whole randomization suite on every side in turns, each side between two
-//! runs of its own fixed-batch steps, and compares rates over all steps (see [`compare_suite`]).
+//! `--suite` runs the whole randomization suite on every side in turns (the idioms on
+//! randbench's data, weights and batch order), each side between two runs of its own
+//! fixed-batch steps, and compares rates over all steps (see [`compare_suite`]).
 //!
 //! The step: 784-512-10 MLP, batch 128, SGD momentum, on a fixed batch; timed step by step
 //! after warm-up, weights reset every 50 steps (untimed) on both sides. All sides take turns,
@@ -18,24 +19,32 @@
 //! elementwise kernels (`RANDBENCH_ORT_FUSION=off`): what fusion saves, on the step and the
 //! unroll.
 //!
-//! The same step written by hand with candle-core and candle-nn ("candle by hand") takes its
-//! turn too: randbench's candle-cpu against it is the cost of the IR. So does the step as
-//! burn's book teaches it ("burn idiom": its `nn` modules, `backward`, its SGD), against
-//! randbench's burn-cpu.
+//! Each engine's own idiom takes its turn too: the step as its documentation teaches it,
+//! from randbench's initial weights (peers/): candle-nn (`VarMap`, `linear`, an `Optimizer`),
+//! tch's `nn` (`VarStore`, `nn::seq`, `nn::Sgd`, `backward_step`), and burn's book (`nn`
+//! modules, `backward`, its SGD: scripts/peers/burn_idiom, a process of its own). randbench's
+//! side against its engine's idiom is what driving the engine through the IR costs or saves.
+//! The products table puts each engine's matrix products alone side by side, and the step
+//! rate they bound. The fairness tables (randbench against each idiom and against PyTorch)
+//! are printed and written to reports/fairness/ (report.md, report.html).
 //!
 //! The unroll: one meta-training unroll of the learned optimizer (scripts/peers/pytorch_l2l.py):
 //! a 2×20 LSTM on 128 quadratics of dimension 10, 20 steps, the outer gradient and an Adam
 //! step; a new problem every 5 unrolls on both sides. Three rounds in turns, as the step.
 
-use candle_core::{DType, Device as CDevice, Tensor, Var};
 use randbench::backends::BackendVisitor;
+use randbench::datasets::{load_data, DataSource, DataSpec};
+use randbench::report::{Column, Document, Html, Markdown, Reporter, Table, Terminal};
+use randbench_core::corrupt::Condition;
+use randbench_core::data::{Dataset, Split};
 use randbench_core::l2l::{carried, unroll, LstmOptimizer, Outer};
 use randbench_core::models::{init_params, Activation, Model};
 use randbench_core::optim::Optimizer;
+use randbench_core::rng::Rng;
 use randbench_core::stats::Summary;
 use randbench_core::testing::{meta_step_inputs, mlp_batch, small_quadratics};
 use randbench_core::train::{starting_state, training_step, Feed};
-use randbench_core::{Backend, BackendId, GradMode, HostTensor};
+use randbench_core::{Backend, BackendId, DType, GradMode, Graph, HostTensor};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -46,53 +55,53 @@ const WARMUP: usize = 20;
 const LR: f64 = 0.01;
 const MOMENTUM: f64 = 0.9;
 
-struct HandStep {
-    vars: Vec<Var>,
-    bufs: Vec<Tensor>,
+/// A training loop as an engine's own documentation teaches it (peers/): the 784-512-10 MLP
+/// built from the engine's layer modules, its loss, `backward` and its optimizer. Every idiom
+/// starts from randbench's initial weights and is fed randbench's batches.
+trait Idiom: Sized {
+    type Tensor;
+    const NAME: &'static str;
+    /// The model holding `initial` (randbench's [w1 [784, 512], b1, w2 [512, 10], b2]) and a
+    /// fresh SGD with momentum.
+    fn new(initial: &[HostTensor], lr: f64, momentum: f64) -> Self;
+    /// A host tensor (f32 or i64) on the engine's CPU device.
+    fn upload(t: &HostTensor) -> Self::Tensor;
+    /// The rows `examples` of `data`.
+    fn gather(data: &Self::Tensor, examples: &[usize]) -> Self::Tensor;
+    /// One training step on the batch (images flattened to [n, 784], labels).
+    fn step(&mut self, x: &Self::Tensor, y: &Self::Tensor);
+    /// The share of `x` classified as `y`.
+    fn accuracy(&self, x: &Self::Tensor, y: &Self::Tensor) -> f64;
 }
 
-impl HandStep {
-    fn new(params: &[HostTensor]) -> Self {
-        let vars: Vec<Var> = params
-            .iter()
-            .map(|p| Var::from_slice(p.as_f32().unwrap(), p.shape(), &CDevice::Cpu).unwrap())
-            .collect();
-        let bufs = vars.iter().map(|v| v.zeros_like().unwrap()).collect();
-        Self { vars, bufs }
-    }
+#[path = "peers/candle_nn.rs"]
+mod candle_nn_idiom;
+#[path = "peers/tch_nn.rs"]
+mod tch_nn_idiom;
+use candle_nn_idiom::CandleNn;
+use tch_nn_idiom::TchNn;
 
-    fn step(&mut self, x: &Tensor, y: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        let [w1, b1, w2, b2] = [&self.vars[0], &self.vars[1], &self.vars[2], &self.vars[3]];
-        let h =
-            x.reshape((128, 784))?.matmul(w1.as_tensor())?.broadcast_add(b1.as_tensor())?.relu()?;
-        let logits = h.matmul(w2.as_tensor())?.broadcast_add(b2.as_tensor())?;
-        let loss = candle_nn::loss::cross_entropy(&logits, y)?;
-        let accuracy =
-            logits.argmax(1)?.to_dtype(DType::I64)?.eq(y)?.to_dtype(DType::F32)?.mean_all()?;
-        let grads = loss.backward()?;
-        for (v, buf) in self.vars.iter().zip(self.bufs.iter_mut()) {
-            let g = grads.get(v.as_tensor()).expect("every parameter has a gradient");
-            *buf = (buf.affine(MOMENTUM, 0.0)? + g)?;
-            v.set(&(v.as_tensor() - buf.affine(LR, 0.0)?)?)?;
-        }
-        Ok((loss, accuracy))
-    }
+/// Images as the MLP takes them: [n, 784].
+fn flat(x: HostTensor) -> HostTensor {
+    let n = x.shape()[0];
+    let pixels = x.into_f32().expect("f32 images");
+    HostTensor::f32(vec![n, pixels.len() / n], pixels).expect("length")
 }
 
-/// Median seconds of one training step written by hand with candle, timed as [`StepTimer`].
-fn hand_step_median() -> f64 {
+/// The seconds of `steps` timed steps of idiom `I` on the fixed batch, timed as [`StepTimer`]
+/// times randbench's.
+fn idiom_step_times<I: Idiom>(steps: usize) -> Vec<f64> {
     let model = Model::mlp([1, 28, 28], &[512], 10, Activation::Relu);
     let params = init_params(&model.params().unwrap(), 0);
     let (x, y) = mlp_batch(128, 0);
-    let cx = Tensor::from_slice(x.as_f32().unwrap(), x.shape(), &CDevice::Cpu).unwrap();
-    let cy = Tensor::from_slice(y.as_i64().unwrap(), y.shape(), &CDevice::Cpu).unwrap();
+    let (x, y) = (I::upload(&flat(x)), I::upload(&y));
     let mut times = Vec::new();
     let mut warm = WARMUP;
-    while times.len() < STEPS {
-        let mut hand = HandStep::new(&params);
+    while times.len() < steps {
+        let mut idiom = I::new(&params, LR, MOMENTUM);
         for _ in 0..RESET_EVERY {
             let t = Instant::now();
-            hand.step(&cx, &cy).unwrap();
+            idiom.step(&x, &y);
             let dt = t.elapsed().as_secs_f64();
             if warm > 0 {
                 warm -= 1
@@ -101,6 +110,19 @@ fn hand_step_median() -> f64 {
             }
         }
     }
+    times
+}
+
+/// Median seconds of `f` over `reps` calls, after one untimed.
+fn median_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
     median(&times)
 }
 
@@ -253,10 +275,55 @@ fn sides(variants: &[Variant]) -> Vec<Side> {
     v
 }
 
-fn compare_step() {
+/// Each engine's own idiom, where it has one in this bench, for the ratio randbench's path
+/// is judged by (ONNX Runtime has no training idiom of its own in Rust).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IdiomSide {
+    CandleNn,
+    TchNn,
+}
+
+impl IdiomSide {
+    const ALL: [IdiomSide; 2] = [IdiomSide::CandleNn, IdiomSide::TchNn];
+
+    fn name(self) -> &'static str {
+        match self {
+            IdiomSide::CandleNn => CandleNn::NAME,
+            IdiomSide::TchNn => TchNn::NAME,
+        }
+    }
+
+    fn engine(self) -> randbench_core::Engine {
+        match self {
+            IdiomSide::CandleNn => randbench_core::Engine::Candle,
+            IdiomSide::TchNn => randbench_core::Engine::Tch,
+        }
+    }
+
+    fn step_times(self, steps: usize) -> Vec<f64> {
+        match self {
+            IdiomSide::CandleNn => idiom_step_times::<CandleNn>(steps),
+            IdiomSide::TchNn => idiom_step_times::<TchNn>(steps),
+        }
+    }
+
+    fn suite(self, data: &SuiteData) -> SuiteRun {
+        match self {
+            IdiomSide::CandleNn => idiom_suite::<CandleNn>(data),
+            IdiomSide::TchNn => idiom_suite::<TchNn>(data),
+        }
+    }
+}
+
+/// The idiom of `engine`'s own, if this bench has one.
+fn idiom_of(engine: randbench_core::Engine) -> Option<IdiomSide> {
+    IdiomSide::ALL.into_iter().find(|i| i.engine() == engine)
+}
+
+fn compare_step() -> Vec<FairnessRow> {
     let sides = sides(&[Variant::Plain, Variant::HostRoundTrip, Variant::FusionOff]);
     let mut peer = Vec::new();
-    let mut hand = Vec::new();
+    let mut idioms = vec![Vec::new(); IdiomSide::ALL.len()];
     let with_burn = sides.iter().any(|s| s.id.engine == randbench_core::Engine::Burn);
     if with_burn {
         build_burn_idiom();
@@ -270,7 +337,9 @@ fn compare_step() {
                 .as_f64()
                 .unwrap(),
         );
-        hand.push(hand_step_median());
+        for (k, idiom) in IdiomSide::ALL.iter().enumerate() {
+            idioms[k].push(median(&idiom.step_times(STEPS)));
+        }
         if with_burn {
             burn.push(burn_idiom_median(false));
             burn_tuned.push(burn_idiom_median(true));
@@ -284,29 +353,115 @@ fn compare_step() {
     let p = median(&peer);
     println!("MLP 784-512-10 training step, batch 128, SGD momentum (median of 3 rounds of {STEPS} steps)");
     println!("  {:<32} {:>8.0} steps/s", "PyTorch eager (python)", 1.0 / p);
-    let h = median(&hand);
-    println!("  {:<32} {:>8.0} steps/s   {:.2}× PyTorch", "candle by hand", 1.0 / h, p / h);
-    let idiom = (!burn.is_empty()).then(|| (median(&burn), median(&burn_tuned)));
-    if let Some((b, bt)) = idiom {
+    let idioms: Vec<f64> = idioms.iter().map(|t| median(t)).collect();
+    for (idiom, t) in IdiomSide::ALL.iter().zip(&idioms) {
+        println!("  {:<32} {:>8.0} steps/s   {:.2}× PyTorch", idiom.name(), 1.0 / t, p / t);
+    }
+    let burn = (!burn.is_empty()).then(|| (median(&burn), median(&burn_tuned)));
+    if let Some((b, bt)) = burn {
         for (name, t) in [("burn idiom (nn, optim)", b), ("burn idiom, randbench's malloc", bt)] {
             println!("  {name:<32} {:>8.0} steps/s   {:.2}× PyTorch", 1.0 / t, p / t);
         }
     }
+    // Each engine's own idiom and its median step.
+    let mut own_idioms: Vec<(randbench_core::Engine, &str, f64)> =
+        IdiomSide::ALL.iter().zip(&idioms).map(|(i, &t)| (i.engine(), i.name(), t)).collect();
+    own_idioms.extend(burn.map(|(b, _)| (randbench_core::Engine::Burn, "burn idiom", b)));
+    let mut fairness = Vec::new();
     for (side, t) in sides.iter().zip(&ours) {
         let t = median(t);
-        let ir = match (side.id.engine, idiom) {
-            (randbench_core::Engine::Candle, _) => format!("   {:.2}× candle by hand", h / t),
-            (randbench_core::Engine::Burn, Some((b, bt))) => {
-                format!("   {:.2}× burn idiom ({:.2}× with its malloc)", b / t, bt / t)
+        let own = own_idioms.iter().find(|i| i.0 == side.id.engine).map(|&(_, name, o)| (name, o));
+        let vs_own = own.map(|(name, o)| format!("   {:.2}× {name}", o / t)).unwrap_or_default();
+        let tuned = match (side.id.engine, burn) {
+            (randbench_core::Engine::Burn, Some((_, bt))) => {
+                format!(" ({:.2}× with its malloc)", bt / t)
             }
             _ => String::new(),
         };
         println!(
-            "  {:<32} {:>8.0} steps/s   {:.2}× PyTorch{ir}",
+            "  {:<32} {:>8.0} steps/s   {:.2}× PyTorch{vs_own}{tuned}",
             format!("randbench {}", side.name),
             1.0 / t,
             p / t
         );
+        if side.variant == Variant::Plain {
+            fairness.push(FairnessRow {
+                side: side.name.clone(),
+                rate: 1.0 / t,
+                idiom: own.map(|(name, o)| (name.to_string(), 1.0 / o)),
+                pytorch: 1.0 / p,
+            });
+        }
+    }
+    fairness
+}
+
+/// Median seconds of one f32 product [m, k] · [k, n] through randbench on backend `b` (a
+/// graph of one `MatMul`, inputs on the device, synchronized).
+struct ProductTimer {
+    m: usize,
+    k: usize,
+    n: usize,
+}
+
+impl BackendVisitor for ProductTimer {
+    type Out = f64;
+    fn visit<B: Backend>(self, b: &B) -> f64 {
+        let (m, k, n) = (self.m, self.k, self.n);
+        let mut g = Graph::new();
+        let (x, w) = (g.input("a", &[m, k], DType::F32), g.input("b", &[k, n], DType::F32));
+        let product = g.matmul(x, w).unwrap();
+        g.output("product", product);
+        let mut prog = b.compile(&g).unwrap();
+        let mut rng = Rng::stream(0, "products");
+        let mut host = |rows, cols| {
+            let v = (0..rows * cols).map(|_| rng.uniform() as f32).collect();
+            b.upload(&HostTensor::f32(vec![rows, cols], v).unwrap()).unwrap()
+        };
+        let inputs = [host(m, k), host(k, n)];
+        median_seconds(PRODUCT_REPS, || {
+            b.run(&mut prog, &[&inputs[0], &inputs[1]]).unwrap();
+            b.sync().unwrap();
+        })
+    }
+}
+
+const PRODUCT_REPS: usize = 200;
+
+/// The MLP step's large products on every engine, in turns: each engine's products alone, and
+/// the step rate they bound. The step's products are [128, 784]·[784, 512] forward and
+/// [784, 128]·[128, 512] for the weights' gradient (the second layer's three are 2% of it);
+/// an evaluation chunk's is [1000, 784]·[784, 512].
+fn compare_products() {
+    let sides = sides(&[Variant::Plain]);
+    let sides: Vec<&Side> = randbench_core::Engine::ALL
+        .iter()
+        .filter_map(|e| sides.iter().find(|s| s.id.engine == *e))
+        .collect();
+    let shapes = [(128, 784, 512), (784, 128, 512), (1000, 784, 512)];
+    let mut seconds = vec![vec![Vec::new(); shapes.len()]; sides.len()];
+    for _ in 0..3 {
+        for (side, secs) in sides.iter().zip(seconds.iter_mut()) {
+            for (&(m, k, n), s) in shapes.iter().zip(secs.iter_mut()) {
+                s.push(side.visit(ProductTimer { m, k, n }));
+            }
+        }
+    }
+    println!(
+        "\nf32 matrix products through each engine (GFLOP/s, median of 3 rounds of \
+         {PRODUCT_REPS}, in turns); the step's bound: its two large products alone"
+    );
+    print!("  {:<14}", "");
+    for (m, k, n) in shapes {
+        print!(" {:>20}", format!("[{m}, {k}]·[{k}, {n}]"));
+    }
+    println!(" {:>18}", "step bound");
+    for (side, secs) in sides.iter().zip(&seconds) {
+        print!("  {:<14}", side.id.to_string());
+        for (&(m, k, n), s) in shapes.iter().zip(secs) {
+            print!(" {:>20.1}", 2.0 * (m * k * n) as f64 / median(s) / 1e9);
+        }
+        println!(" {:>11.0} steps/s", 1.0 / (median(&secs[0]) + median(&secs[1])));
     }
 }
 
@@ -394,8 +549,17 @@ const SUITE_ROUNDS: usize = 2;
 const SUITE_FIXED_STEPS: usize = 1000;
 
 /// The randomization suite's conditions, in the suite's order.
-const CONDITIONS: [&str; 5] =
-    ["true_labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian"];
+const CONDITIONS: [Condition; 5] = [
+    Condition::TrueLabels,
+    Condition::RandomLabels,
+    Condition::ShuffledPixels,
+    Condition::RandomPixels,
+    Condition::Gaussian,
+];
+/// The suite's seed, batch and epoch budget (bench-suites/randomization.yaml).
+const SUITE_SEED: u64 = 0;
+const SUITE_BATCH: usize = 128;
+const SUITE_MAX_EPOCHS: usize = 400;
 
 /// One side's run of the whole suite: per condition, epochs to fit (if it fitted), training
 /// seconds, steps and test accuracy.
@@ -418,7 +582,7 @@ fn peer_suite() -> SuiteRun {
         conditions: CONDITIONS
             .iter()
             .map(|c| {
-                let p = &peer[c];
+                let p = &peer[c.to_string()];
                 (
                     p["epochs_to_fit"].as_u64(),
                     p["train_seconds"].as_f64().unwrap(),
@@ -428,6 +592,75 @@ fn peer_suite() -> SuiteRun {
             })
             .collect(),
     }
+}
+
+/// The suite's data as randbench prepares it: 5,000 Fashion-MNIST training images and the test
+/// set, standardized with the whole training set's mean and deviation.
+struct SuiteData {
+    split: Split,
+}
+
+impl SuiteData {
+    fn load() -> Self {
+        let spec = DataSpec {
+            source: DataSource::FashionMnist,
+            path: None,
+            train: Some(5000),
+            test: None,
+            image: [1, 28, 28],
+            classes: 10,
+            normalize: true,
+        };
+        Self { split: load_data(&spec).expect("Fashion-MNIST (run scripts/setup-data.sh)") }
+    }
+}
+
+/// The suite in idiom `I`, as randbench runs it: each condition's data corrupted by the
+/// core, randbench's initial weights, five warm-up steps on a throwaway model, then
+/// randbench's batch order, epoch by epoch until the training set is fitted; a step's time
+/// takes in gathering its batch, as randbench's takes in uploading its indices.
+fn idiom_suite<I: Idiom>(data: &SuiteData) -> SuiteRun {
+    let model = Model::mlp([1, 28, 28], &[512], 10, Activation::Relu);
+    let initial = init_params(&model.params().unwrap(), SUITE_SEED);
+    let conditions = CONDITIONS
+        .iter()
+        .map(|condition| {
+            let mut split = data.split.clone();
+            condition.apply(&mut split, SUITE_SEED);
+            let on_device = |set: &Dataset| {
+                let (x, y) = set.tensors();
+                (I::upload(&flat(x)), I::upload(&y))
+            };
+            let (train, test) = (on_device(&split.train), on_device(&split.test));
+            let n = split.train.len();
+            let step = |idiom: &mut I, examples: &[usize]| {
+                let t = Instant::now();
+                idiom.step(&I::gather(&train.0, examples), &I::gather(&train.1, examples));
+                t.elapsed().as_secs_f64()
+            };
+            let mut warm_rng = Rng::stream(SUITE_SEED, "warmup");
+            let mut warm = I::new(&initial, LR, MOMENTUM);
+            for _ in 0..randbench::families::WARMUP_STEPS {
+                let examples: Vec<usize> = (0..SUITE_BATCH).map(|_| warm_rng.below(n)).collect();
+                step(&mut warm, &examples);
+            }
+            let mut idiom = I::new(&initial, LR, MOMENTUM);
+            let mut order_rng = Rng::stream(SUITE_SEED, "order");
+            let (mut seconds, mut steps, mut fit) = (0.0, 0, None);
+            for epoch in 1..=SUITE_MAX_EPOCHS {
+                for examples in order_rng.permutation(n).chunks(SUITE_BATCH) {
+                    seconds += step(&mut idiom, examples);
+                    steps += 1;
+                }
+                if idiom.accuracy(&train.0, &train.1) >= 1.0 {
+                    fit = Some(epoch as u64);
+                    break;
+                }
+            }
+            (fit, seconds, steps as f64, idiom.accuracy(&test.0, &test.1))
+        })
+        .collect();
+    SuiteRun { conditions }
 }
 
 /// The suite through `randbench run` on one backend and gradient mode, in this process's turn.
@@ -451,7 +684,7 @@ fn randbench_suite(id: BackendId, grad: GradMode) -> SuiteRun {
                 .iter()
                 .find_map(|r| match randbench::families::Metrics::of(r).ok()? {
                     randbench::families::Metrics::Randomization(m)
-                        if r.cell.variant_label() == *c =>
+                        if r.cell.variant_label() == c.to_string() =>
                     {
                         Some(m)
                     }
@@ -474,39 +707,75 @@ fn randbench_suite(id: BackendId, grad: GradMode) -> SuiteRun {
 /// runs of its own fixed-batch steps. Both rates are all steps over all their seconds (the suite's
 /// training seconds, evaluation excluded on both sides), so the tail counts as it does in a
 /// real run; the medians of the rounds are compared.
-fn compare_suite() {
+/// Who runs the suite in its turn.
+enum Contender<'a> {
+    PyTorch,
+    Idiom(IdiomSide),
+    Randbench(&'a Side),
+}
+
+impl Contender<'_> {
+    fn name(&self) -> String {
+        match self {
+            Contender::PyTorch => "PyTorch eager (python)".into(),
+            Contender::Idiom(i) => i.name().into(),
+            Contender::Randbench(side) => format!("randbench {}", side.name),
+        }
+    }
+
+    /// Steps per second over all timed steps on the fixed batch.
+    fn fixed_rate(&self) -> f64 {
+        let times = match self {
+            Contender::PyTorch => {
+                let steps = SUITE_FIXED_STEPS.to_string();
+                let p = python("pytorch_eager.py", &["step", "--steps", &steps]);
+                return 1.0 / p["mean_step_seconds"].as_f64().unwrap();
+            }
+            Contender::Idiom(i) => i.step_times(SUITE_FIXED_STEPS),
+            Contender::Randbench(side) => {
+                side.visit(StepTimer { round_trip: false, steps: SUITE_FIXED_STEPS })
+            }
+        };
+        times.len() as f64 / times.iter().sum::<f64>()
+    }
+
+    fn suite(&self, data: &SuiteData) -> SuiteRun {
+        match self {
+            Contender::PyTorch => peer_suite(),
+            Contender::Idiom(i) => i.suite(data),
+            Contender::Randbench(side) => randbench_suite(side.id, side.grad),
+        }
+    }
+}
+
+/// The whole randomization suite against the fixed batch, every side taking turns: in each
+/// round the PyTorch eager loop, each engine's idiom and then every randbench side run the
+/// suite, each between two runs of its own fixed-batch steps. Both rates are all steps over
+/// all their seconds (the suite's training seconds, evaluation excluded on every side), so
+/// the tail counts as it does in a real run; the medians of the rounds are compared.
+fn compare_suite() -> Vec<FairnessRow> {
     let sides = sides(&[Variant::Plain]);
-    let names: Vec<String> = std::iter::once("PyTorch eager (python)".to_string())
-        .chain(sides.iter().map(|side| format!("randbench {}", side.name)))
+    let contenders: Vec<Contender> = std::iter::once(Contender::PyTorch)
+        .chain(IdiomSide::ALL.into_iter().map(Contender::Idiom))
+        .chain(sides.iter().map(Contender::Randbench))
         .collect();
-    let fixed_steps = SUITE_FIXED_STEPS.to_string();
-    // Steps per second over all timed steps on the fixed batch; `None` is the peer.
-    let fixed_rate = |side: Option<&Side>| match side {
-        None => {
-            let p = python("pytorch_eager.py", &["step", "--steps", &fixed_steps]);
-            1.0 / p["mean_step_seconds"].as_f64().unwrap()
-        }
-        Some(side) => {
-            let times = side.visit(StepTimer { round_trip: false, steps: SUITE_FIXED_STEPS });
-            times.len() as f64 / times.iter().sum::<f64>()
-        }
-    };
-    // Per side (the peer first): fixed-batch rates, suite rates, the last suite run.
-    let n = names.len();
+    let data = SuiteData::load();
+    // Per contender: fixed-batch rates, suite rates, the last suite run.
+    let n = contenders.len();
     let (mut fixed, mut suite) = (vec![Vec::new(); n], vec![Vec::new(); n]);
     let mut runs: Vec<Option<SuiteRun>> = (0..n).map(|_| None).collect();
     for round in 1..=SUITE_ROUNDS {
-        for k in 0..n {
-            let side = k.checked_sub(1).map(|i| &sides[i]);
+        for (k, contender) in contenders.iter().enumerate() {
             // The fixed batch right before and right after the suite brackets it in time.
-            fixed[k].push(fixed_rate(side));
-            let run = match side {
-                None => peer_suite(),
-                Some(side) => randbench_suite(side.id, side.grad),
-            };
-            fixed[k].push(fixed_rate(side));
+            fixed[k].push(contender.fixed_rate());
+            let run = contender.suite(&data);
+            fixed[k].push(contender.fixed_rate());
             suite[k].push(run.rate());
-            eprintln!("round {round}: {} {:.0} steps/s over the suite", names[k], run.rate());
+            eprintln!(
+                "round {round}: {} {:.0} steps/s over the suite",
+                contender.name(),
+                run.rate()
+            );
             runs[k] = Some(run);
         }
     }
@@ -519,43 +788,151 @@ fn compare_suite() {
         "  {:<32} {:>12} {:>12} {:>12} {:>12}",
         "", "fixed batch", "suite", "suite/fixed", "vs PyTorch"
     );
-    let peer_suite_rate = median(&suite[0]);
-    for (k, name) in names.iter().enumerate() {
-        let (f, s) = (median(&fixed[k]), median(&suite[k]));
+    let rates: Vec<f64> = suite.iter().map(|s| median(s)).collect();
+    for (k, contender) in contenders.iter().enumerate() {
+        let (f, s) = (median(&fixed[k]), rates[k]);
         println!(
             "  {:<32} {:>8.0} /s {:>8.0} /s {:>11.2}× {:>11.2}×",
-            name,
+            contender.name(),
             f,
             s,
             s / f,
-            s / peer_suite_rate
+            s / rates[0]
         );
     }
     println!(
-        "\nOutcomes of the last round: epochs to fit (– if not within 400) and test accuracy."
+        "\nOutcomes of the last round: epochs to fit (– if not within {SUITE_MAX_EPOCHS}) and \
+         test accuracy."
     );
-    println!("The PyTorch side draws other random numbers than randbench, so its epochs differ.");
+    println!(
+        "The idioms start from randbench's weights and take its batches; the PyTorch side draws \
+         other random numbers, so its epochs differ."
+    );
     print!("  {:<32}", "");
     for c in CONDITIONS {
-        print!(" {c:>16}");
+        print!(" {:>16}", c.to_string());
     }
     println!();
-    for (name, run) in names.iter().zip(&runs) {
-        print!("  {name:<32}");
+    for (contender, run) in contenders.iter().zip(&runs) {
+        print!("  {:<32}", contender.name());
         for (epochs, _, _, test) in &run.as_ref().unwrap().conditions {
             let e = epochs.map(|e| e.to_string()).unwrap_or_else(|| "–".into());
             print!(" {:>16}", format!("{e} ep {:.1}%", 100.0 * test));
         }
         println!();
     }
+    let idiom_rate = |engine| {
+        let i = idiom_of(engine)?;
+        let k = contenders.iter().position(|c| matches!(c, Contender::Idiom(j) if *j == i))?;
+        Some((i.name().to_string(), rates[k]))
+    };
+    contenders
+        .iter()
+        .zip(&rates)
+        .filter_map(|(c, &rate)| match c {
+            Contender::Randbench(side) => Some(FairnessRow {
+                side: side.name.clone(),
+                rate,
+                idiom: idiom_rate(side.id.engine),
+                pytorch: rates[0],
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One randbench side against its engine's idiom and against PyTorch eager, in steps per
+/// second measured in the same turns.
+struct FairnessRow {
+    side: String,
+    rate: f64,
+    /// The engine's own idiom and its rate, where this bench has one.
+    idiom: Option<(String, f64)>,
+    pytorch: f64,
+}
+
+/// The fairness table: each randbench side against its engine's idiom and PyTorch eager.
+fn fairness_table(title: &str, caption: String, rows: &[FairnessRow]) -> Table {
+    let header =
+        ["randbench side", "steps/s", "own idiom", "idiom steps/s", "× idiom", "× PyTorch"]
+            .iter()
+            .enumerate()
+            .map(|(k, h)| if k == 0 || k == 2 { Column::plain(h) } else { Column::figure(h) })
+            .collect();
+    let pytorch = rows.first().map_or(f64::NAN, |r| r.pytorch);
+    let rows = rows
+        .iter()
+        .map(|r| {
+            let (idiom, idiom_rate, vs_idiom) = match &r.idiom {
+                Some((name, rate)) => {
+                    (name.clone(), format!("{rate:.0}"), format!("{:.2}×", r.rate / rate))
+                }
+                None => ("–".into(), "–".into(), "–".into()),
+            };
+            vec![
+                r.side.clone(),
+                format!("{:.0}", r.rate),
+                idiom,
+                idiom_rate,
+                vs_idiom,
+                format!("{:.2}×", r.rate / r.pytorch),
+            ]
+        })
+        .collect();
+    let notes = vec![format!(
+        "PyTorch eager (scripts/peers/pytorch_eager.py): {pytorch:.0} steps/s. × idiom, × \
+         PyTorch: randbench's steps per second over theirs, measured in the same turns. The \
+         idioms (crates/harness/benches/peers/, scripts/peers/burn_idiom) build the model from \
+         the engine's own layers and train it with its own loss, backward and optimizer, from \
+         randbench's initial weights (in the suite, on its data and batch order too). ONNX \
+         Runtime has no training API in its Rust crate, so ort-cpu has no idiom of its own; \
+         burn's, a program of its own, runs the fixed step only."
+    )];
+    Table { title: title.into(), caption, header, rows, notes }
+}
+
+/// Where the fairness report goes: reports/fairness/ (report.md, report.html).
+fn write_fairness(tables: Vec<Table>) {
+    let dir = root().canonicalize().unwrap().join("reports/fairness");
+    std::fs::create_dir_all(&dir).unwrap();
+    let doc = Document::tables("fairness", tables);
+    print!("\n{}", Terminal.render(&doc));
+    for (file, text) in [("report.md", Markdown.render(&doc)), ("report.html", Html.render(&doc))] {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    println!("fairness report: {}", dir.display());
 }
 
 fn main() {
     randbench::sys::tune_allocator();
     randbench::backends::configure_cpu_threads().expect("RANDBENCH_THREADS");
-    compare_step();
+    let with_suite = std::env::args().any(|a| a == "--suite");
+    let command = format!(
+        "cargo bench -p randbench --features tch,ort --bench peer_pytorch{}",
+        if with_suite { " -- --suite" } else { "" }
+    );
+    let step = compare_step();
+    compare_products();
     compare_unroll();
-    if std::env::args().any(|a| a == "--suite") {
-        compare_suite();
+    let mut tables = vec![fairness_table(
+        "the MLP step",
+        format!(
+            "784-512-10 MLP, batch 128, SGD momentum, fixed batch; median of 3 rounds of \
+             {STEPS} steps in turns; {command}"
+        ),
+        &step,
+    )];
+    if with_suite {
+        let suite = compare_suite();
+        tables.push(fairness_table(
+            "the randomization suite",
+            format!(
+                "bench-suites/randomization.yaml, five conditions to 100% training accuracy; \
+                 all steps over all training seconds, median of {SUITE_ROUNDS} rounds in \
+                 turns; {command}"
+            ),
+            &suite,
+        ));
     }
+    write_fairness(tables);
 }

@@ -12,6 +12,9 @@ use randbench_core::graph::{
     conv_transpose_output_padding, sum_to_axes, BinaryOp, CmpOp, Graph, Node, Op, UnaryOp,
 };
 use randbench_core::tensor::{DType, HostData, HostTensor};
+/// The tch crate this backend is built on, for peers that use libtorch directly (the peer
+/// benchmark's `tch::nn` idiom) with the same build.
+pub use tch;
 use tch::{Kind, Reduction, TchError, Tensor};
 
 /// The PyTorch release tch 0.24 binds; the project environment installs exactly this one.
