@@ -17,7 +17,7 @@
 
 use crate::autodiff::{expand_grads, expand_grads_where, gradient_path};
 use crate::backend::{check_inputs, BResult, GradMode};
-use crate::graph::{Graph, Node, NodeId, Op};
+use crate::graph::{BinaryOp, Graph, Node, NodeId, Op};
 use crate::tensor::{DType, HostTensor};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -43,11 +43,28 @@ pub trait EagerOps {
         let _ = into;
         self.apply(node, args)
     }
+    /// `a + alpha·x` (f32, one shape), for the graph's `a ± Affine(x)` where nothing else
+    /// reads the affine map (an optimizer's update: `g + μv`, `θ − ηv`). The default runs the
+    /// two ops; engines with a fused form override it.
+    fn scaled_add(&self, a: &Self::T, x: &Self::T, alpha: f64) -> BResult<Self::T> {
+        let (shape, dtype) = self.shape_dtype(a);
+        let node = |op| Node { op, args: vec![], shape: shape.clone(), dtype };
+        let scaled = self.apply(&node(Op::Affine { mul: alpha, add: 0.0 }), &[x])?;
+        self.apply(&node(Op::Binary(BinaryOp::Add)), &[a, &scaled])
+    }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 enum Step {
     Node(usize),
+    /// `a + alpha·x` at node `node`, in place of `a ± Affine(x)` (the affine node runs no step
+    /// of its own).
+    ScaledAdd {
+        node: usize,
+        a: NodeId,
+        x: NodeId,
+        alpha: f64,
+    },
     LeafGrad(usize),
     RecomputedGrad(usize),
 }
@@ -108,11 +125,19 @@ impl<T: Clone> EagerProgram<T> {
                 }
             }
         }
+        let uses = use_counts(&graph, &groups);
+        let scaled = plan_scaled_adds(&graph, &uses);
+        let folded: HashSet<NodeId> = scaled.values().map(|s| s.2).collect();
         let mut steps = Vec::new();
         let mut planned_groups = HashSet::new();
         for (i, node) in graph.nodes().iter().enumerate() {
+            if let Some(&(a, x, _, alpha)) = scaled.get(&i) {
+                steps.push(Step::ScaledAdd { node: i, a, x, alpha });
+                continue;
+            }
             match node.op {
                 Op::Input { .. } | Op::Const(_) => {}
+                _ if folded.contains(&NodeId(i as u32)) => {}
                 Op::Grad => {
                     let gi = group_of_grad[&NodeId(i as u32)];
                     if planned_groups.insert(gi) {
@@ -127,7 +152,7 @@ impl<T: Clone> EagerProgram<T> {
             }
         }
         let drop_after = plan_drops(&graph, &steps, &groups);
-        let reuse = plan_reuse(&graph, &steps, &groups);
+        let reuse = plan_reuse(&graph, &steps, &uses);
         Ok(Self { graph, steps, groups, tracked_input, consts: HashMap::new(), drop_after, reuse })
     }
 
@@ -186,6 +211,10 @@ impl<T: Clone> EagerProgram<T> {
                         }
                     };
                     vals[*i] = Some(out);
+                }
+                Step::ScaledAdd { node, a, x, alpha } => {
+                    let read = |id: &NodeId| vals[id.index()].as_ref().expect("planned");
+                    vals[*node] = Some(e.scaled_add(read(a), read(x), *alpha)?);
                 }
                 Step::LeafGrad(gi) => {
                     let grp = &self.groups[*gi];
@@ -331,11 +360,8 @@ fn segment_between(g: &Graph, wrt: &[NodeId], of: NodeId) -> (Vec<NodeId>, Vec<N
     (segment, boundary)
 }
 
-/// For each step, the argument (by position) whose buffer the step's elementwise op may write
-/// its result into, if any: an f32 value of the op's shape, made by an op that returns a new
-/// buffer (never a view, an input or a constant), read by this op alone (so no view of it and
-/// no gradient group holds it) and not an output.
-fn plan_reuse(g: &Graph, steps: &[Step], groups: &[GradGroup]) -> Vec<Option<usize>> {
+/// How many times each value is read: by nodes, by gradient groups, as an output.
+fn use_counts(g: &Graph, groups: &[GradGroup]) -> Vec<usize> {
     let mut uses = vec![0usize; g.len()];
     for n in g.nodes() {
         for a in &n.args {
@@ -350,6 +376,45 @@ fn plan_reuse(g: &Graph, steps: &[Step], groups: &[GradGroup]) -> Vec<Option<usi
     for (_, id) in g.outputs() {
         uses[id.index()] += 1;
     }
+    uses
+}
+
+/// The nodes `a + Affine(x)`, `Affine(x) + a` and `a − Affine(x)` (f32, the affine map a
+/// scaling read by that node alone) that run as `a + alpha·x`: node → (a, x, the affine
+/// node, alpha).
+fn plan_scaled_adds(g: &Graph, uses: &[usize]) -> HashMap<usize, (NodeId, NodeId, NodeId, f64)> {
+    let scaling = |id: NodeId| match g.node(id).op {
+        Op::Affine { mul, add } if add == 0.0 && uses[id.index()] == 1 => Some(mul),
+        _ => None,
+    };
+    g.nodes()
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.dtype == DType::F32)
+        .filter_map(|(i, n)| {
+            let (l, r) = match n.args[..] {
+                [l, r] => (l, r),
+                _ => return None,
+            };
+            let found = match n.op {
+                Op::Binary(BinaryOp::Add) => match (scaling(r), scaling(l)) {
+                    (Some(m), _) => Some((l, r, m)),
+                    (None, Some(m)) => Some((r, l, m)),
+                    _ => None,
+                },
+                Op::Binary(BinaryOp::Sub) => scaling(r).map(|m| (l, r, -m)),
+                _ => None,
+            };
+            found.map(|(a, affine, alpha)| (i, (a, g.node(affine).args[0], affine, alpha)))
+        })
+        .collect()
+}
+
+/// For each step, the argument (by position) whose buffer the step's elementwise op may write
+/// its result into, if any: an f32 value of the op's shape, made by an op that returns a new
+/// buffer (never a view, an input or a constant), read by this op alone (so no view of it and
+/// no gradient group holds it) and not an output.
+fn plan_reuse(g: &Graph, steps: &[Step], uses: &[usize]) -> Vec<Option<usize>> {
     let elementwise =
         |op: &Op| matches!(op, Op::Unary(_) | Op::Affine { .. } | Op::Binary(_) | Op::Clamp { .. });
     let new_buffer = |op: &Op| match op {
@@ -381,6 +446,7 @@ fn plan_drops(g: &Graph, steps: &[Step], groups: &[GradGroup]) -> Vec<Vec<usize>
     for (si, step) in steps.iter().enumerate() {
         let reads: Vec<NodeId> = match step {
             Step::Node(i) => g.nodes()[*i].args.clone(),
+            Step::ScaledAdd { a, x, .. } => vec![*a, *x],
             Step::LeafGrad(gi) => {
                 std::iter::once(groups[*gi].of).chain(groups[*gi].wrt.iter().copied()).collect()
             }
@@ -426,7 +492,7 @@ mod tests {
         let mut g = Graph::new();
         let x = g.input("x", &[4], DType::F32);
         let y = g.input("y", &[4], DType::F32);
-        let a = g.affine(x, 2.0, 0.0).unwrap(); // reads an input: allocates
+        let a = g.affine(x, 2.0, 1.0).unwrap(); // reads an input: allocates
         let b = g.add(y, a).unwrap(); // a: a new buffer read once: into it
         let c = g.reshape(b, &[2, 2]).unwrap(); // not elementwise
         let d = g.relu(c).unwrap(); // c is a view of b: allocates
@@ -437,5 +503,34 @@ mod tests {
         g.output("h", h);
         let p = EagerProgram::<()>::compile(&g, GradMode::Symbolic).unwrap();
         assert_eq!(reused(&p), vec![(b.index(), 1), (f.index(), 0)]);
+    }
+
+    #[test]
+    fn an_update_runs_as_scaled_adds() {
+        // Momentum: v' = μv + g, θ' = θ − ηv'.
+        let mut g = Graph::new();
+        let theta = g.input("theta", &[4], DType::F32);
+        let v = g.input("v", &[4], DType::F32);
+        let grad = g.input("g", &[4], DType::F32);
+        let scaled_v = g.affine(v, 0.9, 0.0).unwrap();
+        let v_next = g.add(scaled_v, grad).unwrap();
+        let step = g.affine(v_next, 0.01, 0.0).unwrap();
+        let theta_next = g.sub(theta, step).unwrap();
+        // Read twice: not folded.
+        let doubled = g.affine(theta, 2.0, 0.0).unwrap();
+        let both = g.add(doubled, doubled).unwrap();
+        g.output("v", v_next);
+        g.output("theta", theta_next);
+        g.output("both", both);
+        let p = EagerProgram::<()>::compile(&g, GradMode::Symbolic).unwrap();
+        assert_eq!(
+            p.steps,
+            vec![
+                Step::ScaledAdd { node: v_next.index(), a: grad, x: v, alpha: 0.9 },
+                Step::ScaledAdd { node: theta_next.index(), a: theta, x: v_next, alpha: -0.01 },
+                Step::Node(doubled.index()),
+                Step::Node(both.index()),
+            ]
+        );
     }
 }

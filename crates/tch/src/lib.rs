@@ -338,6 +338,13 @@ impl EagerOps for TchBackend {
         Ok(TchTensor(written.lib(self.id)?))
     }
 
+    /// One pass, with no temporary: `addcmul` by a zero-dimensional tensor, which libtorch
+    /// takes as a scalar on any device.
+    fn scaled_add(&self, a: &TchTensor, x: &TchTensor, alpha: f64) -> BResult<TchTensor> {
+        let alpha = Tensor::f_scalar_tensor(alpha, (Kind::Float, tch::Device::Cpu)).lib(self.id)?;
+        Ok(TchTensor(a.0.f_addcmul(&x.0, &alpha).lib(self.id)?))
+    }
+
     fn zeros(&self, shape: &[usize]) -> BResult<TchTensor> {
         Ok(TchTensor(Tensor::f_zeros(dims(shape), (Kind::Float, self.device)).lib(self.id)?))
     }
