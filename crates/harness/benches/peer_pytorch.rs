@@ -95,14 +95,26 @@ fn idiom_step_times<I: Idiom>(steps: usize) -> Vec<f64> {
     let params = init_params(&model.params().unwrap(), 0);
     let (x, y) = mlp_batch(128, 0);
     let (x, y) = (I::upload(&flat(x)), I::upload(&y));
+    timed_steps(steps, || I::new(&params, LR, MOMENTUM), |idiom| idiom.step(&x, &y))
+}
+
+/// The seconds of `steps` timed calls of `step` on a state from `fresh`, made again every
+/// `RESET_EVERY` steps (untimed), after `WARMUP` untimed steps. What `step` returns is
+/// dropped after the clock stops.
+fn timed_steps<S, R>(
+    steps: usize,
+    mut fresh: impl FnMut() -> S,
+    mut step: impl FnMut(&mut S) -> R,
+) -> Vec<f64> {
     let mut times = Vec::new();
     let mut warm = WARMUP;
     while times.len() < steps {
-        let mut idiom = I::new(&params, LR, MOMENTUM);
+        let mut state = fresh();
         for _ in 0..RESET_EVERY {
             let t = Instant::now();
-            idiom.step(&x, &y);
+            let done = step(&mut state);
             let dt = t.elapsed().as_secs_f64();
+            drop(done);
             if warm > 0 {
                 warm -= 1
             } else {
@@ -191,29 +203,18 @@ impl BackendVisitor for StepTimer {
         let (x, y) = mlp_batch(128, 0);
         let data = [b.upload(&x).unwrap(), b.upload(&y).unwrap()];
         let n = step.params + step.state;
-        let mut times = Vec::new();
-        let mut warm = WARMUP;
-        while times.len() < self.steps {
-            let mut state: Vec<B::Tensor> = initial.iter().map(|t| b.upload(t).unwrap()).collect();
-            for _ in 0..RESET_EVERY {
-                let t = Instant::now();
-                let inputs: Vec<&B::Tensor> = state.iter().chain(data.iter()).collect();
-                let mut out = b.run(&mut prog, &inputs).unwrap();
-                out.truncate(n);
-                if self.round_trip {
-                    out = out.iter().map(|t| b.upload(&b.download(t).unwrap()).unwrap()).collect();
-                }
-                b.sync().unwrap();
-                let dt = t.elapsed().as_secs_f64();
-                state = out;
-                if warm > 0 {
-                    warm -= 1
-                } else {
-                    times.push(dt)
-                }
+        let fresh = || -> Vec<B::Tensor> { initial.iter().map(|t| b.upload(t).unwrap()).collect() };
+        // The step's new state replaces the old, which is dropped after the clock stops.
+        timed_steps(self.steps, fresh, |state| {
+            let inputs: Vec<&B::Tensor> = state.iter().chain(data.iter()).collect();
+            let mut out = b.run(&mut prog, &inputs).unwrap();
+            out.truncate(n);
+            if self.round_trip {
+                out = out.iter().map(|t| b.upload(&b.download(t).unwrap()).unwrap()).collect();
             }
-        }
-        times
+            b.sync().unwrap();
+            std::mem::replace(state, out)
+        })
     }
 }
 
