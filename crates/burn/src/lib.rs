@@ -86,19 +86,62 @@ bare_tape!(Flex);
 #[cfg(feature = "cuda")]
 bare_tape!(Cuda);
 
-/// A value on a burn device: the IR's two dtypes (f32, i64).
-pub enum BurnTensor<B: BurnEngine> {
+/// A value on a burn device. A value of rank 0 in the IR is kept as shape [1]: CubeCL,
+/// burn-cuda's runtime, has no rank-0 tensors (its layouts refuse them, and its fusion reads
+/// their last axis), so a loss summed to a scalar failed every burn-cuda cell.
+pub struct BurnTensor<B: BurnEngine> {
+    value: Value<B>,
+    /// Rank 0 in the IR (shape [1] on the device).
+    scalar: bool,
+}
+
+/// The IR's two dtypes (f32, i64) as burn's primitives.
+enum Value<B: BurnEngine> {
     Float(FloatTensor<B>),
     Int(IntTensor<B>),
 }
 
-impl<B: BurnEngine> Clone for BurnTensor<B> {
+impl<B: BurnEngine> Clone for Value<B> {
     fn clone(&self) -> Self {
         match self {
-            BurnTensor::Float(t) => BurnTensor::Float(t.clone()),
-            BurnTensor::Int(t) => BurnTensor::Int(t.clone()),
+            Value::Float(t) => Value::Float(t.clone()),
+            Value::Int(t) => Value::Int(t.clone()),
         }
     }
+}
+
+impl<B: BurnEngine> Clone for BurnTensor<B> {
+    fn clone(&self) -> Self {
+        Self { value: self.value.clone(), scalar: self.scalar }
+    }
+}
+
+impl<B: BurnEngine> BurnTensor<B> {
+    /// `value`, whose shape in the IR is `shape`.
+    fn new(value: Value<B>, shape: &[usize]) -> Self {
+        Self { value, scalar: shape.is_empty() }
+    }
+
+    fn float(&self) -> Option<&FloatTensor<B>> {
+        match &self.value {
+            Value::Float(f) => Some(f),
+            Value::Int(_) => None,
+        }
+    }
+
+    /// The shape in the IR.
+    fn dims(&self) -> Vec<usize> {
+        match &self.value {
+            _ if self.scalar => vec![],
+            Value::Float(f) => dims(f),
+            Value::Int(i) => dims(i),
+        }
+    }
+}
+
+/// The shape a value of IR shape `shape` has on the device: rank 0 as [1] (see [`BurnTensor`]).
+fn device_shape(shape: &[usize]) -> Shape {
+    Shape::from(if shape.is_empty() { vec![1] } else { shape.to_vec() })
 }
 
 pub struct BurnBackend<B: Tape> {
@@ -184,16 +227,13 @@ impl<B: Tape> BurnBackend<B> {
     }
 
     fn float(&self, t: &BurnTensor<B>, node: &Node) -> BResult<FloatTensor<B>> {
-        match t {
-            BurnTensor::Float(f) => Ok(f.clone()),
-            BurnTensor::Int(_) => Err(self.unsupported(node, "i64 operands")),
-        }
+        t.float().cloned().ok_or_else(|| self.unsupported(node, "i64 operands"))
     }
 
     fn int(&self, t: &BurnTensor<B>, node: &Node) -> BResult<IntTensor<B>> {
-        match t {
-            BurnTensor::Int(i) => Ok(i.clone()),
-            BurnTensor::Float(_) => Err(self.unsupported(node, "an f32 operand where i64 is read")),
+        match &t.value {
+            Value::Int(i) => Ok(i.clone()),
+            Value::Float(_) => Err(self.unsupported(node, "an f32 operand where i64 is read")),
         }
     }
 
@@ -204,8 +244,8 @@ impl<B: Tape> BurnBackend<B> {
         }
     }
 
-    fn mask(&self, t: BoolTensor<B>) -> BurnTensor<B> {
-        BurnTensor::Float(B::bool_into_float(t, F32))
+    fn mask(&self, t: BoolTensor<B>) -> Value<B> {
+        Value::Float(B::bool_into_float(t, F32))
     }
 
     /// Sums over `axes` (kept), then takes `shape`.
@@ -213,7 +253,7 @@ impl<B: Tape> BurnBackend<B> {
         for &a in axes {
             t = B::float_sum_dim(t, a);
         }
-        B::float_reshape(t, Shape::from(shape.to_vec()))
+        B::float_reshape(t, device_shape(shape))
     }
 
     /// log softmax over the last axis, shifted by the (constant) row maximum.
@@ -239,10 +279,10 @@ impl<B: Tape> BurnBackend<B> {
             .collect()
     }
 
-    fn apply_op(&self, node: &Node, a: &[&BurnTensor<B>]) -> BResult<BurnTensor<B>> {
+    fn apply_op(&self, node: &Node, a: &[&BurnTensor<B>]) -> BResult<Value<B>> {
         let shape = node.shape.as_slice();
         let f = |i: usize| self.float(a[i], node);
-        use BurnTensor::{Float, Int};
+        use Value::{Float, Int};
         Ok(match &node.op {
             Op::Unary(u) => {
                 let x = f(0)?;
@@ -288,7 +328,7 @@ impl<B: Tape> BurnBackend<B> {
                     BinaryOp::Div => B::float_div(l, r),
                 })
             }
-            Op::Compare(c) => match (a[0], a[1]) {
+            Op::Compare(c) => match (&a[0].value, &a[1].value) {
                 (Int(l), Int(r)) if *c == CmpOp::Eq => {
                     self.mask(B::int_equal(l.clone(), r.clone(), self.bools))
                 }
@@ -308,7 +348,7 @@ impl<B: Tape> BurnBackend<B> {
             }
             Op::Linear => {
                 let y = B::float_matmul(f(0)?, f(1)?);
-                Float(B::float_add(y, B::float_expand(f(2)?, Shape::from(shape.to_vec()))))
+                Float(B::float_add(y, B::float_expand(f(2)?, device_shape(shape))))
             }
             Op::Conv2d { stride, padding } => Float(B::conv2d(
                 f(0)?,
@@ -383,19 +423,19 @@ impl<B: Tape> BurnBackend<B> {
                 let axes = sum_to_axes(&dims(&x), shape);
                 Float(self.sum(x, &axes, shape))
             }
-            Op::BroadcastTo => match a[0] {
-                Int(i) => Int(B::int_expand(i.clone(), Shape::from(shape.to_vec()))),
-                Float(x) => Float(B::float_expand(x.clone(), Shape::from(shape.to_vec()))),
+            Op::BroadcastTo => match &a[0].value {
+                Int(i) => Int(B::int_expand(i.clone(), device_shape(shape))),
+                Float(x) => Float(B::float_expand(x.clone(), device_shape(shape))),
             },
-            Op::Reshape => match a[0] {
-                Int(i) => Int(B::int_reshape(i.clone(), Shape::from(shape.to_vec()))),
-                Float(x) => Float(B::float_reshape(x.clone(), Shape::from(shape.to_vec()))),
+            Op::Reshape => match &a[0].value {
+                Int(i) => Int(B::int_reshape(i.clone(), device_shape(shape))),
+                Float(x) => Float(B::float_reshape(x.clone(), device_shape(shape))),
             },
-            Op::Permute { perm } => match a[0] {
+            Op::Permute { perm } => match &a[0].value {
                 Int(i) => Int(B::int_permute(i.clone(), perm)),
                 Float(x) => Float(B::float_permute(x.clone(), perm)),
             },
-            Op::Slice { axis, start, end } => match a[0] {
+            Op::Slice { axis, start, end } => match &a[0].value {
                 Int(i) => {
                     Int(B::int_slice(i.clone(), &Self::slices(&dims(i), *axis, *start, *end)))
                 }
@@ -414,7 +454,7 @@ impl<B: Tape> BurnBackend<B> {
                 parts.extend(zeros_after);
                 Float(B::float_cat(parts, *axis))
             }
-            Op::Concat { axis } => match a[0] {
+            Op::Concat { axis } => match &a[0].value {
                 Int(_) => Int(B::int_cat(
                     a.iter().map(|t| self.int(t, node)).collect::<BResult<_>>()?,
                     *axis,
@@ -426,7 +466,7 @@ impl<B: Tape> BurnBackend<B> {
             },
             Op::Gather => {
                 let rows = self.int(a[1], node)?;
-                match a[0] {
+                match &a[0].value {
                     Int(i) => Int(B::int_select(i.clone(), 0, rows)),
                     Float(x) => Float(B::float_select(x.clone(), 0, rows)),
                 }
@@ -437,16 +477,15 @@ impl<B: Tape> BurnBackend<B> {
         })
     }
 
-    /// A tensor's values as `E`s (converted where burn keeps another dtype), with its shape.
+    /// A tensor's values as `E`s (converted where burn keeps another dtype).
     fn read<E: Element>(
         &self,
         pending: impl std::future::Future<Output = Result<TensorData, ExecutionError>>,
-    ) -> BResult<(Vec<usize>, Vec<E>)> {
+    ) -> BResult<Vec<E>> {
         let lib = |e: String| BackendError::library(self.id, e);
         let data = read_sync(pending).map_err(|e| lib(e.to_string()))?;
-        let shape = data.shape.to_vec();
         let data = if data.dtype == E::dtype() { data } else { data.convert::<E>() };
-        Ok((shape, data.into_vec().map_err(|e| lib(format!("{e:?}")))?))
+        data.into_vec().map_err(|e| lib(format!("{e:?}")))
     }
 
     /// Runs `work`, turning a panic of burn's (its ops check shapes by panicking) into the
@@ -466,58 +505,59 @@ impl<B: Tape> EagerOps for BurnBackend<B> {
     }
 
     fn apply(&self, node: &Node, a: &[&Self::T]) -> BResult<Self::T> {
-        self.guarded(|| self.apply_op(node, a))
+        let value = self.guarded(|| self.apply_op(node, a))?;
+        Ok(BurnTensor::new(value, &node.shape))
     }
 
     fn track(&self, t: &Self::T) -> BResult<Self::T> {
-        Ok(match t {
-            BurnTensor::Float(f) => {
-                BurnTensor::Float(B::track(f.clone()).ok_or_else(|| self.no_tape())?)
-            }
-            BurnTensor::Int(_) => t.clone(),
+        Ok(match t.float() {
+            Some(f) => BurnTensor {
+                value: Value::Float(B::track(f.clone()).ok_or_else(|| self.no_tape())?),
+                scalar: t.scalar,
+            },
+            None => t.clone(),
         })
     }
 
     fn detach(&self, t: &Self::T) -> BResult<Self::T> {
-        Ok(match t {
-            BurnTensor::Float(f) => BurnTensor::Float(B::float_detach(f.clone())),
-            BurnTensor::Int(_) => t.clone(),
+        Ok(match t.float() {
+            Some(f) => {
+                BurnTensor { value: Value::Float(B::float_detach(f.clone())), scalar: t.scalar }
+            }
+            None => t.clone(),
         })
     }
 
     fn grads(&self, of: &Self::T, wrt: &[&Self::T]) -> BResult<Vec<Option<Self::T>>> {
-        let BurnTensor::Float(of) = of else {
+        let Some(of) = of.float() else {
             return Err(BackendError::library(self.id, "a gradient of an i64 value"));
         };
         // Gradients of i64 values are none; the others are asked in one backward.
-        let floats: Vec<&FloatTensor<B>> = wrt
-            .iter()
-            .filter_map(|w| match w {
-                BurnTensor::Float(f) => Some(f),
-                BurnTensor::Int(_) => None,
-            })
-            .collect();
+        let floats: Vec<&FloatTensor<B>> = wrt.iter().filter_map(|w| w.float()).collect();
         let mut grads = self
             .guarded(|| B::grads(of.clone(), &floats).ok_or_else(|| self.no_tape()))?
             .into_iter();
         Ok(wrt
             .iter()
-            .map(|w| match w {
-                BurnTensor::Float(_) => grads.next().flatten().map(BurnTensor::Float),
-                BurnTensor::Int(_) => None,
+            .map(|w| {
+                w.float()?;
+                let g = grads.next().flatten()?;
+                Some(BurnTensor { value: Value::Float(g), scalar: w.scalar })
             })
             .collect())
     }
 
     fn zeros(&self, shape: &[usize]) -> BResult<Self::T> {
-        Ok(BurnTensor::Float(B::float_zeros(Shape::from(shape.to_vec()), &self.device, F32)))
+        let zeros = B::float_zeros(device_shape(shape), &self.device, F32);
+        Ok(BurnTensor::new(Value::Float(zeros), shape))
     }
 
     fn shape_dtype(&self, t: &Self::T) -> (Vec<usize>, DType) {
-        match t {
-            BurnTensor::Float(f) => (dims(f), DType::F32),
-            BurnTensor::Int(i) => (dims(i), DType::I64),
-        }
+        let dtype = match t.value {
+            Value::Float(_) => DType::F32,
+            Value::Int(_) => DType::I64,
+        };
+        (t.dims(), dtype)
     }
 }
 
@@ -542,35 +582,29 @@ impl<B: Tape> Backend for BurnBackend<B> {
     }
 
     fn upload(&self, t: &HostTensor) -> BResult<Self::Tensor> {
-        let shape = t.shape().to_vec();
-        self.guarded(|| {
+        let shape = device_shape(t.shape());
+        let value = self.guarded(|| {
             Ok(match t.data() {
-                HostData::F32(v) => BurnTensor::Float(B::float_from_data(
+                HostData::F32(v) => Value::Float(B::float_from_data(
                     TensorData::new(v.to_vec(), shape),
                     &self.device,
                 )),
-                HostData::I64(v) => BurnTensor::Int(B::int_from_data(
-                    TensorData::new(v.to_vec(), shape),
-                    &self.device,
-                )),
-            })
-        })
-    }
-
-    fn download(&self, t: &Self::Tensor) -> BResult<HostTensor> {
-        let (shape, data) = self.guarded(|| {
-            Ok(match t {
-                BurnTensor::Float(f) => {
-                    let (shape, v) = self.read::<f32>(B::float_into_data(f.clone()))?;
-                    (shape, HostData::F32(v))
-                }
-                BurnTensor::Int(i) => {
-                    let (shape, v) = self.read::<i64>(B::int_into_data(i.clone()))?;
-                    (shape, HostData::I64(v))
+                HostData::I64(v) => {
+                    Value::Int(B::int_from_data(TensorData::new(v.to_vec(), shape), &self.device))
                 }
             })
         })?;
-        HostTensor::new(shape, data).map_err(|e| BackendError::library(self.id, e.to_string()))
+        Ok(BurnTensor::new(value, t.shape()))
+    }
+
+    fn download(&self, t: &Self::Tensor) -> BResult<HostTensor> {
+        let data = self.guarded(|| {
+            Ok(match &t.value {
+                Value::Float(f) => HostData::F32(self.read::<f32>(B::float_into_data(f.clone()))?),
+                Value::Int(i) => HostData::I64(self.read::<i64>(B::int_into_data(i.clone()))?),
+            })
+        })?;
+        HostTensor::new(t.dims(), data).map_err(|e| BackendError::library(self.id, e.to_string()))
     }
 
     fn compile(&self, g: &Graph) -> BResult<Self::Program> {
