@@ -46,3 +46,18 @@ export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90} CUDARC_CUDA_VERSION=13000
 export LIBRARY_PATH="$CUDA_TREE/lib64${LIBRARY_PATH:+:$LIBRARY_PATH}"
 cargo build --profile gpu -p randbench --features "${FEATURES:+$FEATURES,}cuda"
 echo "built target/gpu/randbench"
+# The engines' conformance tests on CUDA (every op against the f64 reference, gradients,
+# training steps), for gpu-check.sh to run on the GPU: target/gpu/conformance/ENGINE.
+mkdir -p target/gpu/conformance
+cargo test --profile gpu --test conformance --no-run --message-format=json \
+  -p randbench-candle -p randbench-tch -p randbench-burn \
+  --features randbench-candle/cuda,randbench-tch/cuda,randbench-burn/cuda |
+  python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        engine = m["manifest_path"].split("/")[-2]
+        shutil.copy(m["executable"], "target/gpu/conformance/" + engine)
+        print("built target/gpu/conformance/" + engine)
+'

@@ -1,18 +1,37 @@
 #!/usr/bin/env bash
 # The GPU checks, on a machine with an NVIDIA GPU whose python3 has PyTorch 2.11.0+cu130
-# (docs/gpu.md). Runs a binary built by scripts/gpu-build.sh: the quick and randomization
-# suites on tch-cuda:0, candle-cuda:0 and burn-cuda:0, the refusal of ort-cuda:0 without ONNX
-# Runtime's CUDA provider, and the PyTorch eager peer on the same GPU. Writes eight files
-# under OUT.
+# (docs/gpu.md). Runs what scripts/gpu-build.sh built: the engines' CUDA conformance tests,
+# the quick and randomization suites on tch-cuda:0, candle-cuda:0 and burn-cuda:0, the refusal
+# of ort-cuda:0 without ONNX Runtime's CUDA provider, and the PyTorch eager peer on the same
+# GPU. Writes its files under OUT.
+#   PACK           a folder from scripts/gpu-pack.sh (default target/gpu-carry), unpacked into
+#                  target/gpu/ first where it exists; its Fashion-MNIST is then the default
 #   RANDBENCH_BIN  the binary (default target/gpu/randbench)
 #   FASHION_MNIST  a folder with Fashion-MNIST's four .gz files, installed where randbench
 #                  looks when the machine has no copy
+#   LIMIT          seconds each run may take (default 300): a lent GPU's time is short, and
+#                  one slow engine must not use up what the others need
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-reports/gpu-check}
 BIN=${RANDBENCH_BIN:-target/gpu/randbench}
 PY=${PYTHON:-python3}
+LIMIT=${LIMIT:-300}
 mkdir -p "$OUT"
+PACK=${PACK:-target/gpu-carry}
+if [ -f "$PACK/randbench.xz" ]; then
+  $PY - "$PACK" <<'UNPACK'
+import glob, lzma, os, shutil, sys
+pack = sys.argv[1]
+for src in glob.glob(pack + "/randbench.xz") + glob.glob(pack + "/conformance/*.xz"):
+    dst = "target/gpu/" + os.path.relpath(src, pack)[:-3]
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    with lzma.open(src) as packed, open(dst, "wb") as out:
+        shutil.copyfileobj(packed, out)
+    os.chmod(dst, 0o755)
+UNPACK
+  FASHION_MNIST=${FASHION_MNIST:-$PACK/fashion-mnist}
+fi
 WORK=$(mktemp -d)
 SITE=$($PY -c 'import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))')
 export LD_LIBRARY_PATH="$SITE/torch/lib:$SITE/nvidia/cu13/lib:$SITE/nvidia/nccl/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -28,16 +47,26 @@ fi
   echo "ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-}"
   "$BIN" list
 } > "$OUT/list.txt" 2>&1
-# One backend a run, so that one that does not work here does not stop the other.
+# The engines' conformance tests, their CUDA checks only (CI runs the CPU ones).
+for test in "$(dirname "$BIN")"/conformance/*; do
+  [ -x "$test" ] || continue
+  name=$(basename "$test")
+  timeout "$LIMIT" "$test" cuda:: --test-threads 1 > "$OUT/conformance-$name.txt" 2>&1
+  echo "exit $?" >> "$OUT/conformance-$name.txt"
+done
+# One backend a run, so that one that does not work here does not stop the others; the quick
+# suite on every engine first, then the peer's step, then the Fashion-MNIST suite.
 for suite in quick randomization; do
   for backend in tch-cuda:0 candle-cuda:0 burn-cuda:0; do
-    "$BIN" run "$suite" --backends "$backend" --out "$WORK/$suite-$backend" >> "$OUT/$suite.txt" 2>&1
+    timeout "$LIMIT" "$BIN" run "$suite" --backends "$backend" --out "$WORK/$suite-$backend" >> "$OUT/$suite.txt" 2>&1
     echo "$backend: exit $?" >> "$OUT/$suite.txt"
     cat "$WORK/$suite-$backend/results.jsonl" >> "$OUT/$suite.jsonl" 2>/dev/null
   done
+  if [ "$suite" = quick ]; then
+    { timeout "$LIMIT" "$BIN" run quick --backends ort-cuda:0 --out "$WORK/ort"; echo "exit $?"; } > "$OUT/ort-cuda.txt" 2>&1
+    timeout "$LIMIT" $PY scripts/peers/pytorch_eager.py step --device cuda > "$OUT/pytorch-step.json" 2>&1
+  fi
 done
-{ "$BIN" run quick --backends ort-cuda:0 --out "$WORK/ort"; echo "exit $?"; } > "$OUT/ort-cuda.txt" 2>&1
-$PY scripts/peers/pytorch_eager.py step --device cuda > "$OUT/pytorch-step.json" 2>&1
-$PY scripts/peers/pytorch_eager.py randomization --device cuda > "$OUT/pytorch-randomization.json" 2>&1
-$PY scripts/peers/pytorch_l2l.py unroll --device cuda > "$OUT/pytorch-l2l.json" 2>&1
+timeout "$LIMIT" $PY scripts/peers/pytorch_eager.py randomization --device cuda > "$OUT/pytorch-randomization.json" 2>&1
+timeout "$LIMIT" $PY scripts/peers/pytorch_l2l.py unroll --device cuda > "$OUT/pytorch-l2l.json" 2>&1
 echo "done: $(ls "$OUT")"

@@ -22,3 +22,20 @@ fn native_and_symbolic_agree_on_meta_graph_and_training_step() {
         &BurnBackend::<Flex>::cpu(),
     );
 }
+
+/// The same checks on burn-cuda:0, in a build with `--features cuda` for a machine with an
+/// NVIDIA GPU (`scripts/gpu-build.sh` builds them, `scripts/gpu-check.sh` runs them there).
+#[cfg(feature = "cuda")]
+mod cuda {
+    use randbench_burn::{BurnBackend, Cuda, CudaAutodiff};
+
+    mod native {
+        use super::*;
+        randbench_core::backend_conformance_tests!(BurnBackend::<CudaAutodiff>::cuda(0).unwrap());
+    }
+
+    mod symbolic {
+        use super::*;
+        randbench_core::backend_conformance_tests!(BurnBackend::<Cuda>::cuda(0).unwrap());
+    }
+}

@@ -45,3 +45,28 @@ fn native_and_symbolic_agree_on_meta_graph_and_training_step() {
         &CandleBackend::new(Device::Cpu, GradMode::Symbolic).unwrap(),
     );
 }
+
+/// The same checks on candle-cuda:0, in a build with `--features cuda` for a machine with an
+/// NVIDIA GPU (`scripts/gpu-build.sh` builds them, `scripts/gpu-check.sh` runs them there).
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::*;
+
+    mod native {
+        use super::*;
+        randbench_core::backend_conformance_tests!(CandleBackend::new(
+            Device::Cuda(0),
+            GradMode::Native
+        )
+        .unwrap());
+    }
+
+    mod symbolic {
+        use super::*;
+        randbench_core::backend_conformance_tests!(CandleBackend::new(
+            Device::Cuda(0),
+            GradMode::Symbolic
+        )
+        .unwrap());
+    }
+}

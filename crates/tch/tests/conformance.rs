@@ -34,3 +34,30 @@ fn libtorch_cuda_is_linked_so_cuda_can_be_found() {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     assert!(maps.contains("libtorch_cuda.so"), "libtorch_cuda.so is not loaded");
 }
+
+/// The same checks on tch-cuda:0, in a build with `--features cuda` for a machine with an
+/// NVIDIA GPU (`scripts/gpu-build.sh` builds them, `scripts/gpu-check.sh` runs them there).
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::*;
+
+    mod native {
+        use super::*;
+        randbench_core::backend_conformance_tests!(TchBackend::new(
+            Device::Cuda(0),
+            GradMode::Native,
+            2
+        )
+        .unwrap());
+    }
+
+    mod symbolic {
+        use super::*;
+        randbench_core::backend_conformance_tests!(TchBackend::new(
+            Device::Cuda(0),
+            GradMode::Symbolic,
+            2
+        )
+        .unwrap());
+    }
+}
