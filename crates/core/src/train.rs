@@ -3,7 +3,8 @@
 //! Step inputs, in order: parameters, optimizer state (slots by parameter, then the step
 //! counter where the rule has one), the batch (see [`Feed`]), dropout masks, then the learning
 //! rate where it is an input ([`LearningRate::Input`]).
-//! Step outputs: updated parameters, updated state, `loss` and `accuracy` of the batch.
+//! Step outputs: updated parameters, updated state, then the batch's `loss` (training accuracy
+//! comes from the evaluation graph at the end of an epoch: nothing reads a batch's).
 
 use crate::graph::{GResult, Graph, NodeId};
 use crate::models::{init_params, Model, ParamSpec};
@@ -121,8 +122,6 @@ pub fn training_step_with(
     let logits = model.forward(&mut g, &params, x, &masks)?;
     let ce = g.softmax_cross_entropy(logits, y)?;
     let loss = g.mean_all(ce)?;
-    let correct = g.correct_predictions(logits, y)?;
-    let accuracy = g.mean_all(correct)?;
     let grads = g.grads(loss, &params)?;
     let lr = (lr == LearningRate::Input).then(|| g.input("lr", &[], DType::F32));
     let scalars = optimizer.begin_step(&mut g, counter, lr)?;
@@ -143,7 +142,6 @@ pub fn training_step_with(
         g.output("step", t);
     }
     g.output("loss", loss);
-    g.output("accuracy", accuracy);
     let state = new_slots.len() + usize::from(counter.is_some());
     Ok(TrainStep { graph: g, params: params.len(), state, masks: masks.len() })
 }
