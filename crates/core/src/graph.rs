@@ -5,7 +5,7 @@
 //! gradient rules stay one line each (the gradient of a broadcast is a [`Op::SumTo`]).
 //! Nodes are appended only after their arguments, so the node order is a topological order.
 
-use crate::tensor::{numel, DType, HostTensor};
+use crate::tensor::{numel, DType, HostData, HostTensor};
 use std::fmt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -534,6 +534,16 @@ impl Graph {
             let inner = self.node(x).args[0];
             return self.affine(inner, m0 * mul, a0 * mul + add);
         }
+        // A constant's map is a constant (a gradient's seed scaled by a mean's 1/n), in f32
+        // as the engines would compute it, rather than an op every run.
+        if let Op::Const(c) = &self.node(x).op {
+            if let HostData::F32(v) = c.data() {
+                let (m, a) = (mul as f32, add as f32);
+                let mapped = v.iter().map(|&e| if a == 0.0 { e * m } else { e * m + a }).collect();
+                let t = HostTensor::f32(c.shape().to_vec(), mapped).expect("same shape");
+                return Ok(self.constant(t));
+            }
+        }
         let shape = self.shape(x).to_vec();
         Ok(self.push(Op::Affine { mul, add }, vec![x], shape, DType::F32))
     }
@@ -831,6 +841,11 @@ impl Graph {
                 "the first does not broadcast to the second",
             ));
         }
+        // Broadcasts compose: spread the original once.
+        if let Op::BroadcastTo = self.node(x).op {
+            let inner = self.node(x).args[0];
+            return self.broadcast_to(inner, shape);
+        }
         let dtype = self.dtype(x);
         Ok(self.push(Op::BroadcastTo, vec![x], shape.to_vec(), dtype))
     }
@@ -860,9 +875,24 @@ impl Graph {
         if numel(s) != numel(shape) {
             return Err(shape_err("Reshape", &[s, shape], "the element counts differ"));
         }
-        if let Op::Reshape = self.node(x).op {
-            let inner = self.node(x).args[0];
-            return self.reshape(inner, shape);
+        match &self.node(x).op {
+            Op::Reshape => {
+                let inner = self.node(x).args[0];
+                return self.reshape(inner, shape);
+            }
+            Op::Const(c) => {
+                let t = HostTensor::new(shape.to_vec(), c.data().clone()).expect("same count");
+                return Ok(self.constant(t));
+            }
+            // One value spread out, reshaped, is that value spread to the new shape (a mean's
+            // gradient: no copy of the spread value on engines whose reshape of a broadcast
+            // copies).
+            Op::BroadcastTo if numel(self.shape(self.node(x).args[0])) == 1 => {
+                let one = self.node(x).args[0];
+                let scalar = self.reshape(one, &[])?;
+                return self.broadcast_to(scalar, shape);
+            }
+            _ => {}
         }
         let dtype = self.dtype(x);
         Ok(self.push(Op::Reshape, vec![x], shape.to_vec(), dtype))

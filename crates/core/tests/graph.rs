@@ -123,3 +123,24 @@ fn gradients_of_slices_that_partition_a_tensor_join_into_one_concatenation() {
     let concat = e.nodes().iter().find(|n| n.op.name() == "Concat").unwrap();
     assert_eq!(concat.args.len(), 4, "{}", e.dump());
 }
+
+#[test]
+fn constants_fold_and_a_spread_value_is_spread_once() {
+    let mut g = Graph::new();
+    let one = g.scalar(1.0);
+    // A mean's gradient seed: 1/n of a constant is a constant.
+    let seed = g.affine(one, 0.25, 0.5).unwrap();
+    match &g.node(seed).op {
+        Op::Const(t) => assert_eq!(t.to_scalar().unwrap(), 0.75),
+        other => panic!("expected a constant, got {other:?}"),
+    }
+    let column = g.reshape(seed, &[1, 1]).unwrap();
+    assert!(matches!(g.node(column).op, Op::Const(_)));
+    // Spread to [4], reshaped to [4, 1], spread to [4, 3]: one spread of the scalar.
+    let spread = g.broadcast_to(seed, &[4]).unwrap();
+    let reshaped = g.reshape(spread, &[4, 1]).unwrap();
+    let wide = g.broadcast_to(reshaped, &[4, 3]).unwrap();
+    assert_eq!(g.node(wide).op, Op::BroadcastTo);
+    assert_eq!(g.node(wide).args, vec![seed]);
+    assert_eq!(g.shape(wide), &[4, 3]);
+}
