@@ -17,7 +17,7 @@
 
 use crate::autodiff::{expand_grads, expand_grads_where, gradient_path};
 use crate::backend::{check_inputs, BResult, GradMode};
-use crate::graph::{BinaryOp, Graph, Node, NodeId, Op};
+use crate::graph::{BinaryOp, Graph, Node, NodeId, Op, UnaryOp};
 use crate::tensor::{DType, HostTensor};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -52,6 +52,15 @@ pub trait EagerOps {
         let scaled = self.apply(&node(Op::Affine { mul: alpha, add: 0.0 }), &[x])?;
         self.apply(&node(Op::Binary(BinaryOp::Add)), &[a, &scaled])
     }
+    /// `g · 1[x > 0]` (f32, one shape), for the graph's `g · Step(x)` where nothing else reads
+    /// the step: a ReLU's gradient. The default runs the two ops; engines with a fused form
+    /// override it.
+    fn gate_by_step(&self, g: &Self::T, x: &Self::T) -> BResult<Self::T> {
+        let (shape, dtype) = self.shape_dtype(g);
+        let node = |op| Node { op, args: vec![], shape: shape.clone(), dtype };
+        let mask = self.apply(&node(Op::Unary(UnaryOp::Step)), &[x])?;
+        self.apply(&node(Op::Binary(BinaryOp::Mul)), &[g, &mask])
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -64,6 +73,13 @@ enum Step {
         a: NodeId,
         x: NodeId,
         alpha: f64,
+    },
+    /// `g · 1[x > 0]` at node `node`, in place of `g · Step(x)` (the step node runs no step
+    /// of its own).
+    Gated {
+        node: usize,
+        g: NodeId,
+        x: NodeId,
     },
     LeafGrad(usize),
     RecomputedGrad(usize),
@@ -127,12 +143,18 @@ impl<T: Clone> EagerProgram<T> {
         }
         let uses = use_counts(&graph, &groups);
         let scaled = plan_scaled_adds(&graph, &uses);
-        let folded: HashSet<NodeId> = scaled.values().map(|s| s.2).collect();
+        let gated = plan_step_gates(&graph, &uses);
+        let folded: HashSet<NodeId> =
+            scaled.values().map(|s| s.2).chain(gated.values().map(|s| s.2)).collect();
         let mut steps = Vec::new();
         let mut planned_groups = HashSet::new();
         for (i, node) in graph.nodes().iter().enumerate() {
             if let Some(&(a, x, _, alpha)) = scaled.get(&i) {
                 steps.push(Step::ScaledAdd { node: i, a, x, alpha });
+                continue;
+            }
+            if let Some(&(g, x, _)) = gated.get(&i) {
+                steps.push(Step::Gated { node: i, g, x });
                 continue;
             }
             match node.op {
@@ -215,6 +237,10 @@ impl<T: Clone> EagerProgram<T> {
                 Step::ScaledAdd { node, a, x, alpha } => {
                     let read = |id: &NodeId| vals[id.index()].as_ref().expect("planned");
                     vals[*node] = Some(e.scaled_add(read(a), read(x), *alpha)?);
+                }
+                Step::Gated { node, g, x } => {
+                    let read = |id: &NodeId| vals[id.index()].as_ref().expect("planned");
+                    vals[*node] = Some(e.gate_by_step(read(g), read(x))?);
                 }
                 Step::LeafGrad(gi) => {
                     let grp = &self.groups[*gi];
@@ -410,6 +436,28 @@ fn plan_scaled_adds(g: &Graph, uses: &[usize]) -> HashMap<usize, (NodeId, NodeId
         .collect()
 }
 
+/// The nodes `g · Step(x)` and `Step(x) · g` (the step read by that node alone) that run as
+/// one gate: node → (g, x, the step node).
+fn plan_step_gates(g: &Graph, uses: &[usize]) -> HashMap<usize, (NodeId, NodeId, NodeId)> {
+    let step_of = |id: NodeId| match g.node(id).op {
+        Op::Unary(UnaryOp::Step) if uses[id.index()] == 1 => Some(g.node(id).args[0]),
+        _ => None,
+    };
+    g.nodes()
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.op == Op::Binary(BinaryOp::Mul))
+        .filter_map(|(i, n)| {
+            let [l, r] = n.args[..] else { return None };
+            match (step_of(r), step_of(l)) {
+                (Some(x), _) => Some((i, (l, x, r))),
+                (None, Some(x)) => Some((i, (r, x, l))),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// For each step, the argument (by position) whose buffer the step's elementwise op may write
 /// its result into, if any: an f32 value of the op's shape, made by an op that returns a new
 /// buffer (never a view, an input or a constant), read by this op alone (so no view of it and
@@ -447,6 +495,7 @@ fn plan_drops(g: &Graph, steps: &[Step], groups: &[GradGroup]) -> Vec<Vec<usize>
         let reads: Vec<NodeId> = match step {
             Step::Node(i) => g.nodes()[*i].args.clone(),
             Step::ScaledAdd { a, x, .. } => vec![*a, *x],
+            Step::Gated { g: gate, x, .. } => vec![*gate, *x],
             Step::LeafGrad(gi) => {
                 std::iter::once(groups[*gi].of).chain(groups[*gi].wrt.iter().copied()).collect()
             }
@@ -473,7 +522,6 @@ fn plan_drops(g: &Graph, steps: &[Step], groups: &[GradGroup]) -> Vec<Vec<usize>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::UnaryOp;
 
     /// The steps that may write into an argument: (node, argument position).
     fn reused(p: &EagerProgram<()>) -> Vec<(usize, usize)> {
@@ -530,6 +578,30 @@ mod tests {
                 Step::ScaledAdd { node: theta_next.index(), a: theta, x: v_next, alpha: -0.01 },
                 Step::Node(doubled.index()),
                 Step::Node(both.index()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_relu_gradient_runs_as_one_gate() {
+        let mut g = Graph::new();
+        let x = g.input("x", &[4], DType::F32);
+        let dy = g.input("dy", &[4], DType::F32);
+        let mask = g.unary(UnaryOp::Step, x).unwrap();
+        let dx = g.mul(mask, dy).unwrap();
+        // A step read twice runs as itself.
+        let shared = g.unary(UnaryOp::Step, dy).unwrap();
+        let twice = g.mul(x, shared).unwrap();
+        g.output("dx", dx);
+        g.output("twice", twice);
+        g.output("shared", shared);
+        let p = EagerProgram::<()>::compile(&g, GradMode::Symbolic).unwrap();
+        assert_eq!(
+            p.steps,
+            vec![
+                Step::Gated { node: dx.index(), g: dy, x },
+                Step::Node(shared.index()),
+                Step::Node(twice.index()),
             ]
         );
     }

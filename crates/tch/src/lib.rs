@@ -231,8 +231,12 @@ impl EagerOps for TchBackend {
             Op::SoftmaxCrossEntropy => a[0]
                 .f_cross_entropy_loss(a[1], None::<Tensor>, Reduction::None, -100, 0.0)
                 .lib(self.id)?,
-            Op::OneHot { classes } => {
-                return f32_mask(self.id, a[0].f_one_hot(*classes as i64).lib(self.id)?)
+            // Ones scattered into zeros: libtorch's one_hot checks the labels' range first
+            // (two reductions) and makes i64, then a copy to f32.
+            Op::OneHot { .. } => {
+                let mut hot =
+                    Tensor::f_zeros(dims(shape), (Kind::Float, a[0].device())).lib(self.id)?;
+                hot.f_scatter_value_(1, &a[0].f_unsqueeze(1).lib(self.id)?, 1.0).lib(self.id)?
             }
             Op::CorrectPredictions => {
                 return f32_mask(
@@ -343,6 +347,12 @@ impl EagerOps for TchBackend {
     fn scaled_add(&self, a: &TchTensor, x: &TchTensor, alpha: f64) -> BResult<TchTensor> {
         let alpha = Tensor::f_scalar_tensor(alpha, (Kind::Float, tch::Device::Cpu)).lib(self.id)?;
         Ok(TchTensor(a.0.f_addcmul(&x.0, &alpha).lib(self.id)?))
+    }
+
+    /// libtorch's own ReLU backward: one pass, where a mask and a product took two and a
+    /// temporary (60 µs against 10 for the MLP's [128, 512] on two cores).
+    fn gate_by_step(&self, g: &TchTensor, x: &TchTensor) -> BResult<TchTensor> {
+        Ok(TchTensor(x.0.f_threshold_backward(&g.0, 0.0).lib(self.id)?))
     }
 
     fn zeros(&self, shape: &[usize]) -> BResult<TchTensor> {
