@@ -240,6 +240,7 @@ mod tests {
     use ort::editor::{Graph, Model, Node, Opset, ONNX_DOMAIN};
     use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
     use ort::operator::Attribute;
+    use ort::session::builder::GraphOptimizationLevel;
     use ort::session::Session;
     use ort::value::{Outlet, Tensor};
     use randbench_core::fusion::Instr;
@@ -310,7 +311,7 @@ mod tests {
             [Opset::new(ONNX_DOMAIN, crate::OPSET).unwrap(), Opset::new(DOMAIN, VERSION).unwrap()];
         let mut model = Model::new(opsets).unwrap();
         model.set_graph(g).unwrap();
-        backend.session(model).unwrap()
+        backend.session(model, GraphOptimizationLevel::Level1).unwrap()
     }
 
     /// Runs `s` on 4-element `inputs`, bound as the backend binds them; its first output.
