@@ -234,8 +234,7 @@ impl EagerOps for TchBackend {
             // Ones scattered into zeros: libtorch's one_hot checks the labels' range first
             // (two reductions) and makes i64, then a copy to f32.
             Op::OneHot { .. } => {
-                let mut hot =
-                    Tensor::f_zeros(dims(shape), (Kind::Float, a[0].device())).lib(self.id)?;
+                let mut hot = self.zeros(shape)?.0;
                 hot.f_scatter_value_(1, &a[0].f_unsqueeze(1).lib(self.id)?, 1.0).lib(self.id)?
             }
             Op::CorrectPredictions => {
