@@ -122,6 +122,11 @@ impl<B: BurnEngine> BurnTensor<B> {
         Self { value, scalar: shape.is_empty() }
     }
 
+    /// `f`, an f32 value of this one's IR shape (its gradient, a copy detached or tracked).
+    fn float_like(&self, f: FloatTensor<B>) -> Self {
+        Self { value: Value::Float(f), scalar: self.scalar }
+    }
+
     fn float(&self) -> Option<&FloatTensor<B>> {
         match &self.value {
             Value::Float(f) => Some(f),
@@ -511,19 +516,14 @@ impl<B: Tape> EagerOps for BurnBackend<B> {
 
     fn track(&self, t: &Self::T) -> BResult<Self::T> {
         Ok(match t.float() {
-            Some(f) => BurnTensor {
-                value: Value::Float(B::track(f.clone()).ok_or_else(|| self.no_tape())?),
-                scalar: t.scalar,
-            },
+            Some(f) => t.float_like(B::track(f.clone()).ok_or_else(|| self.no_tape())?),
             None => t.clone(),
         })
     }
 
     fn detach(&self, t: &Self::T) -> BResult<Self::T> {
         Ok(match t.float() {
-            Some(f) => {
-                BurnTensor { value: Value::Float(B::float_detach(f.clone())), scalar: t.scalar }
-            }
+            Some(f) => t.float_like(B::float_detach(f.clone())),
             None => t.clone(),
         })
     }
@@ -541,8 +541,7 @@ impl<B: Tape> EagerOps for BurnBackend<B> {
             .iter()
             .map(|w| {
                 w.float()?;
-                let g = grads.next().flatten()?;
-                Some(BurnTensor { value: Value::Float(g), scalar: w.scalar })
+                Some(w.float_like(grads.next().flatten()?))
             })
             .collect())
     }
