@@ -20,7 +20,8 @@ use randbench_core::backend::{
 };
 use randbench_core::eager::{EagerOps, EagerProgram};
 use randbench_core::graph::{
-    conv_transpose_output_padding, sum_to_axes, BinaryOp, CmpOp, Graph, Node, Op, UnaryOp,
+    batch_norm_axes, conv_transpose_output_padding, per_channel_shape, sum_to_axes, BinaryOp,
+    CmpOp, Graph, Node, Op, UnaryOp,
 };
 use randbench_core::tensor::{DType, HostData, HostTensor};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -272,6 +273,35 @@ impl<B: Tape> BurnBackend<B> {
         B::float_sub(shifted, B::float_expand(B::float_log(sum), shape))
     }
 
+    /// Batch normalization with the batch's statistics, from burn's differentiable primitives
+    /// (per-channel values spread explicitly, as `Linear`'s bias is).
+    fn batch_norm(
+        &self,
+        x: FloatTensor<B>,
+        gamma: FloatTensor<B>,
+        beta: FloatTensor<B>,
+        eps: f64,
+    ) -> FloatTensor<B> {
+        let shape = x.shape();
+        let axes = batch_norm_axes(shape.num_dims());
+        let channel = Shape::from(per_channel_shape(&dims(&x)));
+        // Means over each axis in turn, keeping it: [1, C, 1, …].
+        let mean = |mut t: FloatTensor<B>| {
+            for &a in &axes {
+                t = B::float_mean_dim(t, a);
+            }
+            t
+        };
+        let mu = mean(x.clone());
+        let centered = B::float_sub(x, B::float_expand(mu, shape.clone()));
+        let var = mean(B::float_mul(centered.clone(), centered.clone()));
+        let s = B::float_sqrt(B::float_add_scalar(var, Scalar::from(eps)));
+        // γ/s per channel first: one pass over x fewer than dividing x by s.
+        let scale = B::float_div(B::float_reshape(gamma, channel.clone()), s);
+        let scaled = B::float_mul(centered, B::float_expand(scale, shape.clone()));
+        B::float_add(scaled, B::float_expand(B::float_reshape(beta, channel), shape))
+    }
+
     fn zeros_like_on_axis(&self, x: &FloatTensor<B>, axis: usize, n: usize) -> FloatTensor<B> {
         let mut d = dims(x);
         d[axis] = n;
@@ -393,6 +423,7 @@ impl<B: Tape> BurnBackend<B> {
             Op::MaxPool2d { k } => {
                 Float(B::max_pool2d(f(0)?, [*k; 2], [*k; 2], [0, 0], [1, 1], false))
             }
+            Op::BatchNorm { eps } => Float(self.batch_norm(f(0)?, f(1)?, f(2)?, *eps)),
             Op::Softmax => Float(B::float_exp(self.log_softmax(f(0)?))),
             Op::SoftmaxCrossEntropy => {
                 let labels = self.int(a[1], node)?;

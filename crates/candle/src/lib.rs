@@ -10,7 +10,8 @@ use randbench_core::backend::{
 };
 use randbench_core::eager::{EagerOps, EagerProgram};
 use randbench_core::graph::{
-    conv_transpose_output_padding, sum_to_axes, BinaryOp, CmpOp, Graph, Node, Op, UnaryOp,
+    batch_norm_axes, conv_transpose_output_padding, per_channel_shape, sum_to_axes, BinaryOp,
+    CmpOp, Graph, Node, Op, UnaryOp,
 };
 use randbench_core::tensor::{DType, HostData, HostTensor};
 
@@ -97,6 +98,21 @@ impl CandleBackend {
             .transpose(0, 1)
             .lib(self.id)?;
         gw.narrow(2, 0, w_shape[2]).lib(self.id)?.narrow(3, 0, w_shape[3]).lib(self.id)
+    }
+
+    /// Batch normalization with the batch's statistics, composed of candle's ops, which its
+    /// autograd differentiates.
+    fn batch_norm(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> BResult<Tensor> {
+        let axes = batch_norm_axes(x.rank());
+        let channel = per_channel_shape(x.dims());
+        let mean = x.mean_keepdim(axes.as_slice()).lib(self.id)?;
+        let centered = x.broadcast_sub(&mean).lib(self.id)?;
+        let var = centered.sqr().lib(self.id)?.mean_keepdim(axes.as_slice()).lib(self.id)?;
+        let s = var.affine(1.0, eps).lib(self.id)?.sqrt().lib(self.id)?;
+        // γ/s per channel first: one pass over x fewer than dividing x by s.
+        let scale = gamma.reshape(channel.as_slice()).lib(self.id)?.div(&s).lib(self.id)?;
+        let beta = beta.reshape(channel.as_slice()).lib(self.id)?;
+        centered.broadcast_mul(&scale).lib(self.id)?.broadcast_add(&beta).lib(self.id)
     }
 }
 
@@ -198,6 +214,7 @@ impl EagerOps for CandleBackend {
                     a[0].max_pool2d(*k).lib(self.id)?
                 }
             }
+            Op::BatchNorm { eps } => self.batch_norm(a[0], a[1], a[2], *eps)?,
             Op::Softmax => {
                 // The fused kernel has no backward; tracked values take the composite path.
                 if a[0].track_op() {

@@ -4,7 +4,10 @@
 //! that an outer `Grad` differentiates is already plain ops when the outer one is expanded.
 //! All `Grad` nodes that share one `of` are answered by a single backward sweep.
 
-use crate::graph::{BinaryOp, CmpOp, GResult, Graph, GraphError, NodeId, Op, UnaryOp};
+use crate::graph::{
+    batch_norm_axes, per_channel_shape, BinaryOp, CmpOp, GResult, Graph, GraphError, NodeId, Op,
+    UnaryOp,
+};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
@@ -188,6 +191,20 @@ fn first_max_mask(g: &mut Graph, x: NodeId, y: NodeId, k: usize) -> GResult<Node
     g.reshape(mask, &s)
 }
 
+/// Batch normalization's normalized input x̂ = (x − μ)/s and s = √(σ² + eps) ([1, C, 1, …]),
+/// recomputed from x in IR ops (not read from the op's output, which gamma may zero), so a
+/// gradient built on them differentiates again.
+fn batch_norm_normalized(g: &mut Graph, x: NodeId, eps: f64) -> GResult<(NodeId, NodeId)> {
+    let axes = batch_norm_axes(g.shape(x).len());
+    let mean = g.mean(x, &axes, true)?;
+    let centered = g.sub(x, mean)?;
+    let squared = g.square(centered)?;
+    let var = g.mean(squared, &axes, true)?;
+    let shifted = g.affine(var, 1.0, eps)?;
+    let s = g.sqrt(shifted)?;
+    Ok((g.div(centered, s)?, s))
+}
+
 /// The vector-Jacobian product of node `y`'s output gradient `dy` for its argument `k`.
 /// `None` means no gradient flows to that argument.
 fn vjp(g: &mut Graph, y: NodeId, k: usize, dy: NodeId) -> GResult<Option<NodeId>> {
@@ -308,6 +325,28 @@ fn vjp(g: &mut Graph, y: NodeId, k: usize, dy: NodeId) -> GResult<Option<NodeId>
             let mask = first_max_mask(g, x(0), y, *win)?;
             let up_dy = upsample(g, dy, *win)?;
             g.mul(up_dy, mask)?
+        }
+        Op::BatchNorm { eps } => {
+            let axes = batch_norm_axes(g.shape(x(0)).len());
+            if k == 2 {
+                g.sum(dy, &axes, false)?
+            } else {
+                let (xhat, s) = batch_norm_normalized(g, x(0), *eps)?;
+                let dy_xhat = g.mul(dy, xhat)?;
+                if k == 1 {
+                    g.sum(dy_xhat, &axes, false)?
+                } else {
+                    // dx = γ/s · (dy − mean(dy) − x̂·mean(dy·x̂)), means per channel.
+                    let mean_dy = g.mean(dy, &axes, true)?;
+                    let mean_dy_xhat = g.mean(dy_xhat, &axes, true)?;
+                    let along = g.mul(xhat, mean_dy_xhat)?;
+                    let centered = g.sub(dy, mean_dy)?;
+                    let inner = g.sub(centered, along)?;
+                    let gamma = g.reshape(x(1), &per_channel_shape(&node.shape))?;
+                    let scale = g.div(gamma, s)?;
+                    g.mul(inner, scale)?
+                }
+            }
         }
         Op::Softmax => {
             let last = g.shape(y).len() - 1;

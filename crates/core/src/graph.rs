@@ -105,6 +105,13 @@ pub enum Op {
     MaxPool2d {
         k: usize,
     },
+    /// Batch normalization with the batch's statistics (PyTorch's training-mode `batch_norm`,
+    /// no running statistics): args (x, gamma, beta), x of rank 2 [N, C] or 4 [N, C, H, W],
+    /// gamma and beta [C]; y = gamma·(x − μ)/√(σ² + eps) + beta, where μ and the biased
+    /// variance σ² are taken over every axis but 1.
+    BatchNorm {
+        eps: f64,
+    },
     /// Softmax over the last axis.
     Softmax,
     /// Per-example softmax cross-entropy: logits[b,c], labels i64[b] -> f32[b].
@@ -187,6 +194,7 @@ impl Op {
             Op::Conv2dBackwardInput { .. } => "Conv2dBackwardInput",
             Op::Conv2dBackwardWeight { .. } => "Conv2dBackwardWeight",
             Op::MaxPool2d { .. } => "MaxPool2d",
+            Op::BatchNorm { .. } => "BatchNorm",
             Op::Softmax => "Softmax",
             Op::SoftmaxCrossEntropy => "SoftmaxCrossEntropy",
             Op::OneHot { .. } => "OneHot",
@@ -288,6 +296,18 @@ pub fn conv_transpose_output_padding(
     let extra =
         |axis: usize| (x[axis] + 2 * padding).saturating_sub((dy[axis] - 1) * stride + w[axis]);
     [extra(2), extra(3)]
+}
+
+/// The axes batch normalization's statistics run over, for an input of rank `rank`: all
+/// but the channels' (axis 1).
+pub fn batch_norm_axes(rank: usize) -> Vec<usize> {
+    (0..rank).filter(|&a| a != 1).collect()
+}
+
+/// The shape [1, C, 1, …] in which a per-channel value [C] broadcasts against batch
+/// normalization's input of shape `x`.
+pub fn per_channel_shape(x: &[usize]) -> Vec<usize> {
+    (0..x.len()).map(|a| if a == 1 { x[1] } else { 1 }).collect()
 }
 
 /// The axes of `from` that summing down to `to` (which broadcasts to `from`) removes or
@@ -739,6 +759,39 @@ impl Graph {
             vec![s[0], s[1], s[2] / k, s[3] / k],
             DType::F32,
         ))
+    }
+
+    /// Batch normalization of x [N, C] or [N, C, H, W] by the batch's own statistics, scaled
+    /// by gamma [C] and shifted by beta [C] (see [`Op::BatchNorm`]).
+    pub fn batch_norm(
+        &mut self,
+        x: NodeId,
+        gamma: NodeId,
+        beta: NodeId,
+        eps: f64,
+    ) -> GResult<NodeId> {
+        const OP: &str = "BatchNorm";
+        for id in [x, gamma, beta] {
+            self.expect_f32(OP, id)?;
+        }
+        self.expect_rank(OP, gamma, 1, "gamma")?;
+        self.expect_rank(OP, beta, 1, "beta")?;
+        let (sx, sg, sb) = (self.shape(x), self.shape(gamma), self.shape(beta));
+        if sx.len() != 2 && sx.len() != 4 {
+            return Err(shape_err(OP, &[sx], "the input must have rank 2 or 4"));
+        }
+        if sg[0] != sx[1] || sb[0] != sx[1] {
+            let detail = "gamma and beta must hold one value per channel (the input's axis 1)";
+            return Err(shape_err(OP, &[sx, sg, sb], detail));
+        }
+        if numel(sx) == 0 {
+            return Err(shape_err(OP, &[sx], "needs at least one value per channel"));
+        }
+        if !eps.is_finite() || eps < 0.0 {
+            return Err(shape_err(OP, &[], format!("eps {eps} must be finite and at least 0")));
+        }
+        let shape = sx.to_vec();
+        Ok(self.push(Op::BatchNorm { eps }, vec![x, gamma, beta], shape, DType::F32))
     }
 
     // ---- classification heads ----

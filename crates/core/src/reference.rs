@@ -152,6 +152,7 @@ fn eval_op(op: &Op, a: &[&RefValue], out_shape: &[usize]) -> GResult<Vec<f64>> {
             }
             y
         }
+        Op::BatchNorm { eps } => batch_norm(a[0], &a[1].data, &a[2].data, *eps),
         Op::Softmax => {
             let c = *a[0].shape.last().expect("rank >= 1");
             a[0].data.chunks(c).flat_map(softmax_row).collect()
@@ -293,6 +294,30 @@ fn eval_op(op: &Op, a: &[&RefValue], out_shape: &[usize]) -> GResult<Vec<f64>> {
             ))
         }
     })
+}
+
+/// Normalizes each channel (axis 1) of x by its mean and biased variance over the other axes,
+/// then scales by gamma and shifts by beta.
+fn batch_norm(x: &RefValue, gamma: &[f64], beta: &[f64], eps: f64) -> Vec<f64> {
+    let (c, inner) = (x.shape[1], numel(&x.shape[2..]));
+    let channel = |i: usize| i / inner % c;
+    let count = (x.data.len() / c) as f64;
+    let mut mean = vec![0.0; c];
+    for (i, &v) in x.data.iter().enumerate() {
+        mean[channel(i)] += v / count;
+    }
+    let mut var = vec![0.0; c];
+    for (i, &v) in x.data.iter().enumerate() {
+        var[channel(i)] += (v - mean[channel(i)]).powi(2) / count;
+    }
+    x.data
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let ch = channel(i);
+            gamma[ch] * (v - mean[ch]) / (var[ch] + eps).sqrt() + beta[ch]
+        })
+        .collect()
 }
 
 fn softmax_row(row: &[f64]) -> Vec<f64> {

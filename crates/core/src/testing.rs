@@ -253,6 +253,20 @@ pub fn op_cases(seed: u64) -> Vec<OpCase> {
     c.add("Gather", vec![(uniform(r, &[rows, n], -1.0, 1.0), false), (idx, false)], |g, x| {
         g.gather(x[0], x[1])
     });
+    // At least four values per channel, so that no channel's variance is near zero.
+    let ch = d(r, 1, 3);
+    let rank4 = vec![d(r, 2, 3), ch, d(r, 1, 2), d(r, 2, 3)];
+    for (name, xs) in [("BatchNorm/rank4", rank4), ("BatchNorm/rank2", vec![d(r, 4, 6), ch])] {
+        c.add(
+            name,
+            vec![
+                (uniform(r, &xs, -1.0, 1.0), true),
+                (away_from_zero(r, &[ch]), true),
+                (uniform(r, &[ch], -1.0, 1.0), true),
+            ],
+            |g, x| g.batch_norm(x[0], x[1], x[2], 1e-5),
+        );
+    }
     c.cases
 }
 
@@ -428,6 +442,62 @@ pub fn check_max_pool_ties<B: Backend>(b: &B) {
     let (g, inputs, expected) = max_pool_ties();
     let got = to_f64(&run_on(b, &g, &inputs)[0]);
     assert_eq!(got, expected, "{}: max-pool gradient with ties", b.id());
+}
+
+/// Second derivatives through batch normalization, as second-order MAML takes them: with
+/// y = BatchNorm(x, γ, β) (x of shape `shape`, eps 1e-5) and a fixed weight w, the outputs are
+/// `loss` L = Σ (∂/∂x Σ y·w)² and its gradients `grad.gamma` and `grad.x`. Returns the graph
+/// and its inputs x, γ, β, w drawn from `seed`.
+pub fn batch_norm_second_order(shape: &[usize], seed: u64) -> (Graph, Vec<HostTensor>) {
+    let mut rng = Rng::stream(seed, "batch-norm-second-order");
+    let ch = [shape[1]];
+    let inputs = vec![
+        uniform(&mut rng, shape, -1.0, 1.0),
+        away_from_zero(&mut rng, &ch),
+        uniform(&mut rng, &ch, -1.0, 1.0),
+        uniform(&mut rng, shape, -1.0, 1.0),
+    ];
+    let mut g = Graph::new();
+    let ids: Vec<NodeId> = ["x", "gamma", "beta", "w"]
+        .iter()
+        .zip(&inputs)
+        .map(|(name, t)| g.input(*name, t.shape(), DType::F32))
+        .collect();
+    let build = |g: &mut Graph| -> GResult<()> {
+        let (x, gamma) = (ids[0], ids[1]);
+        let y = g.batch_norm(x, gamma, ids[2], 1e-5)?;
+        let yw = g.mul(y, ids[3])?;
+        let inner = g.sum_all(yw)?;
+        let dx = g.grad(inner, x)?;
+        let dx2 = g.square(dx)?;
+        let loss = g.sum_all(dx2)?;
+        let grads = g.grads(loss, &[gamma, x])?;
+        g.output("loss", loss);
+        g.output("grad.gamma", grads[0]);
+        g.output("grad.x", grads[1]);
+        Ok(())
+    };
+    build(&mut g).expect("well-formed");
+    (g, inputs)
+}
+
+/// Second derivatives through batch normalization, of inputs of rank 4 and 2, equal the
+/// reference's on this backend.
+pub fn check_batch_norm_second_order<B: Backend>(b: &B, tol: f64) {
+    for shape in [&[3, 2, 2, 3][..], &[5, 3]] {
+        let (g, inputs) = batch_norm_second_order(shape, 7);
+        let expected = crate::reference::evaluate(&expand_grads(&g).expect("expand"), &inputs)
+            .expect("reference");
+        let got = run_on(b, &g, &inputs);
+        for (k, (name, _)) in g.outputs().iter().enumerate() {
+            let err = max_rel_diff(&to_f64(&got[k]), &expected[k].data);
+            assert!(
+                err < tol,
+                "{}: batch norm {shape:?}, output {name} differs from the reference by {err:e}",
+                b.id()
+            );
+        }
+    }
 }
 
 /// A small batch of uniform quadratics, for checks of the meta-graph.
@@ -639,6 +709,10 @@ macro_rules! backend_conformance_tests {
         #[test]
         fn meta_gradient_of_two_step_unroll_matches_reference() {
             $crate::testing::check_meta_gradient(&$make, 1e-4);
+        }
+        #[test]
+        fn batch_norm_second_derivatives_match_reference() {
+            $crate::testing::check_batch_norm_second_order(&$make, 1e-4);
         }
         #[test]
         fn mlp_sgd_step_equals_hand_computed_update() {

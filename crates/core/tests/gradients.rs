@@ -7,7 +7,8 @@ use randbench_core::models::init_params;
 use randbench_core::reference::{evaluate_values, RefValue};
 use randbench_core::rng::Rng;
 use randbench_core::testing::{
-    finite_differences, max_rel_diff, meta_inputs, op_cases, small_quadratics, with_gradients,
+    batch_norm_second_order, finite_differences, max_rel_diff, meta_inputs, op_cases,
+    small_quadratics, with_gradients,
 };
 use randbench_core::DType;
 
@@ -80,6 +81,24 @@ fn second_derivatives_through_nested_grad_match_finite_differences() {
             "input {which}: {:?} vs {fd:?}",
             vals[out].data
         );
+    }
+}
+
+#[test]
+fn second_derivatives_through_batch_norm_match_finite_differences() {
+    // L = Σ (∂/∂x Σ y·w)², y = BatchNorm(x, γ, β): the outer Grad differentiates the op's VJP.
+    for shape in [&[3, 2, 2, 3][..], &[5, 3]] {
+        let (g, inputs) = batch_norm_second_order(shape, 2);
+        let e = expand_grads(&g).unwrap();
+        assert!(!e.has_grad_nodes());
+        let inputs: Vec<RefValue> = inputs.iter().map(RefValue::from_host).collect();
+        let vals = evaluate_values(&e, &inputs).unwrap();
+        // Outputs: loss, grad.gamma, grad.x; inputs: x, gamma, beta, w.
+        for (which, out) in [(1, 1), (0, 2)] {
+            let fd = finite_differences(&e, 0, &inputs, which, 1e-6).unwrap();
+            let sym = &vals[out].data;
+            assert!(max_rel_diff(sym, &fd) < TOL, "{shape:?} input {which}: {sym:?} vs {fd:?}");
+        }
     }
 }
 

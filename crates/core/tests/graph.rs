@@ -2,7 +2,8 @@
 
 use randbench_core::backend::{reports_out_of_memory, BackendError, BackendId};
 use randbench_core::graph::{
-    conv2d_output_shape, conv_transpose_output_padding, sum_to_axes, Graph, GraphError, Op,
+    batch_norm_axes, conv2d_output_shape, conv_transpose_output_padding, per_channel_shape,
+    sum_to_axes, Graph, GraphError, Op,
 };
 use randbench_core::testing::op_cases;
 use randbench_core::DType;
@@ -60,6 +61,37 @@ fn sum_to_removes_leading_axes_and_reduces_broadcast_ones() {
     assert_eq!(sum_to_axes(&[2, 3, 4], &[3, 1]), vec![0, 2]);
     assert_eq!(sum_to_axes(&[2, 3], &[2, 3]), Vec::<usize>::new());
     assert_eq!(sum_to_axes(&[4, 1], &[1]), vec![0]);
+}
+
+#[test]
+fn batch_norm_takes_rank_2_or_4_one_gamma_and_beta_per_channel_and_a_usable_eps() {
+    assert_eq!(batch_norm_axes(4), vec![0, 2, 3]);
+    assert_eq!(per_channel_shape(&[5, 3, 2, 2]), vec![1, 3, 1, 1]);
+    assert_eq!(per_channel_shape(&[5, 3]), vec![1, 3]);
+    let mut g = Graph::new();
+    let x = g.input("x", &[4, 3, 2, 2], DType::F32);
+    let c3 = g.input("c3", &[3], DType::F32);
+    let c2 = g.input("c2", &[2], DType::F32);
+    let rank3 = g.input("rank3", &[4, 3, 4], DType::F32);
+    let labels = g.input("labels", &[4, 3], DType::I64);
+    let y = g.batch_norm(x, c3, c3, 1e-5).unwrap();
+    assert_eq!(g.shape(y), &[4, 3, 2, 2]);
+    let operands = |e: GraphError| match e {
+        GraphError::Shape { op: "BatchNorm", operands, .. } => operands,
+        other => panic!("expected a BatchNorm shape error, got {other:?}"),
+    };
+    assert_eq!(operands(g.batch_norm(rank3, c3, c3, 1e-5).unwrap_err()), vec![vec![4, 3, 4]]);
+    assert_eq!(
+        operands(g.batch_norm(x, c3, c2, 1e-5).unwrap_err()),
+        vec![vec![4, 3, 2, 2], vec![3], vec![2]]
+    );
+    for eps in [-1e-5, f64::NAN, f64::INFINITY] {
+        assert!(operands(g.batch_norm(x, c3, c3, eps).unwrap_err()).is_empty(), "eps {eps}");
+    }
+    assert_eq!(
+        g.batch_norm(labels, c3, c3, 1e-5).unwrap_err(),
+        GraphError::DType { op: "BatchNorm", expected: DType::F32, actual: DType::I64 }
+    );
 }
 
 #[test]

@@ -16,8 +16,8 @@ use ort::value::{
 };
 use randbench_core::fusion::{self, Fusion, Unit};
 use randbench_core::graph::{
-    broadcast_shapes, conv_transpose_output_padding, sum_to_axes, BinaryOp, CmpOp, Graph, NodeId,
-    Op, UnaryOp,
+    batch_norm_axes, broadcast_shapes, conv_transpose_output_padding, per_channel_shape,
+    sum_to_axes, BinaryOp, CmpOp, Graph, NodeId, Op, UnaryOp,
 };
 use randbench_core::tensor::{DType, HostData};
 use std::collections::HashMap;
@@ -397,6 +397,26 @@ fn emit(cx: &mut Ctx, g: &Graph, id: NodeId, a: &[&str]) -> LResult<Out> {
             a,
             vec![attr("kernel_shape", vec![*k as i64; 2])?, attr("strides", vec![*k as i64; 2])?],
         ),
+        // Composed: ONNX Runtime's BatchNormalization in training mode (batch statistics) is
+        // in some CPU builds and not others, and its CUDA provider refuses it from opset 14.
+        Op::BatchNorm { eps } => {
+            let xs = in_shape(0);
+            let axes = cx.ints(&batch_norm_axes(xs.len()))?;
+            let mean = cx.node("ReduceMean", &[a[0], &axes], vec![attr("keepdims", 1i64)?])?;
+            let centered = cx.node("Sub", &[a[0], &mean], vec![])?;
+            let squared = cx.node("Mul", &[&centered, &centered], vec![])?;
+            let var = cx.node("ReduceMean", &[&squared, &axes], vec![attr("keepdims", 1i64)?])?;
+            let e = cx.scalar(*eps)?;
+            let shifted = cx.node("Add", &[&var, &e], vec![])?;
+            let s = cx.node("Sqrt", &[&shifted], vec![])?;
+            let channel = cx.ints(&per_channel_shape(xs))?;
+            let gamma = cx.node("Reshape", &[a[1], &channel], vec![])?;
+            let beta = cx.node("Reshape", &[a[2], &channel], vec![])?;
+            // γ/s per channel first: one pass over x fewer than dividing x by s.
+            let scale = cx.node("Div", &[&gamma, &s], vec![])?;
+            let scaled = cx.node("Mul", &[&centered, &scale], vec![])?;
+            Out::node("Add", &[&scaled, &beta], vec![])
+        }
         Op::Softmax => Out::node("Softmax", a, vec![attr("axis", -1i64)?]),
         Op::SoftmaxCrossEntropy => {
             Out::node("SoftmaxCrossEntropyLoss", a, vec![attr("reduction", "none".to_string())?])

@@ -227,6 +227,11 @@ impl EagerOps for TchBackend {
                 let k = *k as i64;
                 a[0].f_max_pool2d([k, k], [k, k], [0, 0], [1, 1], false).lib(self.id)?
             }
+            // Training mode: the batch's statistics. Without running statistics the momentum
+            // is unused; cuDNN where libtorch may take it, as PyTorch's default.
+            Op::BatchNorm { eps } => a[0]
+                .f_batch_norm(Some(a[1]), Some(a[2]), None, None, true, 0.1, *eps, true)
+                .lib(self.id)?,
             Op::Softmax => a[0].f_softmax(-1, Kind::Float).lib(self.id)?,
             Op::SoftmaxCrossEntropy => a[0]
                 .f_cross_entropy_loss(a[1], None::<Tensor>, Reduction::None, -100, 0.0)
