@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 SUITE=${1:-quick}
 [ $# -gt 0 ] && shift
 ./scripts/setup-native.sh || echo "run: libtorch and ONNX Runtime could not be installed; running on candle only" >&2
-./scripts/setup-data.sh || echo "run: Fashion-MNIST could not be installed; suites that need it will say so" >&2
+./scripts/setup-data.sh || echo "run: data set-up failed (see above); suites that need Fashion-MNIST or Omniglot will say so" >&2
 source scripts/env.sh
 cargo build --release --quiet -p randbench --features "$FEATURES"
 exec target/release/randbench run "$SUITE" "$@"

@@ -10,6 +10,7 @@ pub mod fusion;
 pub mod graph;
 pub mod l2l;
 pub mod models;
+pub mod omniglot;
 pub mod optim;
 pub mod reference;
 pub mod rng;
