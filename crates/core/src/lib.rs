@@ -6,6 +6,7 @@ pub mod backend;
 pub mod corrupt;
 pub mod data;
 pub mod eager;
+pub mod fewshot;
 pub mod fusion;
 pub mod graph;
 pub mod l2l;

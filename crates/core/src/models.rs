@@ -34,6 +34,8 @@ pub enum Init {
         std: f64,
     },
     Zeros,
+    /// All ones: a batch norm's scale.
+    Ones,
 }
 
 impl Init {
@@ -58,6 +60,7 @@ impl Init {
             }
             Init::Normal { std } => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
             Init::Zeros => vec![0.0; n],
+            Init::Ones => vec![1.0; n],
         };
         HostTensor::f32(shape.to_vec(), data).expect("length matches shape")
     }

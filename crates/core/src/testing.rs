@@ -328,6 +328,7 @@ pub fn max_rel_diff(actual: &[f64], expected: &[f64]) -> f64 {
 
 use crate::autodiff::expand_grads;
 use crate::backend::Backend;
+use crate::fewshot;
 use crate::l2l::{meta_state, unroll, zero_state, Distribution, LstmOptimizer, Outer, Problem};
 use crate::models::{init_params, Activation, Model};
 use crate::optim::Optimizer;
@@ -497,6 +498,45 @@ pub fn check_batch_norm_second_order<B: Backend>(b: &B, tol: f64) {
                 b.id()
             );
         }
+    }
+}
+
+/// `n` classes of five random side × side images each.
+pub fn random_classes(n: usize, side: usize, seed: u64) -> fewshot::Classes {
+    let mut rng = Rng::stream(seed, "images");
+    let mut image = || (0..side * side).map(|_| rng.uniform() as f32).collect::<Vec<f32>>();
+    let classes = (0..n).map(|_| (0..5).map(|_| image()).collect()).collect();
+    fewshot::Classes { side, classes }
+}
+
+/// A tiny MAML problem: a one-block learner on 4×4 images, 2-way 2-shot episodes with two
+/// queries, two inner steps at rate 0.4, two tasks; the meta-gradient program of `order` and its
+/// inputs (θ from `seed`, then the episodes, drawn from random classes).
+pub fn tiny_maml(order: fewshot::Order, seed: u64) -> (Graph, Vec<HostTensor>) {
+    use fewshot::{Adaptation, EpisodeShape, Learner};
+    let learner = Learner { side: 4, filters: 2, blocks: 1, way: 2 };
+    let shape = EpisodeShape { way: 2, shot: 2, query: 2 };
+    let inner = Adaptation { lr: 0.4, steps: 2 };
+    let g = fewshot::meta_step_graph(&learner, shape, 2, inner, order, Outer::Gradient)
+        .expect("well-formed");
+    let classes = random_classes(6, 4, seed);
+    let mut inputs = init_params(&learner.params(), seed);
+    let e = fewshot::draw_episodes(&classes, shape, 2, &mut Rng::stream(seed, "episodes"))
+        .expect("enough classes");
+    inputs.extend([e.support, e.support_labels, e.query, e.query_labels]);
+    (g, inputs)
+}
+
+/// Second-order MAML's meta-gradient (through batch norm, convolutions, pooling and two inner
+/// steps) equals the reference's on this backend.
+pub fn check_maml_meta_gradient<B: Backend>(b: &B, tol: f64) {
+    let (g, inputs) = tiny_maml(fewshot::Order::Second, 3);
+    let expected =
+        crate::reference::evaluate(&expand_grads(&g).expect("expand"), &inputs).expect("reference");
+    let got = run_on(b, &g, &inputs);
+    for (k, (name, _)) in g.outputs().iter().enumerate() {
+        let err = max_rel_diff(&to_f64(&got[k]), &expected[k].data);
+        assert!(err < tol, "{}: MAML output {name} differs from the reference by {err:e}", b.id());
     }
 }
 
@@ -709,6 +749,10 @@ macro_rules! backend_conformance_tests {
         #[test]
         fn meta_gradient_of_two_step_unroll_matches_reference() {
             $crate::testing::check_meta_gradient(&$make, 1e-4);
+        }
+        #[test]
+        fn maml_second_order_meta_gradient_matches_reference() {
+            $crate::testing::check_maml_meta_gradient(&$make, 1e-4);
         }
         #[test]
         fn batch_norm_second_derivatives_match_reference() {

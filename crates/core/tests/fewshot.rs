@@ -1,0 +1,76 @@
+//! MAML's programs against central finite differences in f64 on the host, and episodes that
+//! repeat for a seed.
+
+use randbench_core::autodiff::expand_grads;
+use randbench_core::fewshot::{draw_episodes, nearest_neighbour, EpisodeShape, Learner, Order};
+use randbench_core::reference::{evaluate_values, RefValue};
+use randbench_core::rng::Rng;
+use randbench_core::testing::{finite_differences, max_rel_diff, random_classes, tiny_maml};
+
+#[test]
+fn second_order_maml_meta_gradient_matches_finite_differences() {
+    let (g, inputs) = tiny_maml(Order::Second, 3);
+    let expanded = expand_grads(&g).unwrap();
+    let inputs: Vec<RefValue> = inputs.iter().map(RefValue::from_host).collect();
+    let values = evaluate_values(&expanded, &inputs).unwrap();
+    let params = g.outputs().iter().filter(|(n, _)| n.starts_with("grad.")).count();
+    assert_eq!(params, 5);
+    for p in 0..params {
+        let symbolic = &values[2 + p].data;
+        let fd = finite_differences(&expanded, 0, &inputs, p, 1e-6).unwrap();
+        let err = max_rel_diff(symbolic, &fd);
+        assert!(err < 1e-6, "{}: {symbolic:?} vs finite differences {fd:?}", g.outputs()[2 + p].0);
+    }
+    // First order drops the inner gradients' derivatives: a different, cheaper gradient.
+    let (first, _) = tiny_maml(Order::First, 3);
+    let first = evaluate_values(&expand_grads(&first).unwrap(), &inputs).unwrap();
+    assert!(max_rel_diff(&first[0].data, &values[0].data) < 1e-12, "the same meta-loss");
+    let conv = max_rel_diff(&first[2].data, &values[2].data);
+    assert!(conv > 1e-3, "first and second order agree on the kernel's gradient ({conv:e})");
+}
+
+#[test]
+fn the_same_seed_draws_the_same_episodes_and_labels_follow_the_classes() {
+    let classes = random_classes(6, 4, 1);
+    let shape = EpisodeShape { way: 2, shot: 2, query: 2 };
+    let draw = |seed| draw_episodes(&classes, shape, 3, &mut Rng::stream(seed, "e")).unwrap();
+    let (a, b, c) = (draw(5), draw(5), draw(6));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert_eq!(a.support.shape(), &[3 * 4, 1, 4, 4]);
+    assert_eq!(a.query_labels.as_i64().unwrap(), &[0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1]);
+    // Within an episode, the support and query images of a class are distinct drawings of it.
+    let images = a.support.as_f32().unwrap().chunks(16).chain(a.query.as_f32().unwrap().chunks(16));
+    let images: Vec<&[f32]> = images.collect();
+    let episode_one = [&images[0..4], &images[12..16]].concat();
+    for (i, x) in episode_one.iter().enumerate() {
+        assert!(episode_one[i + 1..].iter().all(|y| y != x), "image {i} drawn twice");
+        assert!(classes.classes.iter().any(|c| c.iter().any(|y| y == x)), "an image of the set");
+    }
+    let too_many = EpisodeShape { way: 7, shot: 1, query: 1 };
+    let err = draw_episodes(&classes, too_many, 1, &mut Rng::new(0)).unwrap_err();
+    assert!(err.to_string().contains("7 classes"), "{err}");
+}
+
+#[test]
+fn nearest_neighbour_picks_the_closest_support_image() {
+    let support = [0.0, 0.0, 1.0, 1.0, 5.0, 5.0];
+    let labels = [2, 0, 1];
+    let query = [0.9, 1.2, 4.0, 6.0, -1.0, 0.0];
+    assert_eq!(nearest_neighbour(&support, &labels, &query, 2), vec![0, 1, 2]);
+}
+
+#[test]
+fn the_learner_ends_in_one_by_one_maps_on_28_pixel_images() {
+    let l = Learner { side: 28, filters: 32, blocks: 4, way: 5 };
+    assert_eq!(l.feature_side(), 1);
+    let shapes: Vec<Vec<usize>> = l.params().into_iter().map(|p| p.shape).collect();
+    assert_eq!(shapes[0], vec![32, 1, 3, 3]);
+    assert_eq!(shapes[12], vec![32, 5]);
+    let mut g = randbench_core::Graph::new();
+    let params: Vec<_> =
+        l.params().iter().map(|p| g.input(&p.name, &p.shape, randbench_core::DType::F32)).collect();
+    let x = g.input("x", &[3, 1, 28, 28], randbench_core::DType::F32);
+    let logits = l.logits(&mut g, &params, x).unwrap();
+    assert_eq!(g.shape(logits), &[3, 5]);
+}
