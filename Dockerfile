@@ -13,6 +13,7 @@
 # What is in it, under /opt/randbench (also the working directory):
 #   bin/randbench   built with `cargo build --release -p randbench --features tch,ort`
 #   bench-suites/   the suites, found by name from the working directory
+#   data/omniglot/  the vendored Omniglot sets (MIT), found from the working directory
 #   native/         the native libraries the binary loads, taken from the pinned PyPI wheels
 #                   that scripts/setup-native.sh installs (torch 2.11.0, onnxruntime 1.31.1):
 #                   torch/lib (libtorch), nvidia/*/lib (the CUDA libraries libtorch links: the
@@ -105,6 +106,7 @@ RUN apt-get update \
 RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin randbench
 COPY --from=builder /stage/ /
 COPY bench-suites/ /opt/randbench/bench-suites/
+COPY data/omniglot/ /opt/randbench/data/omniglot/
 RUN install -d -o 10001 -g 10001 /opt/randbench/reports
 ARG ORT_VERSION=1.31.1
 # The binary's rpath names the builder's .venv, and the path to libonnxruntime compiled into

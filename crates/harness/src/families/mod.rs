@@ -3,6 +3,7 @@
 //! typed metrics and its tables. The `families!` line at the end of this file registers each
 //! one; adding a family is its module plus that line.
 
+pub mod fewshot;
 mod guard;
 pub mod l2l;
 pub mod nas;
@@ -456,4 +457,5 @@ families! {
     LossSurface => surfaces,
     RandomWeights => randweights,
     ArchitectureSearch => nas,
+    FewShot => fewshot,
 }

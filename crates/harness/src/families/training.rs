@@ -8,12 +8,14 @@ use crate::families::{Guard, Loss};
 use crate::slowdown;
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::data::Dataset;
+use randbench_core::graph::Graph;
 use randbench_core::models::Model;
 use randbench_core::optim::Optimizer;
 use randbench_core::rng::Rng;
 use randbench_core::train::{eval_graph, training_step, Feed};
 use randbench_core::HostTensor;
 use randbench_schema::Observer;
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// One optimizer's step programs (a full batch, and the last smaller one of an epoch).
@@ -28,6 +30,44 @@ pub struct Steps<B: Backend> {
 /// Uploads host tensors to the device, in order.
 pub fn upload_all<B: Backend>(b: &B, ts: &[HostTensor]) -> BResult<Vec<B::Tensor>> {
     ts.iter().map(|t| b.upload(t)).collect()
+}
+
+/// Tensors by input name: what a chained program reads, updated from its outputs.
+pub type Named<T> = HashMap<String, T>;
+
+/// Runs the program of `graph` on the named tensors; outputs named like an input replace it,
+/// so that one run's parameters and state feed the next. Returns the outputs.
+pub fn chain<B: Backend>(
+    b: &B,
+    graph: &Graph,
+    program: &mut B::Program,
+    named: &mut Named<B::Tensor>,
+) -> BResult<Vec<B::Tensor>> {
+    let refs: Vec<&B::Tensor> = graph
+        .inputs()
+        .iter()
+        .map(|&id| named.get(graph.input_name(id)).expect("every input is named"))
+        .collect();
+    let out = b.run(program, &refs)?;
+    for (k, (name, _)) in graph.outputs().iter().enumerate() {
+        if graph.input_index(name).is_some() {
+            named.insert(name.clone(), out[k].clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Uploads host tensors under the given names.
+pub fn upload_named<B: Backend>(
+    b: &B,
+    named: &mut Named<B::Tensor>,
+    names: impl IntoIterator<Item = String>,
+    tensors: &[HostTensor],
+) -> BResult<()> {
+    for (name, t) in names.into_iter().zip(tensors) {
+        named.insert(name, b.upload(t)?);
+    }
+    Ok(())
 }
 
 /// The example indices of the chunk of `chunk` examples from `start` of a data set of `n`: the

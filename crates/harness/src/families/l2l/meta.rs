@@ -11,6 +11,7 @@ use super::{
     weights, BaselineRule, Beat, Curve, Evaluation, Family, Metrics, ProblemSpec, ProblemVariant,
     Ratio, Tuned, Validation, LEARNED,
 };
+use crate::families::training::{chain, upload_named, Named};
 use crate::families::{Guard, Loss};
 use crate::families::{Job, Record};
 use crate::nvml::DeviceMemoryWatch;
@@ -42,9 +43,6 @@ struct Compiled<B: Backend> {
     losses: usize,
 }
 
-/// Tensors by input name: what a chained program reads, updated from its outputs.
-type Named<T> = HashMap<String, T>;
-
 fn compile<B: Backend>(b: &B, graph: Graph) -> BResult<Compiled<B>> {
     let program = b.compile(&graph)?;
     let losses = graph.outputs().iter().position(|(n, _)| n == "losses").expect("losses output");
@@ -58,31 +56,7 @@ fn run_named<B: Backend>(
     p: &mut Compiled<B>,
     named: &mut Named<B::Tensor>,
 ) -> BResult<Vec<B::Tensor>> {
-    let refs: Vec<&B::Tensor> = p
-        .graph
-        .inputs()
-        .iter()
-        .map(|&id| named.get(p.graph.input_name(id)).expect("every input is named"))
-        .collect();
-    let out = b.run(&mut p.program, &refs)?;
-    for (k, (name, _)) in p.graph.outputs().iter().enumerate() {
-        if p.graph.input_index(name).is_some() {
-            named.insert(name.clone(), out[k].clone());
-        }
-    }
-    Ok(out)
-}
-
-fn upload_named<B: Backend>(
-    b: &B,
-    named: &mut Named<B::Tensor>,
-    names: impl IntoIterator<Item = String>,
-    tensors: &[HostTensor],
-) -> BResult<()> {
-    for (name, t) in names.into_iter().zip(tensors) {
-        named.insert(name, b.upload(t)?);
-    }
-    Ok(())
+    chain(b, &p.graph, &mut p.program, named)
 }
 
 fn to_f64s<B: Backend>(b: &B, t: &B::Tensor) -> BResult<Vec<f64>> {

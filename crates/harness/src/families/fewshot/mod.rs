@@ -1,0 +1,412 @@
+//! Few-shot meta-learning on Omniglot after Finn et al. (MAML, ICML 2017): the four-block
+//! learner's initial parameters meta-trained so that a few gradient steps on an episode's
+//! support set classify its queries, second order (through the inner gradients) and first
+//! order; tested on episodes of alphabets never seen in meta-training, against nearest
+//! neighbour in pixel space on the same episodes.
+
+mod data;
+mod run;
+mod tables;
+
+pub use data::FewShotData;
+
+use super::{Entry, Job, PrepareError, Record, WorkloadFamily, WorkloadSpec};
+use crate::report::{Chart, Table};
+use crate::spec::{Ctx, SuiteError};
+use data::{OmniglotSpec, RawOmniglot};
+use randbench_core::backend::{BResult, Backend};
+use randbench_core::fewshot::{Adaptation, EpisodeShape, Learner, Order};
+use randbench_core::stats::{Better, Summary};
+use randbench_core::units::Seconds;
+use randbench_schema::{CellResult, Figure, Measure, MeasureKind, Observer};
+use serde::{Deserialize, Serialize};
+use serde_saphyr::{Location, Spanned};
+use std::fmt;
+
+pub struct Family;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFewShot {
+    name: Option<String>,
+    data: Spanned<RawOmniglot>,
+    episodes: Spanned<Vec<RawEpisode>>,
+    query: Option<Spanned<usize>>,
+    learner: Option<Spanned<RawLearner>>,
+    methods: Spanned<Vec<Method>>,
+    inner: Option<Spanned<RawInner>>,
+    meta: Spanned<RawMeta>,
+    test_episodes: Option<Spanned<usize>>,
+    timeout: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEpisode {
+    way: usize,
+    shot: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLearner {
+    filters: usize,
+    blocks: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInner {
+    lr: f64,
+    steps: usize,
+    test_steps: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMeta {
+    steps: usize,
+    tasks: usize,
+    lr: f64,
+    validate_every: usize,
+    validation_episodes: usize,
+    /// A validation accuracy whose first reaching is timed.
+    target: Option<f64>,
+}
+
+/// A meta-learning method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// MAML: the outer gradient goes through the inner updates (second derivatives).
+    Maml,
+    /// First-order MAML: the inner gradients are constants to the outer one.
+    FirstOrderMaml,
+}
+
+impl Method {
+    pub fn order(self) -> Order {
+        match self {
+            Method::Maml => Order::Second,
+            Method::FirstOrderMaml => Order::First,
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::Maml => "maml",
+            Method::FirstOrderMaml => "first-order maml",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FewShot {
+    pub name: String,
+    pub data: OmniglotSpec,
+    pub episodes: Vec<(usize, usize)>,
+    pub query: usize,
+    pub filters: usize,
+    pub blocks: usize,
+    pub methods: Vec<Method>,
+    /// The inner loop in meta-training; at test the same rate for `test_steps` steps.
+    pub inner: Adaptation,
+    pub test_steps: usize,
+    pub meta_steps: usize,
+    /// Episodes per meta-training step (the meta-batch).
+    pub tasks: usize,
+    /// Adam's rate on the initial parameters.
+    pub meta_lr: f64,
+    pub validate_every: usize,
+    pub validation_episodes: usize,
+    pub target: Option<f64>,
+    pub test_episodes: usize,
+    pub timeout: Option<Seconds>,
+    pub location: (u64, u64),
+}
+
+impl FewShot {
+    pub fn learner(&self, way: usize) -> Learner {
+        Learner { side: self.data.side, filters: self.filters, blocks: self.blocks, way }
+    }
+
+    pub fn shape(&self, v: &Variant) -> EpisodeShape {
+        EpisodeShape { way: v.way, shot: v.shot, query: self.query }
+    }
+}
+
+impl WorkloadSpec for FewShot {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn timeout(&self) -> Option<Seconds> {
+        self.timeout
+    }
+    fn location(&self) -> (u64, u64) {
+        self.location
+    }
+}
+
+/// One method on one episode form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Variant {
+    pub method: Method,
+    pub way: usize,
+    pub shot: usize,
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}-way {}-shot", self.method, self.way, self.shot)
+    }
+}
+
+/// Mean accuracy over episodes with its 95% interval.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Accuracy {
+    pub mean: f64,
+    pub lo: f64,
+    pub hi: f64,
+    pub episodes: usize,
+}
+
+/// Validation during meta-training: mean accuracy over the validation episodes (the same
+/// ones every time) after `step` meta-training steps and `seconds` of them.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    pub step: usize,
+    pub seconds: Seconds,
+    pub accuracy: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub learner: String,
+    pub query: usize,
+    pub tasks: usize,
+    /// Meta-training steps run (fewer than asked where the cell stopped early).
+    pub meta_steps: usize,
+    /// Meta-training episodes per second over the timed steps (tasks per step's time).
+    pub episodes_per_second: Option<Summary>,
+    pub meta_train_seconds: Seconds,
+    pub validations: Vec<Validation>,
+    /// Meta-training seconds to the first validation at or above the workload's target.
+    pub seconds_to_target: Option<Seconds>,
+    /// The method on the test episodes, from the parameters of the best validation.
+    pub test: Option<Accuracy>,
+    /// Nearest neighbour in pixel space on the same test episodes.
+    pub nearest_neighbour: Option<Accuracy>,
+    /// Lake's 20 official 20-way one-shot runs, where the variant is 20-way 1-shot.
+    pub official_runs: Option<OfficialRuns>,
+}
+
+/// Accuracy on each of Lake's official runs, in order (run01 first).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OfficialRuns {
+    pub method: Vec<f64>,
+    pub nearest_neighbour: Vec<f64>,
+}
+
+impl Metrics {
+    pub fn best_validation(&self) -> Option<f64> {
+        self.validations.iter().map(|v| v.accuracy).reduce(f64::max)
+    }
+}
+
+impl WorkloadFamily for Family {
+    const KEY: &'static str = "few_shot";
+    const ABOUT: &'static str = "Finn et al. (2017): MAML, second and first order, meta-trained \
+                                 on Omniglot alphabets and tested on unseen ones, against \
+                                 nearest neighbour";
+    type Raw = RawFewShot;
+    type Workload = FewShot;
+    type Variant = Variant;
+    type Metrics = Metrics;
+    type Data = FewShotData;
+
+    fn validate(
+        cx: &Ctx,
+        r: RawFewShot,
+        index: usize,
+        at: Location,
+    ) -> Result<FewShot, SuiteError> {
+        let data = OmniglotSpec::validate(cx, r.data)?;
+        cx.check(
+            &r.episodes,
+            |e| !e.is_empty(),
+            |_| "episodes: give at least one, e.g. [{way: 5, shot: 1}]".into(),
+        )?;
+        cx.check(
+            &r.episodes,
+            |e| e.iter().all(|e| e.way >= 2 && e.shot >= 1),
+            |_| "episodes need way ≥ 2 and shot ≥ 1".into(),
+        )?;
+        let episodes: Vec<(usize, usize)> =
+            r.episodes.value.iter().map(|e| (e.way, e.shot)).collect();
+        let query = match &r.query {
+            Some(q) => {
+                cx.check(q, |q| *q >= 1, |_| "query: at least one query per class".into())?;
+                q.value
+            }
+            None => 15,
+        };
+        let (filters, blocks) = match &r.learner {
+            Some(l) => {
+                let v = &l.value;
+                let fits =
+                    v.filters >= 1 && (1..=6).contains(&v.blocks) && data.side >> v.blocks >= 1;
+                if !fits {
+                    return Err(cx.at(
+                        l.referenced,
+                        format!(
+                            "learner needs filters ≥ 1 and 1 to 6 blocks whose poolings leave a \
+                             map of {}-pixel images, e.g. {{filters: 32, blocks: 4}}",
+                            data.side
+                        ),
+                    ));
+                }
+                (v.filters, v.blocks)
+            }
+            None => (32, 4),
+        };
+        cx.check(
+            &r.methods,
+            |m| !m.is_empty(),
+            |_| "methods: give at least one, e.g. [maml]".into(),
+        )?;
+        let (inner, test_steps) = match &r.inner {
+            Some(s) => {
+                let v = &s.value;
+                if !(v.lr.is_finite() && v.lr > 0.0) || v.steps == 0 || v.test_steps == 0 {
+                    return Err(cx.at(
+                        s.referenced,
+                        "inner needs a positive lr and steps, test_steps ≥ 1, e.g. {lr: 0.4, \
+                         steps: 1, test_steps: 3}",
+                    ));
+                }
+                (Adaptation { lr: v.lr, steps: v.steps }, v.test_steps)
+            }
+            // The paper's 5-way Omniglot setting.
+            None => (Adaptation { lr: 0.4, steps: 1 }, 3),
+        };
+        let m = &r.meta.value;
+        let meta_ok = m.steps >= 1
+            && m.tasks >= 1
+            && m.lr.is_finite()
+            && m.lr > 0.0
+            && m.validate_every >= 1
+            && m.validation_episodes >= 1
+            && m.target.is_none_or(|t| (0.0..=1.0).contains(&t));
+        if !meta_ok {
+            return Err(cx.at(
+                r.meta.referenced,
+                "meta needs steps, tasks, validate_every, validation_episodes ≥ 1, a positive \
+                 lr and a target in [0, 1] if any, e.g. {steps: 2000, tasks: 4, lr: 0.001, \
+                 validate_every: 200, validation_episodes: 100, target: 0.9}",
+            ));
+        }
+        let test_episodes = match &r.test_episodes {
+            Some(s) => {
+                cx.check(s, |n| *n >= 2, |_| "test_episodes: at least 2, for an interval".into())?;
+                s.value
+            }
+            None => 600,
+        };
+        Ok(FewShot {
+            name: Ctx::workload_name(r.name, Self::KEY, index),
+            data,
+            episodes,
+            query,
+            filters,
+            blocks,
+            methods: r.methods.value,
+            inner,
+            test_steps,
+            meta_steps: m.steps,
+            tasks: m.tasks,
+            meta_lr: m.lr,
+            validate_every: m.validate_every,
+            validation_episodes: m.validation_episodes,
+            target: m.target,
+            test_episodes,
+            timeout: cx.timeout(&r.timeout)?,
+            location: (at.line(), at.column()),
+        })
+    }
+
+    fn prepare(w: &FewShot) -> Result<FewShotData, PrepareError> {
+        data::prepare(w)
+    }
+
+    fn variants(w: &FewShot) -> Vec<Variant> {
+        w.episodes
+            .iter()
+            .flat_map(|&(way, shot)| {
+                w.methods.iter().map(move |&method| Variant { method, way, shot })
+            })
+            .collect()
+    }
+
+    fn run<B: Backend>(
+        b: &B,
+        job: &Job<Self>,
+        record: &mut Record,
+        obs: &mut dyn Observer,
+    ) -> BResult<Metrics> {
+        run::run(b, job, record, obs)
+    }
+
+    fn unmeasured(job: &Job<Self>) -> Metrics {
+        let w = job.workload;
+        Metrics {
+            learner: tables::describe(&w.learner(job.variant.way)),
+            query: w.query,
+            tasks: w.tasks,
+            meta_steps: 0,
+            episodes_per_second: None,
+            meta_train_seconds: Seconds(0.0),
+            validations: vec![],
+            seconds_to_target: None,
+            test: None,
+            nearest_neighbour: None,
+            official_runs: None,
+        }
+    }
+
+    fn tables(results: &[Entry<Self>]) -> Vec<Table> {
+        tables::all(results)
+    }
+
+    fn charts(results: &[Entry<Self>]) -> Vec<Chart> {
+        tables::charts(results)
+    }
+
+    fn headline(result: &CellResult, metrics: &Metrics) -> String {
+        tables::headline(result, metrics)
+    }
+
+    const MEASURES: &'static [Measure] = &[EPISODES_PER_SECOND, TEST_ACCURACY, SECONDS_TO_TARGET];
+
+    fn measures(m: &Metrics) -> Vec<Figure> {
+        Figure::present([
+            (&EPISODES_PER_SECOND, m.episodes_per_second.map(|s| s.median)),
+            (&TEST_ACCURACY, m.test.map(|a| a.mean)),
+            (&SECONDS_TO_TARGET, m.seconds_to_target.map(|s| s.0)),
+        ])
+    }
+}
+
+const EPISODES_PER_SECOND: Measure = Measure::new(
+    "meta_episodes_per_second",
+    "episodes/s",
+    Better::Higher,
+    MeasureKind::Speed,
+    0.05,
+);
+/// Seeded: the same every run; a change is a change of the computation.
+const TEST_ACCURACY: Measure =
+    Measure::new("few_shot_test_accuracy", "", Better::Higher, MeasureKind::Outcome, 0.01);
+const SECONDS_TO_TARGET: Measure =
+    Measure::new("seconds_to_validation_target", "s", Better::Lower, MeasureKind::Speed, 0.05);

@@ -1,0 +1,239 @@
+//! One few-shot cell on one engine: meta-train the learner's initial parameters on episodes of
+//! the training alphabets, validating on the same validation episodes every `validate_every`
+//! steps (keeping the best parameters), then adapt and score on the test episodes, where
+//! nearest neighbour in pixel space is scored on the very same episodes.
+//!
+//! The meta-training step and the adaptation are one program each; their outputs named like
+//! their inputs (θ and Adam's state) feed the next run.
+
+use super::data::OFFICIAL_RUNS;
+use super::{Accuracy, FewShot, Metrics, OfficialRuns, Validation};
+use crate::families::training::{chain, upload_named, Named};
+use crate::families::{Guard, Loss};
+use crate::families::{Job, Record, WorkloadFamily};
+use randbench_core::backend::{BResult, Backend};
+use randbench_core::fewshot::{
+    adaptation_graph, draw_episodes, meta_step_graph, nearest_neighbour, Adaptation, Classes,
+    EpisodeShape, Episodes,
+};
+use randbench_core::graph::Graph;
+use randbench_core::l2l::{meta_optimizer, Outer};
+use randbench_core::models::init_params;
+use randbench_core::omniglot::OfficialRun;
+use randbench_core::rng::Rng;
+use randbench_core::stats::{mean_interval, Summary};
+use randbench_core::units::Seconds;
+use randbench_core::HostTensor;
+use randbench_schema::{Observer, Progress, Status};
+use std::time::Instant;
+
+/// The inputs an episode fills, in [`Episodes`]' order.
+const EPISODE_INPUTS: [&str; 4] = ["support", "support_labels", "query", "query_labels"];
+
+fn upload_episodes<B: Backend>(b: &B, named: &mut Named<B::Tensor>, e: Episodes) -> BResult<()> {
+    let names = EPISODE_INPUTS.map(String::from);
+    upload_named(b, named, names, &[e.support, e.support_labels, e.query, e.query_labels])
+}
+
+fn scalar<B: Backend>(b: &B, t: &B::Tensor) -> BResult<f64> {
+    Ok(b.download(t)?.to_scalar().expect("a scalar output") as f64)
+}
+
+/// The adaptation program with the parameters it adapts from.
+struct Adapter<'a, B: Backend> {
+    b: &'a B,
+    graph: Graph,
+    program: B::Program,
+}
+
+impl<B: Backend> Adapter<'_, B> {
+    /// Query accuracy after adapting to `e` from the parameters in `named`.
+    fn accuracy(&mut self, named: &mut Named<B::Tensor>, e: Episodes) -> BResult<f64> {
+        let at = self.graph.outputs().iter().position(|(n, _)| n == "accuracy");
+        let at = at.expect("the adaptation program scores its queries");
+        upload_episodes(self.b, named, e)?;
+        let outs = chain(self.b, &self.graph, &mut self.program, named)?;
+        scalar(self.b, &outs[at])
+    }
+
+    /// Per-episode query accuracy on `count` episodes drawn from `rng`; `each` also sees
+    /// every episode (for baselines).
+    fn accuracies(
+        &mut self,
+        named: &mut Named<B::Tensor>,
+        classes: &Classes,
+        shape: EpisodeShape,
+        (count, rng): (usize, &mut Rng),
+        mut each: impl FnMut(&Episodes),
+    ) -> BResult<Vec<f64>> {
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            let e = draw_episodes(classes, shape, 1, rng)?;
+            each(&e);
+            out.push(self.accuracy(named, e)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Nearest neighbour's query accuracy on one episode.
+fn neighbour_accuracy(e: &Episodes, pixels: usize) -> f64 {
+    let predicted = nearest_neighbour(
+        e.support.as_f32().expect("images are f32"),
+        e.support_labels.as_i64().expect("labels are i64"),
+        e.query.as_f32().expect("images are f32"),
+        pixels,
+    );
+    let truth = e.query_labels.as_i64().expect("labels are i64");
+    let right = predicted.iter().zip(truth).filter(|(p, t)| p == t).count();
+    right as f64 / truth.len() as f64
+}
+
+/// One of Lake's runs as an episode: the training images the support (class i labelled i),
+/// the test images the queries, labelled by their answers.
+fn official_episode(run: &OfficialRun, side: usize) -> Episodes {
+    let images = |xs: &[Vec<f32>]| {
+        HostTensor::f32(vec![xs.len(), 1, side, side], xs.concat()).expect("whole images")
+    };
+    let labels = |ys: Vec<i64>| HostTensor::i64(vec![ys.len()], ys).expect("a label each");
+    Episodes {
+        support: images(&run.training),
+        support_labels: labels((0..run.training.len() as i64).collect()),
+        query: images(&run.test),
+        query_labels: labels(run.answers.iter().map(|&a| a as i64).collect()),
+    }
+}
+
+fn interval(xs: &[f64]) -> Option<Accuracy> {
+    mean_interval(xs).map(|(mean, lo, hi)| Accuracy { mean, lo, hi, episodes: xs.len() })
+}
+
+pub fn run<B: Backend>(
+    b: &B,
+    job: &Job<super::Family>,
+    record: &mut Record,
+    obs: &mut dyn Observer,
+) -> BResult<Metrics> {
+    let w: &FewShot = job.workload;
+    let v = job.variant;
+    let (learner, shape) = (w.learner(v.way), w.shape(v));
+    let mut m = <super::Family as WorkloadFamily>::unmeasured(job);
+
+    obs.progress(Progress::Compiling);
+    let compiling = Instant::now();
+    let outer = Outer::Adam { lr: w.meta_lr };
+    let step_graph = meta_step_graph(&learner, shape, w.tasks, w.inner, v.method.order(), outer)?;
+    let mut step = b.compile(&step_graph)?;
+    let test_inner = Adaptation { lr: w.inner.lr, steps: w.test_steps };
+    let graph = adaptation_graph(&learner, shape, test_inner)?;
+    let mut adapter = Adapter { b, program: b.compile(&graph)?, graph };
+    record.compile_seconds = Some(Seconds(compiling.elapsed().as_secs_f64()));
+
+    let specs = learner.params();
+    let shapes: Vec<Vec<usize>> = specs.iter().map(|p| p.shape.clone()).collect();
+    let names: Vec<String> = specs.iter().map(|p| p.name.clone()).collect();
+    let mut named = Named::new();
+    upload_named(b, &mut named, names.clone(), &init_params(&specs, job.seed))?;
+    let adam_names = names
+        .iter()
+        .flat_map(|n| [format!("adam.m.{n}"), format!("adam.v.{n}")])
+        .chain(["adam.step".to_string()]);
+    upload_named(b, &mut named, adam_names, &meta_optimizer(w.meta_lr).initial_state(&shapes))?;
+    let meta_loss = 0;
+    debug_assert_eq!(step_graph.outputs()[meta_loss].0, "meta_loss");
+
+    // The first run pays for lazy loading and planning: one step on a throwaway copy.
+    let mut warm = named.clone();
+    let mut warm_rng = Rng::stream(job.seed, "warmup");
+    let first = Instant::now();
+    upload_episodes(b, &mut warm, draw_episodes(&job.data.train, shape, w.tasks, &mut warm_rng)?)?;
+    let out = chain(b, &step_graph, &mut step, &mut warm)?;
+    scalar(b, &out[meta_loss])?;
+    record.first_step_seconds = Some(Seconds(first.elapsed().as_secs_f64()));
+    drop(warm);
+
+    let mut rng = Rng::stream(job.seed, "episodes.meta-training");
+    let validations = w.meta_steps.div_ceil(w.validate_every);
+    let mut times = Vec::with_capacity(w.meta_steps);
+    let mut best: Option<(f64, Vec<HostTensor>)> = None;
+    let guard = job.guard();
+    for s in 1..=w.meta_steps {
+        if guard.halt(obs, record) {
+            return Ok(m);
+        }
+        let episodes = draw_episodes(&job.data.train, shape, w.tasks, &mut rng)?;
+        let t0 = Instant::now();
+        upload_episodes(b, &mut named, episodes)?;
+        let out = chain(b, &step_graph, &mut step, &mut named)?;
+        // Reading the loss waits for the step: the time is the step's.
+        let loss = scalar(b, &out[meta_loss])?;
+        times.push(t0.elapsed().as_secs_f64());
+        m.meta_steps = s;
+        if let Loss::Diverged { step } = Guard::loss(record, s, loss, true) {
+            Guard::diverged(record, step);
+            return Ok(m);
+        }
+        if s % w.validate_every == 0 || s == w.meta_steps {
+            let mut validation_rng = Rng::stream(job.seed, "episodes.validation");
+            let accuracy = adapter.accuracies(
+                &mut named,
+                &job.data.validation,
+                shape,
+                (w.validation_episodes, &mut validation_rng),
+                |_| {},
+            )?;
+            let accuracy = accuracy.iter().sum::<f64>() / accuracy.len() as f64;
+            let seconds = Seconds(times.iter().sum());
+            m.validations.push(Validation { step: s, seconds, accuracy });
+            if m.seconds_to_target.is_none() && w.target.is_some_and(|t| accuracy >= t) {
+                m.seconds_to_target = Some(seconds);
+            }
+            if best.as_ref().is_none_or(|(a, _)| accuracy > *a) {
+                let theta = names.iter().map(|n| b.download(&named[n])).collect::<BResult<_>>()?;
+                best = Some((accuracy, theta));
+            }
+            let of = validations + 1;
+            obs.progress(Progress::Epoch { epoch: m.validations.len(), of, score: accuracy });
+        }
+    }
+    m.meta_train_seconds = Seconds(times.iter().sum());
+    m.episodes_per_second =
+        Summary::of(&times.iter().map(|t| w.tasks as f64 / t).collect::<Vec<_>>());
+
+    // The test: adapt from the best validation's parameters; nearest neighbour on the same
+    // episodes.
+    let (_, theta) = best.expect("the last step validates");
+    upload_named(b, &mut named, names, &theta)?;
+    let pixels = w.data.side * w.data.side;
+    let mut neighbour = Vec::with_capacity(w.test_episodes);
+    let mut test_rng = Rng::stream(job.seed, "episodes.test");
+    let accuracy = adapter.accuracies(
+        &mut named,
+        &job.data.test,
+        shape,
+        (w.test_episodes, &mut test_rng),
+        |e| neighbour.push(neighbour_accuracy(e, pixels)),
+    )?;
+    m.test = interval(&accuracy);
+    m.nearest_neighbour = interval(&neighbour);
+    if (v.way, v.shot) == OFFICIAL_RUNS && !job.data.official_runs.is_empty() {
+        // Lake's runs hold one test image per class: an adaptation program of their form.
+        let one_each = EpisodeShape { way: v.way, shot: 1, query: 1 };
+        let graph = adaptation_graph(&learner, one_each, test_inner)?;
+        let mut runs = Adapter { b, program: b.compile(&graph)?, graph };
+        let mut scored = OfficialRuns::default();
+        for run in &job.data.official_runs {
+            let e = official_episode(run, w.data.side);
+            scored.nearest_neighbour.push(neighbour_accuracy(&e, pixels));
+            scored.method.push(runs.accuracy(&mut named, e)?);
+        }
+        m.official_runs = Some(scored);
+    }
+    record.status = Status::Ok;
+    obs.progress(Progress::Epoch {
+        epoch: validations + 1,
+        of: validations + 1,
+        score: m.test.map_or(0.0, |a| a.mean),
+    });
+    Ok(m)
+}

@@ -1,0 +1,104 @@
+//! The few-shot family on every CPU engine this build has: meta-training that agrees step by
+//! step across engines and repeats for a seed, and test episodes shared by every engine.
+
+mod common;
+
+use common::run_on_cpu_backends;
+use randbench::families::Metrics;
+use randbench_schema::{CellResult, Status};
+
+fn suite() -> String {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/omniglot");
+    format!(
+        r#"
+seeds: [3]
+workloads:
+  - few_shot:
+      name: tiny
+      data:
+        background: ["{dir}/images_background_small1.zip"]
+        runs: "{dir}/all_runs.zip"
+        side: 8
+        train: [Korean, Latin]
+        validation: [Balinese]
+        test: [Greek]
+      episodes: [{{way: 3, shot: 1}}]
+      query: 2
+      learner: {{filters: 4, blocks: 2}}
+      methods: [maml]
+      inner: {{lr: 0.4, steps: 1, test_steps: 2}}
+      meta: {{steps: 6, tasks: 2, lr: 0.003, validate_every: 3, validation_episodes: 4}}
+      test_episodes: 6
+"#
+    )
+}
+
+fn metrics(r: &CellResult) -> randbench::families::fewshot::Metrics {
+    match Metrics::of(r).expect("the line reads as its family's") {
+        Metrics::FewShot(m) => m,
+        _ => panic!("a few-shot cell"),
+    }
+}
+
+#[test]
+fn maml_meta_trains_alike_on_every_engine_and_repeats_for_a_seed() {
+    let text = suite();
+    let results = run_on_cpu_backends(&text);
+    let first = &results[0];
+    let m0 = metrics(first);
+    for r in &results {
+        assert_eq!(r.status, Status::Ok, "{}: {:?}", r.cell.backend, r.error);
+        let m = metrics(r);
+        assert_eq!((m.meta_steps, r.step_losses.len(), m.validations.len()), (6, 6, 2));
+        for (step, (a, b)) in r.step_losses.iter().zip(&first.step_losses).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 + 1e-3 * b.abs(),
+                "{} at step {step}: meta-loss {a} against {b} on {}",
+                r.cell.backend,
+                first.cell.backend
+            );
+        }
+        // The same test episodes everywhere: nearest neighbour, on the host, agrees exactly.
+        assert_eq!(m.nearest_neighbour, m0.nearest_neighbour);
+        let t = m.test.expect("tested");
+        assert!(t.episodes == 6 && t.lo <= t.mean && t.mean <= t.hi, "{t:?}");
+        assert!((0.0..=1.0).contains(&t.mean));
+        assert!(m.episodes_per_second.is_some_and(|s| s.median > 0.0));
+    }
+    let again = run_on_cpu_backends(&text);
+    assert_eq!(again[0].step_losses, first.step_losses, "{}: same seed", first.cell.backend);
+    assert_eq!(metrics(&again[0]).test, m0.test);
+}
+
+#[test]
+fn a_split_that_names_an_unknown_alphabet_or_one_alphabet_twice_is_refused() {
+    let text = suite().replace("test: [Greek]", "test: [Klingon]");
+    let s = randbench::suite::parse(&text, std::path::Path::new("t.yaml")).unwrap();
+    let err = match s.workloads[0].prepare() {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("Klingon is not in the set"),
+    };
+    assert!(err.contains("no alphabet Klingon") && err.contains("Korean"), "{err}");
+    let text = suite().replace("test: [Greek]", "test: [Latin]");
+    let err = randbench::suite::parse(&text, std::path::Path::new("t.yaml")).unwrap_err();
+    assert!(err.to_string().contains("Latin is in both data.train and data.test"), "{err}");
+}
+
+#[test]
+fn a_twenty_way_one_shot_cell_scores_lakes_official_runs() {
+    let text = suite()
+        .replace("[{way: 3, shot: 1}]", "[{way: 20, shot: 1}]")
+        .replace("query: 2", "query: 1")
+        .replace("steps: 6,", "steps: 2,");
+    let results = run_on_cpu_backends(&text);
+    let runs = |r: &CellResult| metrics(r).official_runs.expect("20-way 1-shot scores the runs");
+    let first = runs(&results[0]);
+    assert_eq!((first.method.len(), first.nearest_neighbour.len()), (20, 20));
+    let mean = first.nearest_neighbour.iter().sum::<f64>() / 20.0;
+    assert!(mean > 2.0 / 20.0, "nearest neighbour is at chance on the runs: {mean}");
+    for r in &results {
+        assert_eq!(r.status, Status::Ok, "{}: {:?}", r.cell.backend, r.error);
+        assert!(runs(r).method.iter().all(|a| (0.0..=1.0).contains(a)));
+        assert_eq!(runs(r).nearest_neighbour, first.nearest_neighbour);
+    }
+}
