@@ -3,8 +3,8 @@
 //! adapt the learner to an episode and meta-train its initial parameters.
 
 use crate::graph::{GResult, Graph, GraphError, NodeId};
-use crate::l2l::{meta_optimizer, Outer};
-use crate::models::{Init, ParamSpec};
+use crate::l2l::{flatten, meta_optimizer, stack_scalars, unflatten, Outer, Preprocess};
+use crate::models::{lstm_cell, Init, ParamSpec};
 use crate::rng::Rng;
 use crate::tensor::HostTensor;
 use crate::DType;
@@ -48,7 +48,7 @@ impl Learner {
             specs.push(ParamSpec {
                 name: format!("bn{b}.scale"),
                 shape: vec![self.filters],
-                init: Init::Ones,
+                init: Init::Constant(1.0),
             });
             specs.push(ParamSpec {
                 name: format!("bn{b}.shift"),
@@ -226,39 +226,154 @@ pub struct Adaptation {
     pub steps: usize,
 }
 
-/// θ after the inner loop on (x, y). With `Order::First` every inner gradient enters through
-/// StopGradient, so an outer gradient sees θ_T = θ − α Σ constants.
-fn adapt(
-    g: &mut Graph,
-    learner: &Learner,
-    theta: &[NodeId],
-    (x, y): (NodeId, NodeId),
-    inner: Adaptation,
-    order: Order,
-) -> GResult<Vec<NodeId>> {
-    let mut theta = theta.to_vec();
-    for _ in 0..inner.steps {
-        let (loss, _) = learner.loss_and_accuracy(g, &theta, x, y)?;
-        let grads = g.grads(loss, &theta)?;
-        theta = theta
-            .iter()
-            .zip(grads)
-            .map(|(&p, dp)| {
-                let dp = match order {
-                    Order::First => g.stop_gradient(dp),
-                    Order::Second => dp,
-                };
-                let step = g.scale(dp, inner.lr)?;
-                g.sub(p, step)
-            })
-            .collect::<GResult<_>>()?;
-    }
-    Ok(theta)
+/// Ravi & Larochelle's meta-learner (ICLR 2017): a coordinatewise two-layer LSTM whose second
+/// layer's cell state is the learner's parameters, c_t = f_t ⊙ c_{t−1} − i_t ⊙ ∇_t. The first
+/// layer is a plain LSTM of `hidden` units over the log-sign preprocessed gradient and loss
+/// (Andrychowicz et al.'s, p = 10); the forget and input gates read its output, the parameter
+/// and the gate's previous value, with weights shared across coordinates. The gradient and
+/// loss enter through StopGradient (the paper's first-order choice); the learner's initial
+/// parameters c_0 are learned too.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaLearner {
+    pub hidden: usize,
+    /// Updates on the support set.
+    pub steps: usize,
 }
 
-/// The learner's parameters as inputs named by their specs.
-fn param_inputs(g: &mut Graph, learner: &Learner) -> Vec<NodeId> {
-    learner.params().iter().map(|p| g.input(p.name.clone(), &p.shape, DType::F32)).collect()
+/// The preprocessing of the gradient and loss the meta-learner reads.
+const LOG_SIGN: Preprocess = Preprocess::LogSign { p: 10.0 };
+/// The gates' starting biases, the authors' ranges' middles (U(4, 6) and U(−5, −4)): forget
+/// near 1 and a small learning rate, so the first updates are gentle gradient descent.
+const FORGET_BIAS: f64 = 5.0;
+const INPUT_BIAS: f64 = -4.5;
+
+impl MetaLearner {
+    /// The first layer's weight [4 + H, 4H] and bias (as `models::lstm_cell` takes them), then
+    /// each gate's weight [H + 2, 1] over (output, parameter, previous gate) and bias [1].
+    pub fn params(&self) -> Vec<ParamSpec> {
+        let h = self.hidden;
+        let spec =
+            |name: &str, shape: Vec<usize>, init| ParamSpec { name: name.into(), shape, init };
+        let small = Init::Uniform { bound: 0.01 };
+        vec![
+            spec("lstm.weight", vec![LOG_SIGN.features() * 2 + h, 4 * h], Init::torch_default(h)),
+            spec("lstm.bias", vec![4 * h], Init::torch_default(h)),
+            spec("forget.weight", vec![h + 2, 1], small),
+            spec("forget.bias", vec![1], Init::Constant(FORGET_BIAS)),
+            spec("input.weight", vec![h + 2, 1], small),
+            spec("input.bias", vec![1], Init::Constant(INPUT_BIAS)),
+        ]
+    }
+}
+
+/// How the learner is adapted to an episode's support set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Inner {
+    /// MAML: gradient descent from learned initial parameters.
+    Gradient { adaptation: Adaptation, order: Order },
+    /// The meta-learner LSTM.
+    MetaLearner(MetaLearner),
+}
+
+/// The meta-learner's gradients are clipped to this norm before its Adam step (the authors'
+/// configuration).
+pub const META_LEARNER_CLIP: f64 = 0.25;
+
+impl Inner {
+    /// What meta-training learns: MAML the learner's initial parameters; the meta-learner its
+    /// own weights, then the learner's initial parameters.
+    pub fn meta_params(&self, learner: &Learner) -> Vec<ParamSpec> {
+        match self {
+            Inner::Gradient { .. } => learner.params(),
+            Inner::MetaLearner(m) => m.params().into_iter().chain(learner.params()).collect(),
+        }
+    }
+
+    /// The adapted parameters, and for the meta-learner its gates' means after each update
+    /// ([steps, 2]: input, forget).
+    fn adapt(
+        &self,
+        g: &mut Graph,
+        learner: &Learner,
+        meta: &[NodeId],
+        (x, y): (NodeId, NodeId),
+    ) -> GResult<(Vec<NodeId>, Option<NodeId>)> {
+        match *self {
+            Inner::Gradient { adaptation, order } => {
+                let mut theta = meta.to_vec();
+                for _ in 0..adaptation.steps {
+                    let (loss, _) = learner.loss_and_accuracy(g, &theta, x, y)?;
+                    let grads = g.grads(loss, &theta)?;
+                    theta = theta
+                        .iter()
+                        .zip(grads)
+                        .map(|(&p, dp)| {
+                            let dp = match order {
+                                Order::First => g.stop_gradient(dp),
+                                Order::Second => dp,
+                            };
+                            let step = g.scale(dp, adaptation.lr)?;
+                            g.sub(p, step)
+                        })
+                        .collect::<GResult<_>>()?;
+                }
+                Ok((theta, None))
+            }
+            Inner::MetaLearner(m) => {
+                let (phi, theta0) = meta.split_at(6);
+                let [w, b, wf, bf, wi, bi] = phi else { unreachable!("six weights") };
+                let mut c = flatten(g, theta0)?;
+                let n = g.shape(c)[0];
+                let mut h = g.full(0.0, &[m.hidden, n])?;
+                let mut cell = g.full(0.0, &[m.hidden, n])?;
+                let mut forget = g.full(0.0, &[1, n])?;
+                let mut input = g.full(0.0, &[1, n])?;
+                let mut gates = Vec::with_capacity(2 * m.steps);
+                for _ in 0..m.steps {
+                    let theta = unflatten(g, c, theta0)?;
+                    let (loss, _) = learner.loss_and_accuracy(g, &theta, x, y)?;
+                    let grads = g.grads(loss, &theta)?;
+                    let grad = flatten(g, &grads)?;
+                    let grad = g.stop_gradient(grad);
+                    let loss = g.stop_gradient(loss);
+                    let grad_features = LOG_SIGN.apply(g, grad)?;
+                    let loss = g.reshape(loss, &[1])?;
+                    let loss_features = LOG_SIGN.apply(g, loss)?;
+                    let loss_features = g.broadcast_to(loss_features, &[2, n])?;
+                    let features = g.concat(&[grad_features, loss_features], 0)?;
+                    (h, cell) = lstm_cell(g, features, h, cell, *w, *b)?;
+                    let row = g.reshape(c, &[1, n])?;
+                    let gate = |g: &mut Graph, previous, weight, bias| -> GResult<NodeId> {
+                        let z = g.concat(&[h, row, previous], 0)?;
+                        let pre = g.matmul_t(weight, z, true, false)?;
+                        let bias = g.reshape(bias, &[1, 1])?;
+                        let bias = g.broadcast_to(bias, &[1, n])?;
+                        let pre = g.add(pre, bias)?;
+                        g.sigmoid(pre)
+                    };
+                    forget = gate(g, forget, *wf, *bf)?;
+                    input = gate(g, input, *wi, *bi)?;
+                    let kept = g.mul(forget, row)?;
+                    let grad = g.reshape(grad, &[1, n])?;
+                    let step = g.mul(input, grad)?;
+                    let next = g.sub(kept, step)?;
+                    c = g.reshape(next, &[n])?;
+                    gates.push(g.mean_all(input)?);
+                    gates.push(g.mean_all(forget)?);
+                }
+                let theta = unflatten(g, c, theta0)?;
+                let gates = stack_scalars(g, &gates)?;
+                let gates = g.reshape(gates, &[m.steps, 2])?;
+                Ok((theta, Some(gates)))
+            }
+        }
+    }
+}
+
+/// Inputs named by their specs.
+fn named_inputs(g: &mut Graph, specs: &[ParamSpec]) -> Vec<NodeId> {
+    specs.iter().map(|p| g.input(p.name.clone(), &p.shape, DType::F32)).collect()
 }
 
 /// One episode's support and query sets as inputs.
@@ -272,45 +387,50 @@ fn episode_inputs(g: &mut Graph, side: usize, shape: EpisodeShape, episodes: usi
     ]
 }
 
-/// Adapts θ to one episode and scores its queries. Inputs: θ (by the learner's parameter
-/// names), then `support`, `support_labels`, `query`, `query_labels` of one episode.
-/// Outputs: the query set's mean `loss` and `accuracy`. The queries are one batch, so batch
-/// normalization uses their statistics, as MAML's evaluation does.
-pub fn adaptation_graph(
-    learner: &Learner,
-    shape: EpisodeShape,
-    inner: Adaptation,
-) -> GResult<Graph> {
+/// Adapts to one episode and scores its queries. Inputs: the meta-parameters
+/// ([`Inner::meta_params`], by name), then `support`, `support_labels`, `query`,
+/// `query_labels` of one episode. Outputs: the query set's mean `loss` and `accuracy`, and for
+/// the meta-learner its `gates`. The queries are one batch, so batch normalization uses their
+/// statistics, as MAML's evaluation does.
+pub fn adaptation_graph(learner: &Learner, shape: EpisodeShape, inner: &Inner) -> GResult<Graph> {
     let mut g = Graph::new();
-    let theta = param_inputs(&mut g, learner);
+    let meta = named_inputs(&mut g, &inner.meta_params(learner));
     let [sx, sy, qx, qy] = episode_inputs(&mut g, learner.side, shape, 1);
-    // No outer gradient: first order keeps every inner gradient a plain backward pass.
-    let adapted = adapt(&mut g, learner, &theta, (sx, sy), inner, Order::First)?;
+    // No outer gradient here: first order keeps every inner gradient a plain backward pass.
+    let inner = match *inner {
+        Inner::Gradient { adaptation, .. } => Inner::Gradient { adaptation, order: Order::First },
+        lstm => lstm,
+    };
+    let (adapted, gates) = inner.adapt(&mut g, learner, &meta, (sx, sy))?;
     let (loss, accuracy) = learner.loss_and_accuracy(&mut g, &adapted, qx, qy)?;
     g.output("loss", loss);
     g.output("accuracy", accuracy);
+    if let Some(gates) = gates {
+        g.output("gates", gates);
+    }
     Ok(g)
 }
 
-/// One meta-training step of MAML on a meta-batch of `tasks` episodes: each adapted from θ on
-/// its support set, the meta-loss the mean of their query losses after adaptation.
+/// One meta-training step on a meta-batch of `tasks` episodes: each adapted on its support
+/// set, the meta-loss the mean of their query losses after adaptation.
 ///
-/// Inputs: θ; for [`Outer::Adam`] its state (m and v per parameter, then the step counter);
-/// then `support`, `support_labels`, `query`, `query_labels` holding the `tasks` episodes
-/// stacked. Outputs: `meta_loss`, `accuracy` (the queries' mean after adaptation), then
-/// `grad.<name>` per parameter ([`Outer::Gradient`]) or the updated θ and Adam state under
-/// their input names ([`Outer::Adam`]), so that one step's outputs feed the next.
+/// Inputs: the meta-parameters ([`Inner::meta_params`]); for [`Outer::Adam`] its state (m and
+/// v per parameter, then the step counter); then `support`, `support_labels`, `query`,
+/// `query_labels` holding the `tasks` episodes stacked. Outputs: `meta_loss`, `accuracy` (the
+/// queries' mean after adaptation), then `grad.<name>` per parameter ([`Outer::Gradient`]) or
+/// the updated parameters and Adam state under their input names ([`Outer::Adam`]), so that
+/// one step's outputs feed the next. The meta-learner's gradients are clipped to
+/// [`META_LEARNER_CLIP`] in norm before its Adam step.
 pub fn meta_step_graph(
     learner: &Learner,
     shape: EpisodeShape,
     tasks: usize,
-    inner: Adaptation,
-    order: Order,
+    inner: &Inner,
     outer: Outer,
 ) -> GResult<Graph> {
     let mut g = Graph::new();
-    let specs = learner.params();
-    let theta = param_inputs(&mut g, learner);
+    let specs = inner.meta_params(learner);
+    let meta = named_inputs(&mut g, &specs);
     let adam = match outer {
         Outer::Adam { lr } => {
             let mut slots = Vec::new();
@@ -326,31 +446,32 @@ pub fn meta_step_graph(
     };
     let [sx, sy, qx, qy] = episode_inputs(&mut g, learner.side, shape, tasks);
     let (s, q) = (shape.support(), shape.queries());
-    let (mut loss_sum, mut accuracy_sum) = (None, None);
+    let (mut losses, mut accuracies) = (Vec::with_capacity(tasks), Vec::with_capacity(tasks));
     for t in 0..tasks {
         let task_x = g.slice(sx, 0, t * s, (t + 1) * s)?;
         let task_y = g.slice(sy, 0, t * s, (t + 1) * s)?;
-        let adapted = adapt(&mut g, learner, &theta, (task_x, task_y), inner, order)?;
+        let (adapted, _) = inner.adapt(&mut g, learner, &meta, (task_x, task_y))?;
         let query_x = g.slice(qx, 0, t * q, (t + 1) * q)?;
         let query_y = g.slice(qy, 0, t * q, (t + 1) * q)?;
         let (loss, accuracy) = learner.loss_and_accuracy(&mut g, &adapted, query_x, query_y)?;
-        loss_sum = Some(match loss_sum {
-            Some(sum) => g.add(sum, loss)?,
-            None => loss,
-        });
-        accuracy_sum = Some(match accuracy_sum {
-            Some(sum) => g.add(sum, accuracy)?,
-            None => accuracy,
-        });
+        losses.push(loss);
+        accuracies.push(accuracy);
     }
-    let (Some(loss_sum), Some(accuracy_sum)) = (loss_sum, accuracy_sum) else {
+    if tasks == 0 {
         return Err(GraphError::Invalid("a meta-batch needs at least one task".into()));
+    }
+    let mean = |g: &mut Graph, xs: &[NodeId]| -> GResult<NodeId> {
+        let stacked = stack_scalars(g, xs)?;
+        g.mean_all(stacked)
     };
-    let meta_loss = g.scale(loss_sum, 1.0 / tasks as f64)?;
-    let accuracy = g.scale(accuracy_sum, 1.0 / tasks as f64)?;
+    let meta_loss = mean(&mut g, &losses)?;
+    let accuracy = mean(&mut g, &accuracies)?;
     g.output("meta_loss", meta_loss);
     g.output("accuracy", accuracy);
-    let grads = g.grads(meta_loss, &theta)?;
+    let mut grads = g.grads(meta_loss, &meta)?;
+    if matches!(inner, Inner::MetaLearner(_)) && matches!(outer, Outer::Adam { .. }) {
+        grads = clip_by_norm(&mut g, &grads, META_LEARNER_CLIP)?;
+    }
     match (outer, adam) {
         (Outer::Gradient, _) => {
             for (spec, dp) in specs.iter().zip(grads) {
@@ -360,7 +481,7 @@ pub fn meta_step_graph(
         (Outer::Adam { .. }, Some((o, slots, counter))) => {
             let step = o.begin_step(&mut g, Some(counter), None)?;
             let mut new_slots = Vec::new();
-            for (i, ((spec, &p), dp)) in specs.iter().zip(&theta).zip(grads).enumerate() {
+            for (i, ((spec, &p), dp)) in specs.iter().zip(&meta).zip(grads).enumerate() {
                 let (p2, s2) = o.update(&mut g, p, dp, &slots[2 * i..2 * i + 2], &step)?;
                 g.output(spec.name.clone(), p2);
                 new_slots.push((format!("adam.m.{}", spec.name), s2[0]));
@@ -374,6 +495,32 @@ pub fn meta_step_graph(
         _ => {}
     }
     Ok(g)
+}
+
+/// The gradients scaled together so that their joint norm is at most `max`.
+fn clip_by_norm(g: &mut Graph, grads: &[NodeId], max: f64) -> GResult<Vec<NodeId>> {
+    let squares = grads
+        .iter()
+        .map(|&d| {
+            let sq = g.square(d)?;
+            g.sum_all(sq)
+        })
+        .collect::<GResult<Vec<_>>>()?;
+    let total = stack_scalars(g, &squares)?;
+    let total = g.sum_all(total)?;
+    let norm = g.sqrt(total)?;
+    // max / max(norm, max): 1 below the bound.
+    let floor = g.clamp(norm, max, f64::INFINITY)?;
+    let one = g.scalar(max as f32);
+    let factor = g.div(one, floor)?;
+    grads
+        .iter()
+        .map(|&d| {
+            let shape = g.shape(d).to_vec();
+            let f = g.broadcast_to(factor, &shape)?;
+            g.mul(d, f)
+        })
+        .collect()
 }
 
 /// The label of each query's nearest support image in pixel space (Euclidean distance; ties

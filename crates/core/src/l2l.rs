@@ -489,7 +489,7 @@ fn theta_inputs(g: &mut Graph, problem: &Problem) -> Vec<NodeId> {
 }
 
 /// The tensors as one vector, in order.
-fn flatten(g: &mut Graph, xs: &[NodeId]) -> GResult<NodeId> {
+pub(crate) fn flatten(g: &mut Graph, xs: &[NodeId]) -> GResult<NodeId> {
     let flat: Vec<NodeId> = xs
         .iter()
         .map(|&x| {
@@ -501,7 +501,7 @@ fn flatten(g: &mut Graph, xs: &[NodeId]) -> GResult<NodeId> {
 }
 
 /// A vector cut into tensors shaped like `like`.
-fn unflatten(g: &mut Graph, v: NodeId, like: &[NodeId]) -> GResult<Vec<NodeId>> {
+pub(crate) fn unflatten(g: &mut Graph, v: NodeId, like: &[NodeId]) -> GResult<Vec<NodeId>> {
     let mut start = 0;
     like.iter()
         .map(|&x| {
@@ -514,7 +514,7 @@ fn unflatten(g: &mut Graph, v: NodeId, like: &[NodeId]) -> GResult<Vec<NodeId>> 
         .collect()
 }
 
-fn stack_scalars(g: &mut Graph, xs: &[NodeId]) -> GResult<NodeId> {
+pub(crate) fn stack_scalars(g: &mut Graph, xs: &[NodeId]) -> GResult<NodeId> {
     let parts: Vec<NodeId> = xs.iter().map(|&x| g.reshape(x, &[1])).collect::<GResult<_>>()?;
     g.concat(&parts, 0)
 }

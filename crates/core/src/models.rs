@@ -34,8 +34,8 @@ pub enum Init {
         std: f64,
     },
     Zeros,
-    /// All ones: a batch norm's scale.
-    Ones,
+    /// Every value the same: a batch norm's scale (1), a gate's bias.
+    Constant(f64),
 }
 
 impl Init {
@@ -60,7 +60,7 @@ impl Init {
             }
             Init::Normal { std } => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
             Init::Zeros => vec![0.0; n],
-            Init::Ones => vec![1.0; n],
+            Init::Constant(v) => vec![v as f32; n],
         };
         HostTensor::f32(shape.to_vec(), data).expect("length matches shape")
     }

@@ -509,34 +509,44 @@ pub fn random_classes(n: usize, side: usize, seed: u64) -> fewshot::Classes {
     fewshot::Classes { side, classes }
 }
 
-/// A tiny MAML problem: a one-block learner on 4×4 images, 2-way 2-shot episodes with two
-/// queries, two inner steps at rate 0.4, two tasks; the meta-gradient program of `order` and its
-/// inputs (θ from `seed`, then the episodes, drawn from random classes).
-pub fn tiny_maml(order: fewshot::Order, seed: u64) -> (Graph, Vec<HostTensor>) {
-    use fewshot::{Adaptation, EpisodeShape, Learner};
+/// A tiny few-shot problem: a one-block learner on 4×4 images, 2-way 2-shot episodes with
+/// two queries, two tasks; the meta-gradient program of `inner` and its inputs (the
+/// meta-parameters from `seed`, then the episodes, drawn from random classes).
+pub fn tiny_few_shot(inner: &fewshot::Inner, seed: u64) -> (Graph, Vec<HostTensor>) {
+    use fewshot::{EpisodeShape, Learner};
     let learner = Learner { side: 4, filters: 2, blocks: 1, way: 2 };
     let shape = EpisodeShape { way: 2, shot: 2, query: 2 };
-    let inner = Adaptation { lr: 0.4, steps: 2 };
-    let g = fewshot::meta_step_graph(&learner, shape, 2, inner, order, Outer::Gradient)
-        .expect("well-formed");
+    let g =
+        fewshot::meta_step_graph(&learner, shape, 2, inner, Outer::Gradient).expect("well-formed");
     let classes = random_classes(6, 4, seed);
-    let mut inputs = init_params(&learner.params(), seed);
+    let mut inputs = init_params(&inner.meta_params(&learner), seed);
     let e = fewshot::draw_episodes(&classes, shape, 2, &mut Rng::stream(seed, "episodes"))
         .expect("enough classes");
     inputs.extend([e.support, e.support_labels, e.query, e.query_labels]);
     (g, inputs)
 }
 
-/// Second-order MAML's meta-gradient (through batch norm, convolutions, pooling and two inner
-/// steps) equals the reference's on this backend.
-pub fn check_maml_meta_gradient<B: Backend>(b: &B, tol: f64) {
-    let (g, inputs) = tiny_maml(fewshot::Order::Second, 3);
-    let expected =
-        crate::reference::evaluate(&expand_grads(&g).expect("expand"), &inputs).expect("reference");
-    let got = run_on(b, &g, &inputs);
-    for (k, (name, _)) in g.outputs().iter().enumerate() {
-        let err = max_rel_diff(&to_f64(&got[k]), &expected[k].data);
-        assert!(err < tol, "{}: MAML output {name} differs from the reference by {err:e}", b.id());
+/// Second-order MAML with two inner steps at rate 0.4.
+pub const TINY_MAML: fewshot::Inner = fewshot::Inner::Gradient {
+    adaptation: fewshot::Adaptation { lr: 0.4, steps: 2 },
+    order: fewshot::Order::Second,
+};
+/// A meta-learner LSTM of 3 units and 2 updates.
+pub const TINY_META_LEARNER: fewshot::Inner =
+    fewshot::Inner::MetaLearner(fewshot::MetaLearner { hidden: 3, steps: 2 });
+
+/// The meta-gradients of second-order MAML (through batch norm, convolutions, pooling and two
+/// inner steps) and of the meta-learner LSTM equal the reference's on this backend.
+pub fn check_few_shot_meta_gradients<B: Backend>(b: &B, tol: f64) {
+    for inner in [TINY_MAML, TINY_META_LEARNER] {
+        let (g, inputs) = tiny_few_shot(&inner, 3);
+        let expected = crate::reference::evaluate(&expand_grads(&g).expect("expand"), &inputs)
+            .expect("reference");
+        let got = run_on(b, &g, &inputs);
+        for (k, (name, _)) in g.outputs().iter().enumerate() {
+            let err = max_rel_diff(&to_f64(&got[k]), &expected[k].data);
+            assert!(err < tol, "{}: {inner:?} output {name} differs by {err:e}", b.id());
+        }
     }
 }
 
@@ -751,8 +761,8 @@ macro_rules! backend_conformance_tests {
             $crate::testing::check_meta_gradient(&$make, 1e-4);
         }
         #[test]
-        fn maml_second_order_meta_gradient_matches_reference() {
-            $crate::testing::check_maml_meta_gradient(&$make, 1e-4);
+        fn few_shot_meta_gradients_match_reference() {
+            $crate::testing::check_few_shot_meta_gradients(&$make, 1e-4);
         }
         #[test]
         fn batch_norm_second_derivatives_match_reference() {

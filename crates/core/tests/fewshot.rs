@@ -1,15 +1,22 @@
-//! MAML's programs against central finite differences in f64 on the host, and episodes that
-//! repeat for a seed.
+//! MAML's programs against central finite differences in f64 on the host, the meta-learner
+//! LSTM against SGD, and episodes that repeat for a seed.
 
 use randbench_core::autodiff::expand_grads;
-use randbench_core::fewshot::{draw_episodes, nearest_neighbour, EpisodeShape, Learner, Order};
+use randbench_core::fewshot::{
+    adaptation_graph, draw_episodes, nearest_neighbour, Adaptation, EpisodeShape, Inner, Learner,
+    MetaLearner, Order,
+};
+use randbench_core::models::init_params;
 use randbench_core::reference::{evaluate_values, RefValue};
 use randbench_core::rng::Rng;
-use randbench_core::testing::{finite_differences, max_rel_diff, random_classes, tiny_maml};
+use randbench_core::testing::{
+    finite_differences, max_rel_diff, random_classes, tiny_few_shot, TINY_MAML,
+};
+use randbench_core::HostTensor;
 
 #[test]
 fn second_order_maml_meta_gradient_matches_finite_differences() {
-    let (g, inputs) = tiny_maml(Order::Second, 3);
+    let (g, inputs) = tiny_few_shot(&TINY_MAML, 3);
     let expanded = expand_grads(&g).unwrap();
     let inputs: Vec<RefValue> = inputs.iter().map(RefValue::from_host).collect();
     let values = evaluate_values(&expanded, &inputs).unwrap();
@@ -22,7 +29,9 @@ fn second_order_maml_meta_gradient_matches_finite_differences() {
         assert!(err < 1e-6, "{}: {symbolic:?} vs finite differences {fd:?}", g.outputs()[2 + p].0);
     }
     // First order drops the inner gradients' derivatives: a different, cheaper gradient.
-    let (first, _) = tiny_maml(Order::First, 3);
+    let first_order =
+        Inner::Gradient { adaptation: Adaptation { lr: 0.4, steps: 2 }, order: Order::First };
+    let (first, _) = tiny_few_shot(&first_order, 3);
     let first = evaluate_values(&expand_grads(&first).unwrap(), &inputs).unwrap();
     assert!(max_rel_diff(&first[0].data, &values[0].data) < 1e-12, "the same meta-loss");
     let conv = max_rel_diff(&first[2].data, &values[2].data);
@@ -73,4 +82,53 @@ fn the_learner_ends_in_one_by_one_maps_on_28_pixel_images() {
     let x = g.input("x", &[3, 1, 28, 28], randbench_core::DType::F32);
     let logits = l.logits(&mut g, &params, x).unwrap();
     assert_eq!(g.shape(logits), &[3, 5]);
+}
+
+#[test]
+fn a_meta_learner_with_forget_gate_one_and_input_gate_alpha_is_sgd_at_rate_alpha() {
+    let learner = Learner { side: 4, filters: 2, blocks: 1, way: 2 };
+    let shape = EpisodeShape { way: 2, shot: 2, query: 2 };
+    let meta = MetaLearner { hidden: 3, steps: 3 };
+    let lstm = Inner::MetaLearner(meta);
+    let mut weights = init_params(&lstm.meta_params(&learner), 4);
+    // Gate weights 0; σ(40) is 1 in f64, and σ(b) is the rate.
+    let b = -1.5f64;
+    let alpha = 1.0 / (1.0 + (-b).exp());
+    let set = |w: &mut HostTensor, v: f64| {
+        *w = HostTensor::f32(w.shape(), vec![v as f32; w.numel()]).unwrap()
+    };
+    set(&mut weights[2], 0.0);
+    set(&mut weights[3], 40.0);
+    set(&mut weights[4], 0.0);
+    set(&mut weights[5], b);
+    let e = draw_episodes(&random_classes(4, 4, 2), shape, 1, &mut Rng::new(5)).unwrap();
+    let episode = [e.support, e.support_labels, e.query, e.query_labels];
+    let run = |g: &randbench_core::Graph, inputs: &[HostTensor]| {
+        evaluate_values(g, &inputs.iter().map(RefValue::from_host).collect::<Vec<_>>()).unwrap()
+    };
+    let mut lstm_inputs = weights.clone();
+    lstm_inputs.extend(episode.iter().cloned());
+    let by_lstm = run(
+        &expand_grads(&adaptation_graph(&learner, shape, &lstm).unwrap()).unwrap(),
+        &lstm_inputs,
+    );
+    let sgd =
+        Inner::Gradient { adaptation: Adaptation { lr: alpha, steps: 3 }, order: Order::First };
+    let mut sgd_inputs = weights[6..].to_vec();
+    sgd_inputs.extend(episode.iter().cloned());
+    let by_sgd =
+        run(&expand_grads(&adaptation_graph(&learner, shape, &sgd).unwrap()).unwrap(), &sgd_inputs);
+    // The learning rate is an f64 constant on one side and σ(b) from an f32 input on the other.
+    let lr_rounding = (alpha - (1.0 / (1.0 + (-(b as f32) as f64).exp()))).abs() / alpha;
+    assert!(lr_rounding < 1e-15);
+    for k in 0..2 {
+        let err = max_rel_diff(&by_lstm[k].data, &by_sgd[k].data);
+        assert!(err < 1e-12, "output {k}: {:?} vs SGD {:?}", by_lstm[k].data, by_sgd[k].data);
+    }
+    // Its gates say so: input α and forget 1 at every update.
+    let gates = &by_lstm[2].data;
+    assert_eq!(gates.len(), 6);
+    for step in gates.chunks(2) {
+        assert!((step[0] - alpha).abs() < 1e-15 && step[1] == 1.0, "{step:?}");
+    }
 }
