@@ -102,3 +102,26 @@ fn a_twenty_way_one_shot_cell_scores_lakes_official_runs() {
         assert_eq!(runs(r).nearest_neighbour, first.nearest_neighbour);
     }
 }
+
+#[test]
+fn the_meta_learner_lstm_meta_trains_alike_on_every_engine_and_reports_its_gates() {
+    let text = suite().replace(
+        "methods: [maml]",
+        "methods: [meta_learner_lstm]\n      meta_learner: {hidden: 3, steps: 2}",
+    );
+    let results = run_on_cpu_backends(&text);
+    let first = &results[0];
+    for r in &results {
+        assert_eq!(r.status, Status::Ok, "{}: {:?}", r.cell.backend, r.error);
+        assert_eq!(r.step_losses.len(), 6);
+        for (a, b) in r.step_losses.iter().zip(&first.step_losses) {
+            assert!((a - b).abs() <= 1e-4 + 1e-3 * b.abs(), "{}: {a} against {b}", r.cell.backend);
+        }
+        let gates = metrics(r).gates;
+        assert_eq!(gates.len(), 2, "one pair per update");
+        // Near where they started: forget σ(5), input σ(−4.5), after six meta-steps.
+        for g in &gates {
+            assert!((0.9..1.0).contains(&g.forget) && (0.0..0.05).contains(&g.input), "{g:?}");
+        }
+    }
+}

@@ -1,8 +1,9 @@
-//! Few-shot meta-learning on Omniglot after Finn et al. (MAML, ICML 2017): the four-block
-//! learner's initial parameters meta-trained so that a few gradient steps on an episode's
-//! support set classify its queries, second order (through the inner gradients) and first
-//! order; tested on episodes of alphabets never seen in meta-training, against nearest
-//! neighbour in pixel space on the same episodes.
+//! Few-shot meta-learning on Omniglot after Finn et al. (MAML, ICML 2017) and Ravi & Larochelle
+//! (ICLR 2017): the four-block learner's initial parameters meta-trained so that a few
+//! gradient steps on an episode's support set classify its queries, second order (through the
+//! inner gradients) and first order; or a meta-learner LSTM trained to make the updates. Tested
+//! on episodes of alphabets never seen in meta-training, against nearest neighbour in pixel
+//! space on the same episodes.
 
 mod data;
 mod run;
@@ -15,7 +16,7 @@ use crate::report::{Chart, Table};
 use crate::spec::{Ctx, SuiteError};
 use data::{OmniglotSpec, RawOmniglot};
 use randbench_core::backend::{BResult, Backend};
-use randbench_core::fewshot::{Adaptation, EpisodeShape, Learner, Order};
+use randbench_core::fewshot::{Adaptation, EpisodeShape, Inner, Learner, MetaLearner, Order};
 use randbench_core::stats::{Better, Summary};
 use randbench_core::units::Seconds;
 use randbench_schema::{CellResult, Figure, Measure, MeasureKind, Observer};
@@ -35,6 +36,7 @@ pub struct RawFewShot {
     learner: Option<Spanned<RawLearner>>,
     methods: Spanned<Vec<Method>>,
     inner: Option<Spanned<RawInner>>,
+    meta_learner: Option<Spanned<MetaLearner>>,
     meta: Spanned<RawMeta>,
     test_episodes: Option<Spanned<usize>>,
     timeout: Option<Spanned<f64>>,
@@ -82,15 +84,8 @@ pub enum Method {
     Maml,
     /// First-order MAML: the inner gradients are constants to the outer one.
     FirstOrderMaml,
-}
-
-impl Method {
-    pub fn order(self) -> Order {
-        match self {
-            Method::Maml => Order::Second,
-            Method::FirstOrderMaml => Order::First,
-        }
-    }
+    /// Ravi & Larochelle's meta-learner LSTM.
+    MetaLearnerLstm,
 }
 
 impl fmt::Display for Method {
@@ -98,6 +93,7 @@ impl fmt::Display for Method {
         f.write_str(match self {
             Method::Maml => "maml",
             Method::FirstOrderMaml => "first-order maml",
+            Method::MetaLearnerLstm => "meta-learner lstm",
         })
     }
 }
@@ -111,9 +107,10 @@ pub struct FewShot {
     pub filters: usize,
     pub blocks: usize,
     pub methods: Vec<Method>,
-    /// The inner loop in meta-training; at test the same rate for `test_steps` steps.
+    /// MAML's inner loop in meta-training; at test the same rate for `test_steps` steps.
     pub inner: Adaptation,
     pub test_steps: usize,
+    pub meta_learner: MetaLearner,
     pub meta_steps: usize,
     /// Episodes per meta-training step (the meta-batch).
     pub tasks: usize,
@@ -134,6 +131,26 @@ impl FewShot {
 
     pub fn shape(&self, v: &Variant) -> EpisodeShape {
         EpisodeShape { way: v.way, shot: v.shot, query: self.query }
+    }
+
+    /// How `method` adapts in meta-training, and at test.
+    pub fn inner(&self, method: Method) -> (Inner, Inner) {
+        let gradient = |order, steps| Inner::Gradient {
+            adaptation: Adaptation { lr: self.inner.lr, steps },
+            order,
+        };
+        match method {
+            Method::Maml => (
+                gradient(Order::Second, self.inner.steps),
+                gradient(Order::Second, self.test_steps),
+            ),
+            Method::FirstOrderMaml => {
+                (gradient(Order::First, self.inner.steps), gradient(Order::First, self.test_steps))
+            }
+            Method::MetaLearnerLstm => {
+                (Inner::MetaLearner(self.meta_learner), Inner::MetaLearner(self.meta_learner))
+            }
+        }
     }
 }
 
@@ -200,6 +217,16 @@ pub struct Metrics {
     pub nearest_neighbour: Option<Accuracy>,
     /// Lake's 20 official 20-way one-shot runs, where the variant is 20-way 1-shot.
     pub official_runs: Option<OfficialRuns>,
+    /// The meta-learner's mean input and forget gates after each update, over the test
+    /// episodes; empty for MAML.
+    pub gates: Vec<Gates>,
+}
+
+/// The meta-learner's gates after one update, averaged over coordinates and test episodes.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Gates {
+    pub input: f64,
+    pub forget: f64,
 }
 
 /// Accuracy on each of Lake's official runs, in order (run01 first).
@@ -217,9 +244,10 @@ impl Metrics {
 
 impl WorkloadFamily for Family {
     const KEY: &'static str = "few_shot";
-    const ABOUT: &'static str = "Finn et al. (2017): MAML, second and first order, meta-trained \
-                                 on Omniglot alphabets and tested on unseen ones, against \
-                                 nearest neighbour";
+    const ABOUT: &'static str = "Finn et al. and Ravi & Larochelle (2017): MAML (second and \
+                                 first order) and the meta-learner LSTM, meta-trained on \
+                                 Omniglot alphabets and tested on unseen ones, against nearest \
+                                 neighbour";
     type Raw = RawFewShot;
     type Workload = FewShot;
     type Variant = Variant;
@@ -291,6 +319,20 @@ impl WorkloadFamily for Family {
             // The paper's 5-way Omniglot setting.
             None => (Adaptation { lr: 0.4, steps: 1 }, 3),
         };
+        let meta_learner =
+            match &r.meta_learner {
+                Some(s) => {
+                    cx.check(
+                    s,
+                    |m| m.hidden >= 1 && m.steps >= 1,
+                    |_| "meta_learner needs hidden ≥ 1 and steps ≥ 1, e.g. {hidden: 20, steps: 12}"
+                        .into(),
+                )?;
+                    s.value
+                }
+                // The authors' 1-shot configuration: 12 updates; a first layer of 20 units.
+                None => MetaLearner { hidden: 20, steps: 12 },
+            };
         let m = &r.meta.value;
         let meta_ok = m.steps >= 1
             && m.tasks >= 1
@@ -324,6 +366,7 @@ impl WorkloadFamily for Family {
             methods: r.methods.value,
             inner,
             test_steps,
+            meta_learner,
             meta_steps: m.steps,
             tasks: m.tasks,
             meta_lr: m.lr,
@@ -372,6 +415,7 @@ impl WorkloadFamily for Family {
             test: None,
             nearest_neighbour: None,
             official_runs: None,
+            gates: vec![],
         }
     }
 

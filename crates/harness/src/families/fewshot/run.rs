@@ -7,14 +7,14 @@
 //! their inputs (θ and Adam's state) feed the next run.
 
 use super::data::OFFICIAL_RUNS;
-use super::{Accuracy, FewShot, Metrics, OfficialRuns, Validation};
+use super::{Accuracy, FewShot, Gates, Metrics, OfficialRuns, Validation};
 use crate::families::training::{chain, upload_named, Named};
 use crate::families::{Guard, Loss};
 use crate::families::{Job, Record, WorkloadFamily};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::fewshot::{
-    adaptation_graph, draw_episodes, meta_step_graph, nearest_neighbour, Adaptation, Classes,
-    EpisodeShape, Episodes,
+    adaptation_graph, draw_episodes, meta_step_graph, nearest_neighbour, Classes, EpisodeShape,
+    Episodes,
 };
 use randbench_core::graph::Graph;
 use randbench_core::l2l::{meta_optimizer, Outer};
@@ -39,21 +39,44 @@ fn scalar<B: Backend>(b: &B, t: &B::Tensor) -> BResult<f64> {
     Ok(b.download(t)?.to_scalar().expect("a scalar output") as f64)
 }
 
-/// The adaptation program with the parameters it adapts from.
+/// The adaptation program, and the meta-learner's gates summed over the episodes it adapted
+/// to since they were last taken.
 struct Adapter<'a, B: Backend> {
     b: &'a B,
     graph: Graph,
     program: B::Program,
+    gate_sums: Vec<f64>,
+    episodes: usize,
 }
 
-impl<B: Backend> Adapter<'_, B> {
+impl<'a, B: Backend> Adapter<'a, B> {
+    fn compile(b: &'a B, graph: Graph) -> BResult<Self> {
+        Ok(Adapter { b, program: b.compile(&graph)?, graph, gate_sums: vec![], episodes: 0 })
+    }
+
     /// Query accuracy after adapting to `e` from the parameters in `named`.
     fn accuracy(&mut self, named: &mut Named<B::Tensor>, e: Episodes) -> BResult<f64> {
-        let at = self.graph.outputs().iter().position(|(n, _)| n == "accuracy");
-        let at = at.expect("the adaptation program scores its queries");
+        let output = |name: &str| self.graph.outputs().iter().position(|(n, _)| n == name);
+        let (at, gates) = (output("accuracy").expect("queries are scored"), output("gates"));
         upload_episodes(self.b, named, e)?;
         let outs = chain(self.b, &self.graph, &mut self.program, named)?;
+        if let Some(k) = gates {
+            let g = self.b.download(&outs[k])?;
+            let g = g.as_f32().expect("gates are f32");
+            self.gate_sums.resize(g.len(), 0.0);
+            self.gate_sums.iter_mut().zip(g).for_each(|(s, &v)| *s += v as f64);
+        }
+        self.episodes += 1;
         scalar(self.b, &outs[at])
+    }
+
+    /// The mean gates per update since the last call.
+    fn take_gates(&mut self) -> Vec<Gates> {
+        let n = self.episodes.max(1) as f64;
+        let gates = self.gate_sums.chunks(2).map(|g| Gates { input: g[0] / n, forget: g[1] / n });
+        let gates = gates.collect();
+        (self.gate_sums, self.episodes) = (vec![], 0);
+        gates
     }
 
     /// Per-episode query accuracy on `count` episodes drawn from `rng`; `each` also sees
@@ -122,14 +145,13 @@ pub fn run<B: Backend>(
     obs.progress(Progress::Compiling);
     let compiling = Instant::now();
     let outer = Outer::Adam { lr: w.meta_lr };
-    let step_graph = meta_step_graph(&learner, shape, w.tasks, w.inner, v.method.order(), outer)?;
+    let (inner, test_inner) = w.inner(v.method);
+    let step_graph = meta_step_graph(&learner, shape, w.tasks, &inner, outer)?;
     let mut step = b.compile(&step_graph)?;
-    let test_inner = Adaptation { lr: w.inner.lr, steps: w.test_steps };
-    let graph = adaptation_graph(&learner, shape, test_inner)?;
-    let mut adapter = Adapter { b, program: b.compile(&graph)?, graph };
+    let mut adapter = Adapter::compile(b, adaptation_graph(&learner, shape, &test_inner)?)?;
     record.compile_seconds = Some(Seconds(compiling.elapsed().as_secs_f64()));
 
-    let specs = learner.params();
+    let specs = inner.meta_params(&learner);
     let shapes: Vec<Vec<usize>> = specs.iter().map(|p| p.shape.clone()).collect();
     let names: Vec<String> = specs.iter().map(|p| p.name.clone()).collect();
     let mut named = Named::new();
@@ -206,6 +228,7 @@ pub fn run<B: Backend>(
     upload_named(b, &mut named, names, &theta)?;
     let pixels = w.data.side * w.data.side;
     let mut neighbour = Vec::with_capacity(w.test_episodes);
+    adapter.take_gates();
     let mut test_rng = Rng::stream(job.seed, "episodes.test");
     let accuracy = adapter.accuracies(
         &mut named,
@@ -214,13 +237,13 @@ pub fn run<B: Backend>(
         (w.test_episodes, &mut test_rng),
         |e| neighbour.push(neighbour_accuracy(e, pixels)),
     )?;
+    m.gates = adapter.take_gates();
     m.test = interval(&accuracy);
     m.nearest_neighbour = interval(&neighbour);
     if (v.way, v.shot) == OFFICIAL_RUNS && !job.data.official_runs.is_empty() {
         // Lake's runs hold one test image per class: an adaptation program of their form.
         let one_each = EpisodeShape { way: v.way, shot: 1, query: 1 };
-        let graph = adaptation_graph(&learner, one_each, test_inner)?;
-        let mut runs = Adapter { b, program: b.compile(&graph)?, graph };
+        let mut runs = Adapter::compile(b, adaptation_graph(&learner, one_each, &test_inner)?)?;
         let mut scored = OfficialRuns::default();
         for run in &job.data.official_runs {
             let e = official_episode(run, w.data.side);

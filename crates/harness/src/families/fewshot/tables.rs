@@ -2,7 +2,7 @@
 //! and backend, with nearest neighbour on the same episodes; meta-training speed; validation
 //! accuracy against meta-training time.
 
-use super::{Accuracy, Family, Metrics, OfficialRuns};
+use super::{Accuracy, Family, Gates, Metrics, OfficialRuns};
 use crate::families::Entry;
 use crate::report::chart::{ChartKind, Lines, Polyline};
 use crate::report::{first_appearance, fmt_value, Chart, Column, Table};
@@ -149,8 +149,55 @@ pub fn charts(rs: &[Row]) -> Vec<Chart> {
     let Some(first) = firsts.first() else { return vec![] };
     let workload = &first.result.cell.workload;
     let forms = first_appearance(firsts.iter().map(|r| (r.variant.way, r.variant.shot)));
+    let mut charts = validation_charts(workload, &firsts, &forms);
+    for (way, shot) in forms {
+        let learned: Vec<&&Row> = firsts
+            .iter()
+            .filter(|r| {
+                (r.variant.way, r.variant.shot) == (way, shot) && !r.metrics.gates.is_empty()
+            })
+            .collect();
+        let gate = |name: &str, value: fn(&Gates) -> f64| -> Vec<Polyline> {
+            learned
+                .iter()
+                .map(|r| {
+                    let points = r.metrics.gates.iter().enumerate();
+                    let points = points.map(|(t, g)| ((t + 1) as f64, value(g))).collect();
+                    Polyline::new(format!("{name} on {}", r.result.cell.backend), points)
+                })
+                .collect()
+        };
+        for (name, value) in [
+            ("input gate", (|g: &Gates| g.input) as fn(&Gates) -> f64),
+            ("forget gate", |g| g.forget),
+        ] {
+            let series = gate(name, value);
+            if series.is_empty() {
+                continue;
+            }
+            charts.push(Chart {
+                title: format!("{workload}: the meta-learner's {name}, {way}-way {shot}-shot"),
+                caption: format!(
+                    "mean over the learner's parameters and the test episodes after each update \
+                     (Ravi & Larochelle's Figure 2: the {name} the meta-learner learned)"
+                ),
+                kind: ChartKind::Lines(Lines {
+                    x_label: "update".into(),
+                    y_label: name.into(),
+                    log_y: false,
+                    series,
+                }),
+            });
+        }
+    }
+    charts
+}
+
+/// Validation accuracy against meta-training time, per episode form.
+fn validation_charts(workload: &str, firsts: &[&Row], forms: &[(usize, usize)]) -> Vec<Chart> {
     forms
-        .into_iter()
+        .iter()
+        .copied()
         .filter_map(|(way, shot)| {
             let series: Vec<Polyline> = firsts
                 .iter()
