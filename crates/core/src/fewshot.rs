@@ -1,10 +1,13 @@
 //! Few-shot classification after Finn et al. (MAML, ICML 2017): the four-block learner of the
 //! few-shot papers, N-way K-shot episodes drawn from classes of images, and the programs that
-//! adapt the learner to an episode and meta-train its initial parameters.
+//! adapt the learner to an episode and meta-train its initial parameters; and the baselines of
+//! a network pretrained on the meta-training classes (fine-tuning, nearest neighbour in its
+//! embedding).
 
 use crate::graph::{GResult, Graph, GraphError, NodeId};
 use crate::l2l::{flatten, meta_optimizer, stack_scalars, unflatten, Outer, Preprocess};
 use crate::models::{lstm_cell, Init, ParamSpec};
+use crate::optim::Optimizer;
 use crate::rng::Rng;
 use crate::tensor::HostTensor;
 use crate::DType;
@@ -71,13 +74,19 @@ impl Learner {
         specs
     }
 
-    /// Logits [n, way] for images x [n, 1, side, side].
-    pub fn logits(&self, g: &mut Graph, params: &[NodeId], x: NodeId) -> GResult<NodeId> {
+    /// How many of [`Learner::params`] are the body's (the blocks'): the rest are the head's.
+    pub fn body(&self) -> usize {
+        3 * self.blocks
+    }
+
+    /// The body's features [n, f], the last maps flattened, for images x [n, 1, side, side];
+    /// `body` holds the blocks' parameters.
+    pub fn features(&self, g: &mut Graph, body: &[NodeId], x: NodeId) -> GResult<NodeId> {
         let n = g.shape(x)[0];
         let mut h = x;
         for b in 0..self.blocks {
-            h = g.conv2d(h, params[3 * b], 1, 1)?;
-            h = g.batch_norm(h, params[3 * b + 1], params[3 * b + 2], BATCH_NORM_EPS)?;
+            h = g.conv2d(h, body[3 * b], 1, 1)?;
+            h = g.batch_norm(h, body[3 * b + 1], body[3 * b + 2], BATCH_NORM_EPS)?;
             h = g.relu(h)?;
             let side = g.shape(h)[2];
             if side % 2 == 1 {
@@ -87,9 +96,14 @@ impl Learner {
             h = g.max_pool2d(h, 2)?;
         }
         let features = g.shape(h)[1..].iter().product();
-        h = g.reshape(h, &[n, features])?;
-        let k = 3 * self.blocks;
-        g.linear(h, params[k], params[k + 1])
+        g.reshape(h, &[n, features])
+    }
+
+    /// Logits [n, way] for images x [n, 1, side, side].
+    pub fn logits(&self, g: &mut Graph, params: &[NodeId], x: NodeId) -> GResult<NodeId> {
+        let (body, head) = params.split_at(self.body());
+        let h = self.features(g, body, x)?;
+        g.linear(h, head[0], head[1])
     }
 
     /// Mean cross-entropy and mean accuracy of the learner on a labelled batch.
@@ -101,10 +115,15 @@ impl Learner {
         y: NodeId,
     ) -> GResult<(NodeId, NodeId)> {
         let logits = self.logits(g, params, x)?;
-        let losses = g.softmax_cross_entropy(logits, y)?;
-        let correct = g.correct_predictions(logits, y)?;
-        Ok((g.mean_all(losses)?, g.mean_all(correct)?))
+        scores(g, logits, y)
     }
+}
+
+/// Mean cross-entropy and mean accuracy of logits against labels.
+fn scores(g: &mut Graph, logits: NodeId, y: NodeId) -> GResult<(NodeId, NodeId)> {
+    let losses = g.softmax_cross_entropy(logits, y)?;
+    let correct = g.correct_predictions(logits, y)?;
+    Ok((g.mean_all(losses)?, g.mean_all(correct)?))
 }
 
 /// An episode's N-way K-shot form with Q queries per class.
@@ -274,6 +293,10 @@ pub enum Inner {
     Gradient { adaptation: Adaptation, order: Order },
     /// The meta-learner LSTM.
     MetaLearner(MetaLearner),
+    /// The baseline of a pretrained network: plain (first-order) gradient descent from the
+    /// given parameters on the whole network, or on the head alone (`whole: false`: the body's
+    /// features are fixed, so the head is logistic regression on them). Not meta-trained.
+    FineTune { adaptation: Adaptation, whole: bool },
 }
 
 /// The meta-learner's gradients are clipped to this norm before its Adam step (the authors'
@@ -285,7 +308,7 @@ impl Inner {
     /// own weights, then the learner's initial parameters.
     pub fn meta_params(&self, learner: &Learner) -> Vec<ParamSpec> {
         match self {
-            Inner::Gradient { .. } => learner.params(),
+            Inner::Gradient { .. } | Inner::FineTune { .. } => learner.params(),
             Inner::MetaLearner(m) => m.params().into_iter().chain(learner.params()).collect(),
         }
     }
@@ -301,24 +324,24 @@ impl Inner {
     ) -> GResult<(Vec<NodeId>, Option<NodeId>)> {
         match *self {
             Inner::Gradient { adaptation, order } => {
-                let mut theta = meta.to_vec();
-                for _ in 0..adaptation.steps {
-                    let (loss, _) = learner.loss_and_accuracy(g, &theta, x, y)?;
-                    let grads = g.grads(loss, &theta)?;
-                    theta = theta
-                        .iter()
-                        .zip(grads)
-                        .map(|(&p, dp)| {
-                            let dp = match order {
-                                Order::First => g.stop_gradient(dp),
-                                Order::Second => dp,
-                            };
-                            let step = g.scale(dp, adaptation.lr)?;
-                            g.sub(p, step)
-                        })
-                        .collect::<GResult<_>>()?;
-                }
-                Ok((theta, None))
+                let loss = |g: &mut Graph, theta: &[NodeId]| {
+                    Ok(learner.loss_and_accuracy(g, theta, x, y)?.0)
+                };
+                Ok((descend(g, meta.to_vec(), adaptation, order, loss)?, None))
+            }
+            Inner::FineTune { adaptation, whole: true } => {
+                Inner::Gradient { adaptation, order: Order::First }.adapt(g, learner, meta, (x, y))
+            }
+            Inner::FineTune { adaptation, whole: false } => {
+                let (body, head) = meta.split_at(learner.body());
+                // The body is fixed: its features are computed once.
+                let features = learner.features(g, body, x)?;
+                let loss = |g: &mut Graph, head: &[NodeId]| {
+                    let logits = g.linear(features, head[0], head[1])?;
+                    Ok(scores(g, logits, y)?.0)
+                };
+                let head = descend(g, head.to_vec(), adaptation, Order::First, loss)?;
+                Ok((body.iter().copied().chain(head).collect(), None))
             }
             Inner::MetaLearner(m) => {
                 let (phi, theta0) = meta.split_at(6);
@@ -371,6 +394,33 @@ impl Inner {
     }
 }
 
+/// `steps` steps of gradient descent at rate `lr` on `loss` from `theta`.
+fn descend(
+    g: &mut Graph,
+    mut theta: Vec<NodeId>,
+    adaptation: Adaptation,
+    order: Order,
+    loss: impl Fn(&mut Graph, &[NodeId]) -> GResult<NodeId>,
+) -> GResult<Vec<NodeId>> {
+    for _ in 0..adaptation.steps {
+        let l = loss(g, &theta)?;
+        let grads = g.grads(l, &theta)?;
+        theta = theta
+            .iter()
+            .zip(grads)
+            .map(|(&p, dp)| {
+                let dp = match order {
+                    Order::First => g.stop_gradient(dp),
+                    Order::Second => dp,
+                };
+                let step = g.scale(dp, adaptation.lr)?;
+                g.sub(p, step)
+            })
+            .collect::<GResult<_>>()?;
+    }
+    Ok(theta)
+}
+
 /// Inputs named by their specs.
 fn named_inputs(g: &mut Graph, specs: &[ParamSpec]) -> Vec<NodeId> {
     specs.iter().map(|p| g.input(p.name.clone(), &p.shape, DType::F32)).collect()
@@ -399,7 +449,7 @@ pub fn adaptation_graph(learner: &Learner, shape: EpisodeShape, inner: &Inner) -
     // No outer gradient here: first order keeps every inner gradient a plain backward pass.
     let inner = match *inner {
         Inner::Gradient { adaptation, .. } => Inner::Gradient { adaptation, order: Order::First },
-        lstm => lstm,
+        other => other,
     };
     let (adapted, gates) = inner.adapt(&mut g, learner, &meta, (sx, sy))?;
     let (loss, accuracy) = learner.loss_and_accuracy(&mut g, &adapted, qx, qy)?;
@@ -433,14 +483,9 @@ pub fn meta_step_graph(
     let meta = named_inputs(&mut g, &specs);
     let adam = match outer {
         Outer::Adam { lr } => {
-            let mut slots = Vec::new();
-            for p in &specs {
-                for k in ["m", "v"] {
-                    slots.push(g.input(format!("adam.{k}.{}", p.name), &p.shape, DType::F32));
-                }
-            }
-            let counter = g.input("adam.step", &[], DType::F32);
-            Some((meta_optimizer(lr), slots, counter))
+            let o = meta_optimizer(lr);
+            let state = state_inputs(&mut g, &o, &specs);
+            Some((o, state))
         }
         _ => None,
     };
@@ -478,22 +523,105 @@ pub fn meta_step_graph(
                 g.output(format!("grad.{}", spec.name), dp);
             }
         }
-        (Outer::Adam { .. }, Some((o, slots, counter))) => {
-            let step = o.begin_step(&mut g, Some(counter), None)?;
-            let mut new_slots = Vec::new();
-            for (i, ((spec, &p), dp)) in specs.iter().zip(&meta).zip(grads).enumerate() {
-                let (p2, s2) = o.update(&mut g, p, dp, &slots[2 * i..2 * i + 2], &step)?;
-                g.output(spec.name.clone(), p2);
-                new_slots.push((format!("adam.m.{}", spec.name), s2[0]));
-                new_slots.push((format!("adam.v.{}", spec.name), s2[1]));
-            }
-            for (name, s) in new_slots {
-                g.output(name, s);
-            }
-            g.output("adam.step", step.counter.expect("Adam counts steps"));
+        (Outer::Adam { .. }, Some((o, state))) => {
+            step_outputs(&mut g, &o, &specs, (&meta, &grads), state)?
         }
         _ => {}
     }
+    Ok(g)
+}
+
+/// The names of an optimizer's state for parameters `specs`, in
+/// [`Optimizer::initial_state`]'s order: per parameter its slots (`adam.m.<name>`,
+/// `adam.v.<name>`; `<rule>.buf.<name>` for one-slot rules), then the step counter
+/// (`adam.step`) where the rule counts steps.
+pub fn state_names(o: &Optimizer, specs: &[ParamSpec]) -> Vec<String> {
+    let slots: &[&str] = if o.slots_per_param() == 2 { &["m", "v"] } else { &["buf"] };
+    let slots = &slots[..o.slots_per_param()];
+    let mut names: Vec<String> = specs
+        .iter()
+        .flat_map(|p| slots.iter().map(move |k| format!("{}.{k}.{}", o.name(), p.name)))
+        .collect();
+    if o.counts_steps() {
+        names.push(format!("{}.step", o.name()));
+    }
+    names
+}
+
+/// The optimizer's state as inputs named by [`state_names`]: the slots, then the counter.
+fn state_inputs(
+    g: &mut Graph,
+    o: &Optimizer,
+    specs: &[ParamSpec],
+) -> (Vec<NodeId>, Option<NodeId>) {
+    let shapes = specs.iter().flat_map(|p| std::iter::repeat_n(&p.shape, o.slots_per_param()));
+    let names = state_names(o, specs);
+    let slots = names.iter().zip(shapes).map(|(n, s)| g.input(n.clone(), s, DType::F32)).collect();
+    let counter = o
+        .counts_steps()
+        .then(|| g.input(names.last().expect("a counter").clone(), &[], DType::F32));
+    (slots, counter)
+}
+
+/// One optimizer step on `params` with `grads`: outputs the updated parameters under their
+/// names, then the updated state under its input names, so that one step's outputs feed the
+/// next.
+fn step_outputs(
+    g: &mut Graph,
+    o: &Optimizer,
+    specs: &[ParamSpec],
+    (params, grads): (&[NodeId], &[NodeId]),
+    (slots, counter): (Vec<NodeId>, Option<NodeId>),
+) -> GResult<()> {
+    let step = o.begin_step(g, counter, None)?;
+    let per = o.slots_per_param();
+    let mut new_slots = Vec::with_capacity(slots.len());
+    for (i, ((spec, &p), &dp)) in specs.iter().zip(params).zip(grads).enumerate() {
+        let (p2, s2) = o.update(g, p, dp, &slots[per * i..per * (i + 1)], &step)?;
+        g.output(spec.name.clone(), p2);
+        new_slots.extend(s2);
+    }
+    let names = state_names(o, specs);
+    for (name, s) in names.iter().zip(new_slots) {
+        g.output(name.clone(), s);
+    }
+    if let Some(t) = step.counter {
+        g.output(names.last().expect("a counter").clone(), t);
+    }
+    Ok(())
+}
+
+/// One step of plain classification training of the learner (its `way` the number of
+/// classes) on a batch: the pretraining of the pretrained-network baselines.
+///
+/// Inputs: the learner's parameters by name, the optimizer's state ([`state_names`]), then
+/// `x` [batch, 1, side, side] and `y` [batch] (i64). Outputs: the batch's mean `loss`, then
+/// the updated parameters and state under their input names.
+pub fn pretrain_step_graph(learner: &Learner, batch: usize, o: &Optimizer) -> GResult<Graph> {
+    let mut g = Graph::new();
+    let specs = learner.params();
+    let params = named_inputs(&mut g, &specs);
+    let state = state_inputs(&mut g, o, &specs);
+    let s = learner.side;
+    let x = g.input("x", &[batch, 1, s, s], DType::F32);
+    let y = g.input("y", &[batch], DType::I64);
+    let (loss, _) = learner.loss_and_accuracy(&mut g, &params, x, y)?;
+    g.output("loss", loss);
+    let grads = g.grads(loss, &params)?;
+    step_outputs(&mut g, o, &specs, (&params, &grads), state)?;
+    Ok(g)
+}
+
+/// The learner's body as an embedding. Inputs: the body's parameters by name (the first
+/// [`Learner::body`] of [`Learner::params`]), then `x` [n, 1, side, side]. Output: `features`
+/// [n, f], batch normalization using the batch's statistics.
+pub fn embedding_graph(learner: &Learner, n: usize) -> GResult<Graph> {
+    let mut g = Graph::new();
+    let body = named_inputs(&mut g, &learner.params()[..learner.body()]);
+    let s = learner.side;
+    let x = g.input("x", &[n, 1, s, s], DType::F32);
+    let features = learner.features(&mut g, &body, x)?;
+    g.output("features", features);
     Ok(g)
 }
 
@@ -523,21 +651,22 @@ fn clip_by_norm(g: &mut Graph, grads: &[NodeId], max: f64) -> GResult<Vec<NodeId
         .collect()
 }
 
-/// The label of each query's nearest support image in pixel space (Euclidean distance; ties
-/// go to the first), for one episode: the baseline that learns nothing.
+/// The label of each query's nearest support row (Euclidean distance; ties go to the first),
+/// for one episode, the rows `width` wide: in pixel space the baseline that learns nothing, in
+/// a pretrained embedding ([`embedding_graph`]) the baseline of a pretrained network.
 pub fn nearest_neighbour(
     support: &[f32],
     support_labels: &[i64],
     query: &[f32],
-    pixels: usize,
+    width: usize,
 ) -> Vec<i64> {
     query
-        .chunks(pixels)
+        .chunks(width)
         .map(|q| {
             let distance =
                 |s: &[f32]| -> f32 { s.iter().zip(q).map(|(a, b)| (a - b) * (a - b)).sum() };
             let (best, _) =
-                support.chunks(pixels).enumerate().fold((0, f32::INFINITY), |(bi, bd), (i, s)| {
+                support.chunks(width).enumerate().fold((0, f32::INFINITY), |(bi, bd), (i, s)| {
                     let d = distance(s);
                     if d < bd {
                         (i, d)

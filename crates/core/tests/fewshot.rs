@@ -1,10 +1,11 @@
 //! MAML's programs against central finite differences in f64 on the host, the meta-learner
-//! LSTM against SGD, and episodes that repeat for a seed.
+//! LSTM against SGD, fine-tuning the head against logistic regression on the embedding, and
+//! episodes that repeat for a seed.
 
 use randbench_core::autodiff::expand_grads;
 use randbench_core::fewshot::{
-    adaptation_graph, draw_episodes, nearest_neighbour, Adaptation, EpisodeShape, Inner, Learner,
-    MetaLearner, Order,
+    adaptation_graph, draw_episodes, embedding_graph, nearest_neighbour, Adaptation, EpisodeShape,
+    Inner, Learner, MetaLearner, Order,
 };
 use randbench_core::models::init_params;
 use randbench_core::reference::{evaluate_values, RefValue};
@@ -131,4 +132,78 @@ fn a_meta_learner_with_forget_gate_one_and_input_gate_alpha_is_sgd_at_rate_alpha
     for step in gates.chunks(2) {
         assert!((step[0] - alpha).abs() < 1e-15 && step[1] == 1.0, "{step:?}");
     }
+}
+
+#[test]
+fn fine_tuning_the_head_is_logistic_regression_on_the_fixed_embedding() {
+    let learner = Learner { side: 4, filters: 3, blocks: 1, way: 2 };
+    let shape = EpisodeShape { way: 2, shot: 3, query: 2 };
+    let adaptation = Adaptation { lr: 0.5, steps: 3 };
+    let k = learner.body();
+    // The body pretrained (here: drawn), the head fresh: zeros, as the harness starts it.
+    let mut params = init_params(&learner.params(), 6);
+    for p in &mut params[k..] {
+        *p = HostTensor::zeros(p.shape());
+    }
+    let e = draw_episodes(&random_classes(4, 4, 3), shape, 1, &mut Rng::new(2)).unwrap();
+    let run = |g: &randbench_core::Graph, inputs: &[HostTensor]| {
+        let inputs: Vec<RefValue> = inputs.iter().map(RefValue::from_host).collect();
+        evaluate_values(&expand_grads(g).unwrap(), &inputs).unwrap()
+    };
+    let embed = |x: &HostTensor| {
+        let g = embedding_graph(&learner, x.shape()[0]).unwrap();
+        let mut inputs = params[..k].to_vec();
+        inputs.push(x.clone());
+        run(&g, &inputs).remove(0)
+    };
+    let (fs, fq) = (embed(&e.support), embed(&e.query));
+    let f = fs.shape[1];
+    assert_eq!(f, 3 * 2 * 2);
+    // Softmax probabilities of features `x` under the head (w [f, way], b [way]).
+    let probabilities = |x: &[f64], w: &[f64], b: &[f64]| -> Vec<Vec<f64>> {
+        x.chunks(f)
+            .map(|row| {
+                let z: Vec<f64> = (0..2)
+                    .map(|c| {
+                        b[c] + row.iter().enumerate().map(|(i, v)| v * w[i * 2 + c]).sum::<f64>()
+                    })
+                    .collect();
+                let top = z.iter().cloned().fold(f64::MIN, f64::max);
+                let sum: f64 = z.iter().map(|v| (v - top).exp()).sum();
+                z.iter().map(|v| (v - top).exp() / sum).collect()
+            })
+            .collect()
+    };
+    let (mut w, mut b) = (vec![0.0; f * 2], vec![0.0; 2]);
+    let ys = e.support_labels.as_i64().unwrap();
+    for _ in 0..adaptation.steps {
+        let p = probabilities(&fs.data, &w, &b);
+        let n = ys.len() as f64;
+        for (j, (row, &y)) in fs.data.chunks(f).zip(ys).enumerate() {
+            for c in 0..2 {
+                let d = (p[j][c] - f64::from(u8::from(y == c as i64))) / n;
+                b[c] -= adaptation.lr * d;
+                for i in 0..f {
+                    w[i * 2 + c] -= adaptation.lr * d * row[i];
+                }
+            }
+        }
+    }
+    let yq = e.query_labels.as_i64().unwrap();
+    let p = probabilities(&fq.data, &w, &b);
+    let loss = -yq.iter().enumerate().map(|(j, &y)| p[j][y as usize].ln()).sum::<f64>() / 4.0;
+    let episode = [e.support, e.support_labels, e.query, e.query_labels];
+    let mut inputs = params.clone();
+    inputs.extend(episode.iter().cloned());
+    let adapt = |whole| {
+        let inner = Inner::FineTune { adaptation, whole };
+        run(&adaptation_graph(&learner, shape, &inner).unwrap(), &inputs)[0].data[0]
+    };
+    let head = adapt(false);
+    // The graph's constants (the rate, the means' 1/n) are f32.
+    assert!((head - loss).abs() < 1e-6 * loss.abs(), "{head} against {loss} by hand");
+    // The whole network moves its body too after the first step (the zero head passes no
+    // gradient to the body at first).
+    let whole = adapt(true);
+    assert!((whole - head).abs() > 1e-3, "the whole network: {whole}, the head: {head}");
 }

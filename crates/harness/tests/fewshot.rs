@@ -125,3 +125,41 @@ fn the_meta_learner_lstm_meta_trains_alike_on_every_engine_and_reports_its_gates
         }
     }
 }
+
+#[test]
+fn the_pretrained_baselines_pretrain_alike_on_every_engine_and_score_the_test_episodes() {
+    let text = suite().replace(
+        "methods: [maml]",
+        "methods: [pretrained]\n      pretrain: {epochs: 1, batch: 128, lr: 0.01, fine_tune_steps: 3}",
+    );
+    let results = run_on_cpu_backends(&text);
+    let first = &results[0];
+    let m0 = metrics(first);
+    // Korean and Latin: 66 characters in four rotations, 20 drawings each.
+    let steps = 66 * 4 * 20 / 128;
+    for r in &results {
+        assert_eq!(r.status, Status::Ok, "{}: {:?}", r.cell.backend, r.error);
+        let m = metrics(r);
+        assert_eq!((m.meta_steps, r.step_losses.len()), (steps, steps));
+        for (step, (a, b)) in r.step_losses.iter().zip(&first.step_losses).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 + 1e-3 * b.abs(),
+                "{} at step {step}: loss {a} against {b} on {}",
+                r.cell.backend,
+                first.cell.backend
+            );
+        }
+        let mean = |xs: &[f32]| xs.iter().sum::<f32>() / xs.len() as f32;
+        let (start, end) = (mean(&r.step_losses[..5]), mean(&r.step_losses[steps - 5..]));
+        assert!(end < start - 0.25, "{}: the loss went from {start} to {end}", r.cell.backend);
+        assert!(m.test.is_none() && m.pretrain_images_per_second.is_some_and(|s| s.median > 0.0));
+        let names: Vec<String> = m.baselines.iter().map(|s| s.baseline.to_string()).collect();
+        assert_eq!(names, ["fine-tune head", "fine-tune whole", "nearest neighbour (embedding)"]);
+        for s in &m.baselines {
+            let t = s.test;
+            assert!(t.episodes == 6 && (0.0..=1.0).contains(&t.mean), "{s:?}");
+            assert_eq!(s.lr.is_some(), s.validation.is_some(), "{s:?}");
+        }
+        assert_eq!(m.nearest_neighbour, m0.nearest_neighbour);
+    }
+}

@@ -2,7 +2,7 @@
 //! test characters come from alphabets never seen), and each character in four rotations as
 //! classes of their own, the standard augmentation.
 
-use super::FewShot;
+use super::{FewShot, Method};
 use crate::families::PrepareError;
 use crate::spec::{Ctx, SuiteError};
 use randbench_core::fewshot::Classes;
@@ -172,6 +172,13 @@ pub fn prepare(w: &FewShot) -> Result<FewShotData, PrepareError> {
                 most_images
             )));
         }
+    }
+    let images: usize = data.train.classes.iter().map(Vec::len).sum();
+    if w.methods.contains(&Method::Pretrained) && images < w.pretrain.batch {
+        return Err(PrepareError::Mismatch(format!(
+            "pretrain.batch is {} but data.train holds {images} images: lower the batch",
+            w.pretrain.batch
+        )));
     }
     Ok(data)
 }

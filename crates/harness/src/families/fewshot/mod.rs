@@ -3,9 +3,11 @@
 //! gradient steps on an episode's support set classify its queries, second order (through the
 //! inner gradients) and first order; or a meta-learner LSTM trained to make the updates. Tested
 //! on episodes of alphabets never seen in meta-training, against nearest neighbour in pixel
-//! space on the same episodes.
+//! space on the same episodes; and against the baselines of a network pretrained to classify
+//! every meta-training class (fine-tuned, or its embedding's nearest neighbour).
 
 mod data;
+mod pretrained;
 mod run;
 mod tables;
 
@@ -38,6 +40,7 @@ pub struct RawFewShot {
     inner: Option<Spanned<RawInner>>,
     meta_learner: Option<Spanned<MetaLearner>>,
     meta: Spanned<RawMeta>,
+    pretrain: Option<Spanned<RawPretrain>>,
     test_episodes: Option<Spanned<usize>>,
     timeout: Option<Spanned<f64>>,
 }
@@ -76,6 +79,27 @@ struct RawMeta {
     target: Option<f64>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPretrain {
+    epochs: usize,
+    batch: usize,
+    lr: f64,
+    fine_tune_steps: usize,
+}
+
+/// The pretrained-network baselines' settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pretrain {
+    /// Passes over every meta-training image, classifying all the meta-training classes.
+    pub epochs: usize,
+    pub batch: usize,
+    /// Adam's rate.
+    pub lr: f64,
+    /// Gradient steps of fine-tuning on an episode's support set.
+    pub fine_tune_steps: usize,
+}
+
 /// A meta-learning method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,6 +110,8 @@ pub enum Method {
     FirstOrderMaml,
     /// Ravi & Larochelle's meta-learner LSTM.
     MetaLearnerLstm,
+    /// No meta-learning: the baselines of a network pretrained on the meta-training classes.
+    Pretrained,
 }
 
 impl fmt::Display for Method {
@@ -94,6 +120,7 @@ impl fmt::Display for Method {
             Method::Maml => "maml",
             Method::FirstOrderMaml => "first-order maml",
             Method::MetaLearnerLstm => "meta-learner lstm",
+            Method::Pretrained => "pretrained",
         })
     }
 }
@@ -119,6 +146,7 @@ pub struct FewShot {
     pub validate_every: usize,
     pub validation_episodes: usize,
     pub target: Option<f64>,
+    pub pretrain: Pretrain,
     pub test_episodes: usize,
     pub timeout: Option<Seconds>,
     pub location: (u64, u64),
@@ -133,13 +161,14 @@ impl FewShot {
         EpisodeShape { way: v.way, shot: v.shot, query: self.query }
     }
 
-    /// How `method` adapts in meta-training, and at test.
-    pub fn inner(&self, method: Method) -> (Inner, Inner) {
+    /// How a meta-learning `method` adapts in meta-training, and at test; none for
+    /// [`Method::Pretrained`], which is not meta-trained.
+    pub fn inner(&self, method: Method) -> Option<(Inner, Inner)> {
         let gradient = |order, steps| Inner::Gradient {
             adaptation: Adaptation { lr: self.inner.lr, steps },
             order,
         };
-        match method {
+        Some(match method {
             Method::Maml => (
                 gradient(Order::Second, self.inner.steps),
                 gradient(Order::Second, self.test_steps),
@@ -150,7 +179,8 @@ impl FewShot {
             Method::MetaLearnerLstm => {
                 (Inner::MetaLearner(self.meta_learner), Inner::MetaLearner(self.meta_learner))
             }
-        }
+            Method::Pretrained => return None,
+        })
     }
 }
 
@@ -198,12 +228,45 @@ pub struct Validation {
     pub accuracy: f64,
 }
 
+/// A baseline of the network pretrained on the meta-training classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Baseline {
+    /// Gradient descent on the head alone (from zeros) on the support set.
+    FineTuneHead,
+    /// Gradient descent on the whole network (the head from zeros).
+    FineTuneWhole,
+    /// Nearest neighbour in the body's features.
+    NearestNeighbourEmbedding,
+}
+
+impl fmt::Display for Baseline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Baseline::FineTuneHead => "fine-tune head",
+            Baseline::FineTuneWhole => "fine-tune whole",
+            Baseline::NearestNeighbourEmbedding => "nearest neighbour (embedding)",
+        })
+    }
+}
+
+/// A baseline on the test episodes; for fine-tuning the rate the validation episodes chose,
+/// with its validation accuracy.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BaselineScore {
+    pub baseline: Baseline,
+    pub lr: Option<f64>,
+    pub validation: Option<f64>,
+    pub test: Accuracy,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     pub learner: String,
     pub query: usize,
     pub tasks: usize,
-    /// Meta-training steps run (fewer than asked where the cell stopped early).
+    /// Meta-training steps run (fewer than asked where the cell stopped early); for
+    /// [`Method::Pretrained`] its pretraining steps, and `meta_train_seconds` their time.
     pub meta_steps: usize,
     /// Meta-training episodes per second over the timed steps (tasks per step's time).
     pub episodes_per_second: Option<Summary>,
@@ -220,6 +283,11 @@ pub struct Metrics {
     /// The meta-learner's mean input and forget gates after each update, over the test
     /// episodes; empty for MAML.
     pub gates: Vec<Gates>,
+    /// Pretraining images per second over the timed steps (batch over step time), for
+    /// [`Method::Pretrained`].
+    pub pretrain_images_per_second: Option<Summary>,
+    /// The pretrained network's baselines, for [`Method::Pretrained`] (whose `test` is none).
+    pub baselines: Vec<BaselineScore>,
 }
 
 /// The meta-learner's gates after one update, averaged over coordinates and test episodes.
@@ -247,7 +315,7 @@ impl WorkloadFamily for Family {
     const ABOUT: &'static str = "Finn et al. and Ravi & Larochelle (2017): MAML (second and \
                                  first order) and the meta-learner LSTM, meta-trained on \
                                  Omniglot alphabets and tested on unseen ones, against nearest \
-                                 neighbour";
+                                 neighbour and a pretrained network's baselines";
     type Raw = RawFewShot;
     type Workload = FewShot;
     type Variant = Variant;
@@ -349,6 +417,29 @@ impl WorkloadFamily for Family {
                  validate_every: 200, validation_episodes: 100, target: 0.9}",
             ));
         }
+        let pretrain = match &r.pretrain {
+            Some(s) => {
+                let v = &s.value;
+                if v.epochs == 0
+                    || v.batch == 0
+                    || !(v.lr.is_finite() && v.lr > 0.0)
+                    || v.fine_tune_steps == 0
+                {
+                    return Err(cx.at(
+                        s.referenced,
+                        "pretrain needs epochs, batch, fine_tune_steps ≥ 1 and a positive lr, \
+                         e.g. {epochs: 5, batch: 64, lr: 0.001, fine_tune_steps: 10}",
+                    ));
+                }
+                Pretrain {
+                    epochs: v.epochs,
+                    batch: v.batch,
+                    lr: v.lr,
+                    fine_tune_steps: v.fine_tune_steps,
+                }
+            }
+            None => Pretrain { epochs: 5, batch: 64, lr: 0.001, fine_tune_steps: 10 },
+        };
         let test_episodes = match &r.test_episodes {
             Some(s) => {
                 cx.check(s, |n| *n >= 2, |_| "test_episodes: at least 2, for an interval".into())?;
@@ -373,6 +464,7 @@ impl WorkloadFamily for Family {
             validate_every: m.validate_every,
             validation_episodes: m.validation_episodes,
             target: m.target,
+            pretrain,
             test_episodes,
             timeout: cx.timeout(&r.timeout)?,
             location: (at.line(), at.column()),
@@ -398,7 +490,10 @@ impl WorkloadFamily for Family {
         record: &mut Record,
         obs: &mut dyn Observer,
     ) -> BResult<Metrics> {
-        run::run(b, job, record, obs)
+        match job.variant.method {
+            Method::Pretrained => pretrained::run(b, job, record, obs),
+            _ => run::run(b, job, record, obs),
+        }
     }
 
     fn unmeasured(job: &Job<Self>) -> Metrics {
@@ -416,6 +511,8 @@ impl WorkloadFamily for Family {
             nearest_neighbour: None,
             official_runs: None,
             gates: vec![],
+            pretrain_images_per_second: None,
+            baselines: vec![],
         }
     }
 

@@ -13,8 +13,8 @@ use crate::families::{Guard, Loss};
 use crate::families::{Job, Record, WorkloadFamily};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::fewshot::{
-    adaptation_graph, draw_episodes, meta_step_graph, nearest_neighbour, Classes, EpisodeShape,
-    Episodes,
+    adaptation_graph, draw_episodes, meta_step_graph, nearest_neighbour, state_names, Classes,
+    EpisodeShape, Episodes,
 };
 use randbench_core::graph::Graph;
 use randbench_core::l2l::{meta_optimizer, Outer};
@@ -30,18 +30,22 @@ use std::time::Instant;
 /// The inputs an episode fills, in [`Episodes`]' order.
 const EPISODE_INPUTS: [&str; 4] = ["support", "support_labels", "query", "query_labels"];
 
-fn upload_episodes<B: Backend>(b: &B, named: &mut Named<B::Tensor>, e: Episodes) -> BResult<()> {
+pub(super) fn upload_episodes<B: Backend>(
+    b: &B,
+    named: &mut Named<B::Tensor>,
+    e: Episodes,
+) -> BResult<()> {
     let names = EPISODE_INPUTS.map(String::from);
     upload_named(b, named, names, &[e.support, e.support_labels, e.query, e.query_labels])
 }
 
-fn scalar<B: Backend>(b: &B, t: &B::Tensor) -> BResult<f64> {
+pub(super) fn scalar<B: Backend>(b: &B, t: &B::Tensor) -> BResult<f64> {
     Ok(b.download(t)?.to_scalar().expect("a scalar output") as f64)
 }
 
 /// The adaptation program, and the meta-learner's gates summed over the episodes it adapted
 /// to since they were last taken.
-struct Adapter<'a, B: Backend> {
+pub(super) struct Adapter<'a, B: Backend> {
     b: &'a B,
     graph: Graph,
     program: B::Program,
@@ -50,12 +54,12 @@ struct Adapter<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> Adapter<'a, B> {
-    fn compile(b: &'a B, graph: Graph) -> BResult<Self> {
+    pub(super) fn compile(b: &'a B, graph: Graph) -> BResult<Self> {
         Ok(Adapter { b, program: b.compile(&graph)?, graph, gate_sums: vec![], episodes: 0 })
     }
 
     /// Query accuracy after adapting to `e` from the parameters in `named`.
-    fn accuracy(&mut self, named: &mut Named<B::Tensor>, e: Episodes) -> BResult<f64> {
+    pub(super) fn accuracy(&mut self, named: &mut Named<B::Tensor>, e: Episodes) -> BResult<f64> {
         let output = |name: &str| self.graph.outputs().iter().position(|(n, _)| n == name);
         let (at, gates) = (output("accuracy").expect("queries are scored"), output("gates"));
         upload_episodes(self.b, named, e)?;
@@ -81,7 +85,7 @@ impl<'a, B: Backend> Adapter<'a, B> {
 
     /// Per-episode query accuracy on `count` episodes drawn from `rng`; `each` also sees
     /// every episode (for baselines).
-    fn accuracies(
+    pub(super) fn accuracies(
         &mut self,
         named: &mut Named<B::Tensor>,
         classes: &Classes,
@@ -99,13 +103,27 @@ impl<'a, B: Backend> Adapter<'a, B> {
     }
 }
 
-/// Nearest neighbour's query accuracy on one episode.
-fn neighbour_accuracy(e: &Episodes, pixels: usize) -> f64 {
+/// Nearest neighbour's query accuracy on one episode in pixel space.
+pub(super) fn neighbour_accuracy(e: &Episodes) -> f64 {
+    let (support, query) = (e.support.as_f32(), e.query.as_f32());
+    let pixels = e.support.shape()[2..].iter().product();
+    let (support, query) = (support.expect("images are f32"), query.expect("images are f32"));
+    neighbour_accuracy_of(e, support, query, pixels)
+}
+
+/// Nearest neighbour's query accuracy on one episode whose support and query images are
+/// rows `width` wide (pixels, or features).
+pub(super) fn neighbour_accuracy_of(
+    e: &Episodes,
+    support: &[f32],
+    query: &[f32],
+    width: usize,
+) -> f64 {
     let predicted = nearest_neighbour(
-        e.support.as_f32().expect("images are f32"),
+        support,
         e.support_labels.as_i64().expect("labels are i64"),
-        e.query.as_f32().expect("images are f32"),
-        pixels,
+        query,
+        width,
     );
     let truth = e.query_labels.as_i64().expect("labels are i64");
     let right = predicted.iter().zip(truth).filter(|(p, t)| p == t).count();
@@ -127,7 +145,7 @@ fn official_episode(run: &OfficialRun, side: usize) -> Episodes {
     }
 }
 
-fn interval(xs: &[f64]) -> Option<Accuracy> {
+pub(super) fn interval(xs: &[f64]) -> Option<Accuracy> {
     mean_interval(xs).map(|(mean, lo, hi)| Accuracy { mean, lo, hi, episodes: xs.len() })
 }
 
@@ -145,7 +163,7 @@ pub fn run<B: Backend>(
     obs.progress(Progress::Compiling);
     let compiling = Instant::now();
     let outer = Outer::Adam { lr: w.meta_lr };
-    let (inner, test_inner) = w.inner(v.method);
+    let (inner, test_inner) = w.inner(v.method).expect("a meta-learning method");
     let step_graph = meta_step_graph(&learner, shape, w.tasks, &inner, outer)?;
     let mut step = b.compile(&step_graph)?;
     let mut adapter = Adapter::compile(b, adaptation_graph(&learner, shape, &test_inner)?)?;
@@ -156,11 +174,8 @@ pub fn run<B: Backend>(
     let names: Vec<String> = specs.iter().map(|p| p.name.clone()).collect();
     let mut named = Named::new();
     upload_named(b, &mut named, names.clone(), &init_params(&specs, job.seed))?;
-    let adam_names = names
-        .iter()
-        .flat_map(|n| [format!("adam.m.{n}"), format!("adam.v.{n}")])
-        .chain(["adam.step".to_string()]);
-    upload_named(b, &mut named, adam_names, &meta_optimizer(w.meta_lr).initial_state(&shapes))?;
+    let adam = meta_optimizer(w.meta_lr);
+    upload_named(b, &mut named, state_names(&adam, &specs), &adam.initial_state(&shapes))?;
     let meta_loss = 0;
     debug_assert_eq!(step_graph.outputs()[meta_loss].0, "meta_loss");
 
@@ -226,7 +241,6 @@ pub fn run<B: Backend>(
     // episodes.
     let (_, theta) = best.expect("the last step validates");
     upload_named(b, &mut named, names, &theta)?;
-    let pixels = w.data.side * w.data.side;
     let mut neighbour = Vec::with_capacity(w.test_episodes);
     adapter.take_gates();
     let mut test_rng = Rng::stream(job.seed, "episodes.test");
@@ -235,7 +249,7 @@ pub fn run<B: Backend>(
         &job.data.test,
         shape,
         (w.test_episodes, &mut test_rng),
-        |e| neighbour.push(neighbour_accuracy(e, pixels)),
+        |e| neighbour.push(neighbour_accuracy(e)),
     )?;
     m.gates = adapter.take_gates();
     m.test = interval(&accuracy);
@@ -247,7 +261,7 @@ pub fn run<B: Backend>(
         let mut scored = OfficialRuns::default();
         for run in &job.data.official_runs {
             let e = official_episode(run, w.data.side);
-            scored.nearest_neighbour.push(neighbour_accuracy(&e, pixels));
+            scored.nearest_neighbour.push(neighbour_accuracy(&e));
             scored.method.push(runs.accuracy(&mut named, e)?);
         }
         m.official_runs = Some(scored);

@@ -1,8 +1,8 @@
 //! The few-shot tables and chart: test accuracy with its 95% interval per method, episode form
-//! and backend, with nearest neighbour on the same episodes; meta-training speed; validation
-//! accuracy against meta-training time.
+//! and backend, with nearest neighbour and the pretrained network's baselines on the same
+//! episodes; meta-training speed; validation accuracy against meta-training time.
 
-use super::{Accuracy, Family, Gates, Metrics, OfficialRuns};
+use super::{Accuracy, Family, Gates, Method, Metrics, OfficialRuns};
 use crate::families::Entry;
 use crate::report::chart::{ChartKind, Lines, Polyline};
 use crate::report::{first_appearance, fmt_value, Chart, Column, Table};
@@ -37,6 +37,23 @@ pub fn all(rs: &[Row]) -> Vec<Table> {
             firsts.iter().filter(|r| (r.variant.way, r.variant.shot) == (way, shot)).collect();
         for r in &of_form {
             let x = r.metrics;
+            if r.variant.method == Method::Pretrained {
+                // Not meta-trained: a row per baseline, its steps the pretraining's.
+                for s in &x.baselines {
+                    let lr = s.lr.map_or(String::new(), |lr| format!(" (lr {lr})"));
+                    rows.push(vec![
+                        format!("{way}-way {shot}-shot"),
+                        format!("{}{lr}", s.baseline),
+                        r.result.cell.backend.to_string(),
+                        accuracy(Some(s.test)),
+                        s.validation.map_or("-".into(), |v| format!("{:.1}%", 100.0 * v)),
+                        x.meta_steps.to_string(),
+                        "-".into(),
+                        "-".into(),
+                    ]);
+                }
+                continue;
+            }
             let speed = x.episodes_per_second.map_or("-".into(), |s| {
                 format!("{} [{}–{}]", fmt_value(s.median), fmt_value(s.q1), fmt_value(s.q3))
             });
@@ -93,6 +110,12 @@ pub fn all(rs: &[Row]) -> Vec<Table> {
             "episodes/s: meta-training episodes per second per step (the meta-batch over the \
              step's time, its upload included); time to target: meta-training seconds to the \
              first validation at the workload's target"
+                .into(),
+            "fine-tune and nearest neighbour (embedding): a network pretrained to classify \
+             every meta-training class (meta steps: its pretraining steps), its head replaced \
+             by zeros and trained by gradient descent on the support set, alone or with the \
+             whole network, at the rate best on the validation episodes (best validation); or \
+             nearest neighbour in its body's features"
                 .into(),
         ],
     }];
@@ -229,6 +252,19 @@ fn validation_charts(workload: &str, firsts: &[&Row], forms: &[(usize, usize)]) 
 }
 
 pub fn headline(r: &CellResult, m: &Metrics) -> String {
+    if !m.baselines.is_empty() {
+        let scores: Vec<String> = m
+            .baselines
+            .iter()
+            .map(|s| format!("{} {}", s.baseline, accuracy(Some(s.test))))
+            .collect();
+        return format!(
+            "{} (nearest neighbour {}), {} pretraining steps",
+            scores.join(", "),
+            accuracy(m.nearest_neighbour),
+            m.meta_steps
+        );
+    }
     match m.test {
         Some(_) => format!(
             "test {} (nearest neighbour {}), {} meta steps",
