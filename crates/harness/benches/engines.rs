@@ -9,7 +9,12 @@
 //!   loss and correctness of 1,000 images);
 //! - `l2l_unroll_quadratic_128x10_u20`: one meta-training unroll of the learned optimizer (a
 //!   2×20 LSTM on 128 quadratics of dimension 10, 20 steps, its outer gradient and Adam step,
-//!   one program), the unrolls chaining as in meta-training.
+//!   one program), the unrolls chaining as in meta-training;
+//! - `maml_step_28px_5w1s_t4_second`, `maml_step_28px_5w1s_t4_first`: one MAML meta-training
+//!   step of the few-shot learner (four blocks of 32 filters on 28×28 images, 5-way 1-shot,
+//!   15 queries per class, 4 tasks, one inner step, the meta-gradient of that order and an
+//!   Adam step, one program) on fixed random episodes, θ and Adam's state chaining. A step
+//!   takes about a second on a 2-core CPU: ten samples of one step each (flat sampling).
 //!
 //! Compiling, uploading and resetting happen outside the timed region; the engine's `sync`
 //! is inside it. Every training sample starts again from the initial weights: thousands of
@@ -19,8 +24,9 @@
 //! turns (`peer_pytorch`, `ir_overhead`).
 
 use criterion::measurement::WallTime;
-use criterion::{criterion_group, BenchmarkGroup, Criterion};
+use criterion::{criterion_group, BenchmarkGroup, Criterion, SamplingMode};
 use randbench::backends::BackendVisitor;
+use randbench_core::fewshot::Order;
 use randbench_core::l2l::{carried, unroll, LstmOptimizer, Outer};
 use randbench_core::models::{init_params, Activation, Model};
 use randbench_core::optim::Optimizer;
@@ -28,6 +34,9 @@ use randbench_core::testing::{meta_step_inputs, mlp_batch, small_quadratics};
 use randbench_core::train::{eval_graph, starting_state, training_step, Feed};
 use randbench_core::{Backend, BackendId, Engine, GradMode, Graph, HostTensor};
 use std::time::Instant;
+
+#[path = "common/maml.rs"]
+mod maml;
 
 /// One program run over and over: `inputs` uploaded fresh for every sample, and output k fed
 /// back as input `carried[k].1` between runs (the training state, the unroll's carried values).
@@ -78,6 +87,7 @@ fn sides() -> Vec<(BackendId, GradMode)> {
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn group(
     c: &mut Criterion,
     name: &str,
@@ -86,9 +96,10 @@ fn group(
     inputs: &[HostTensor],
     carried: &[(usize, usize)],
     modes_matter: bool,
+    sampling: SamplingMode,
 ) {
     let mut group = c.benchmark_group(name);
-    group.sample_size(samples);
+    group.sample_size(samples).sampling_mode(sampling);
     for (id, mode) in sides() {
         // A program without `Grad` nodes runs the same in both modes: one line per backend.
         if !modes_matter && mode == GradMode::Symbolic && id.engine != Engine::Ort {
@@ -118,7 +129,16 @@ fn train_step(c: &mut Criterion) {
     inputs.extend([x, y]);
     // The step's first outputs are the new parameters and optimizer state, in input order.
     let carried: Vec<(usize, usize)> = (0..step.params + step.state).map(|k| (k, k)).collect();
-    group(c, "train_step_mlp_784_512_10_b128", 60, &step.graph, &inputs, &carried, true);
+    group(
+        c,
+        "train_step_mlp_784_512_10_b128",
+        60,
+        &step.graph,
+        &inputs,
+        &carried,
+        true,
+        SamplingMode::Auto,
+    );
 }
 
 fn eval_pass(c: &mut Criterion) {
@@ -127,7 +147,7 @@ fn eval_pass(c: &mut Criterion) {
     let graph = eval_graph(&model, 1000, Feed::Batch).unwrap();
     let (x, y) = mlp_batch(1000, 0);
     inputs.extend([x, y]);
-    group(c, "eval_pass_mlp_784_512_10_b1000", 40, &graph, &inputs, &[], false);
+    group(c, "eval_pass_mlp_784_512_10_b1000", 40, &graph, &inputs, &[], false, SamplingMode::Auto);
 }
 
 fn l2l_unroll(c: &mut Criterion) {
@@ -136,13 +156,31 @@ fn l2l_unroll(c: &mut Criterion) {
     let problem = small_quadratics(128, 10);
     let graph = unroll(&opt, &problem, UNROLL, Outer::Adam { lr: 1e-3 }, false).unwrap();
     let inputs = meta_step_inputs(&opt, &problem, UNROLL, 0);
-    group(c, "l2l_unroll_quadratic_128x10_u20", 20, &graph, &inputs, &carried(&graph), true);
+    group(
+        c,
+        "l2l_unroll_quadratic_128x10_u20",
+        20,
+        &graph,
+        &inputs,
+        &carried(&graph),
+        true,
+        SamplingMode::Auto,
+    );
+}
+
+fn maml_step(c: &mut Criterion) {
+    for (order, name) in [(Order::Second, "second"), (Order::First, "first")] {
+        let (graph, inputs) = maml::meta_step(order);
+        let name = format!("maml_step_28px_5w1s_t4_{name}");
+        // Criterion's fewest samples; flat sampling runs each as few steps as the time allows.
+        group(c, &name, 10, &graph, &inputs, &carried(&graph), true, SamplingMode::Flat);
+    }
 }
 
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(std::time::Duration::from_secs(8));
-    targets = train_step, eval_pass, l2l_unroll
+    targets = train_step, eval_pass, l2l_unroll, maml_step
 }
 fn main() {
     // As the randbench binary starts: the same allocator settings and engine threads.
