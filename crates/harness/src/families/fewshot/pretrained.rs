@@ -172,15 +172,7 @@ pub fn run<B: Backend>(
             if guard.halt(obs, record) {
                 return Ok(m);
             }
-            let mut validation_rng = Rng::stream(job.seed, "episodes.validation");
-            let accuracy = adapter.accuracies(
-                &mut named,
-                &job.data.validation,
-                shape,
-                (w.validation_episodes, &mut validation_rng),
-                |_| {},
-            )?;
-            let accuracy = accuracy.iter().sum::<f64>() / accuracy.len() as f64;
+            let accuracy = adapter.validation_accuracy(&mut named, job, shape)?;
             if best.is_none_or(|(_, a)| accuracy > a) {
                 best = Some((i, accuracy));
             }

@@ -85,6 +85,19 @@ impl<'a, B: Backend> Adapter<'a, B> {
 
     /// Per-episode query accuracy on `count` episodes drawn from `rng`; `each` also sees
     /// every episode (for baselines).
+    /// Mean query accuracy on the workload's validation episodes (the same ones every time).
+    pub(super) fn validation_accuracy(
+        &mut self,
+        named: &mut Named<B::Tensor>,
+        job: &Job<super::Family>,
+        shape: EpisodeShape,
+    ) -> BResult<f64> {
+        let mut rng = Rng::stream(job.seed, "episodes.validation");
+        let episodes = (job.workload.validation_episodes, &mut rng);
+        let a = self.accuracies(named, &job.data.validation, shape, episodes, |_| {})?;
+        Ok(a.iter().sum::<f64>() / a.len() as f64)
+    }
+
     pub(super) fn accuracies(
         &mut self,
         named: &mut Named<B::Tensor>,
@@ -211,15 +224,7 @@ pub fn run<B: Backend>(
             return Ok(m);
         }
         if s % w.validate_every == 0 || s == w.meta_steps {
-            let mut validation_rng = Rng::stream(job.seed, "episodes.validation");
-            let accuracy = adapter.accuracies(
-                &mut named,
-                &job.data.validation,
-                shape,
-                (w.validation_episodes, &mut validation_rng),
-                |_| {},
-            )?;
-            let accuracy = accuracy.iter().sum::<f64>() / accuracy.len() as f64;
+            let accuracy = adapter.validation_accuracy(&mut named, job, shape)?;
             let seconds = Seconds(times.iter().sum());
             m.validations.push(Validation { step: s, seconds, accuracy });
             if m.seconds_to_target.is_none() && w.target.is_some_and(|t| accuracy >= t) {
