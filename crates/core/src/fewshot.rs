@@ -484,7 +484,7 @@ pub fn meta_step_graph(
     let adam = match outer {
         Outer::Adam { lr } => {
             let o = meta_optimizer(lr);
-            let state = state_inputs(&mut g, &o, &specs);
+            let state = o.state_inputs(&mut g, &specs);
             Some((o, state))
         }
         _ => None,
@@ -524,91 +524,31 @@ pub fn meta_step_graph(
             }
         }
         (Outer::Adam { .. }, Some((o, state))) => {
-            step_outputs(&mut g, &o, &specs, (&meta, &grads), state)?
+            o.step_outputs(&mut g, &specs, (&meta, &grads), state)?
         }
         _ => {}
     }
     Ok(g)
 }
 
-/// The names of an optimizer's state for parameters `specs`, in
-/// [`Optimizer::initial_state`]'s order: per parameter its slots (`adam.m.<name>`,
-/// `adam.v.<name>`; `<rule>.buf.<name>` for one-slot rules), then the step counter
-/// (`adam.step`) where the rule counts steps.
-pub fn state_names(o: &Optimizer, specs: &[ParamSpec]) -> Vec<String> {
-    let slots: &[&str] = if o.slots_per_param() == 2 { &["m", "v"] } else { &["buf"] };
-    let slots = &slots[..o.slots_per_param()];
-    let mut names: Vec<String> = specs
-        .iter()
-        .flat_map(|p| slots.iter().map(move |k| format!("{}.{k}.{}", o.name(), p.name)))
-        .collect();
-    if o.counts_steps() {
-        names.push(format!("{}.step", o.name()));
-    }
-    names
-}
-
-/// The optimizer's state as inputs named by [`state_names`]: the slots, then the counter.
-fn state_inputs(
-    g: &mut Graph,
-    o: &Optimizer,
-    specs: &[ParamSpec],
-) -> (Vec<NodeId>, Option<NodeId>) {
-    let shapes = specs.iter().flat_map(|p| std::iter::repeat_n(&p.shape, o.slots_per_param()));
-    let names = state_names(o, specs);
-    let slots = names.iter().zip(shapes).map(|(n, s)| g.input(n.clone(), s, DType::F32)).collect();
-    let counter = o
-        .counts_steps()
-        .then(|| g.input(names.last().expect("a counter").clone(), &[], DType::F32));
-    (slots, counter)
-}
-
-/// One optimizer step on `params` with `grads`: outputs the updated parameters under their
-/// names, then the updated state under its input names, so that one step's outputs feed the
-/// next.
-fn step_outputs(
-    g: &mut Graph,
-    o: &Optimizer,
-    specs: &[ParamSpec],
-    (params, grads): (&[NodeId], &[NodeId]),
-    (slots, counter): (Vec<NodeId>, Option<NodeId>),
-) -> GResult<()> {
-    let step = o.begin_step(g, counter, None)?;
-    let per = o.slots_per_param();
-    let mut new_slots = Vec::with_capacity(slots.len());
-    for (i, ((spec, &p), &dp)) in specs.iter().zip(params).zip(grads).enumerate() {
-        let (p2, s2) = o.update(g, p, dp, &slots[per * i..per * (i + 1)], &step)?;
-        g.output(spec.name.clone(), p2);
-        new_slots.extend(s2);
-    }
-    let names = state_names(o, specs);
-    for (name, s) in names.iter().zip(new_slots) {
-        g.output(name.clone(), s);
-    }
-    if let Some(t) = step.counter {
-        g.output(names.last().expect("a counter").clone(), t);
-    }
-    Ok(())
-}
-
 /// One step of plain classification training of the learner (its `way` the number of
 /// classes) on a batch: the pretraining of the pretrained-network baselines.
 ///
-/// Inputs: the learner's parameters by name, the optimizer's state ([`state_names`]), then
+/// Inputs: the learner's parameters by name, the optimizer's state ([`Optimizer::state_names`]), then
 /// `x` [batch, 1, side, side] and `y` [batch] (i64). Outputs: the batch's mean `loss`, then
 /// the updated parameters and state under their input names.
 pub fn pretrain_step_graph(learner: &Learner, batch: usize, o: &Optimizer) -> GResult<Graph> {
     let mut g = Graph::new();
     let specs = learner.params();
     let params = named_inputs(&mut g, &specs);
-    let state = state_inputs(&mut g, o, &specs);
+    let state = o.state_inputs(&mut g, &specs);
     let s = learner.side;
     let x = g.input("x", &[batch, 1, s, s], DType::F32);
     let y = g.input("y", &[batch], DType::I64);
     let (loss, _) = learner.loss_and_accuracy(&mut g, &params, x, y)?;
     g.output("loss", loss);
     let grads = g.grads(loss, &params)?;
-    step_outputs(&mut g, o, &specs, (&params, &grads), state)?;
+    o.step_outputs(&mut g, &specs, (&params, &grads), state)?;
     Ok(g)
 }
 

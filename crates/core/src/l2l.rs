@@ -384,14 +384,8 @@ pub fn unroll(
     let adam = match outer {
         Outer::Adam { lr } => {
             let o = meta_optimizer(lr);
-            let mut slots = Vec::new();
-            for p in &specs {
-                for k in ["m", "v"] {
-                    slots.push(g.input(format!("adam.{k}.{}", p.name), &p.shape, DType::F32));
-                }
-            }
-            let counter = g.input("adam.step", &[], DType::F32);
-            Some((o, slots, counter))
+            let state = o.state_inputs(&mut g, &specs);
+            Some((o, state))
         }
         _ => None,
     };
@@ -443,20 +437,9 @@ pub fn unroll(
                 g.output(format!("grad.{}", spec.name), dp);
             }
         }
-        (Outer::Adam { .. }, Some((o, slots, counter))) => {
-            let step = o.begin_step(&mut g, Some(counter), None)?;
-            let mut new_slots = Vec::new();
-            for (i, (spec, &p)) in specs.iter().zip(&phi).enumerate() {
-                let dp = g.grad(meta_loss, p)?;
-                let (p2, s2) = o.update(&mut g, p, dp, &slots[2 * i..2 * i + 2], &step)?;
-                g.output(spec.name.clone(), p2);
-                new_slots.push((format!("adam.m.{}", spec.name), s2[0]));
-                new_slots.push((format!("adam.v.{}", spec.name), s2[1]));
-            }
-            for (name, s) in new_slots {
-                g.output(name, s);
-            }
-            g.output("adam.step", step.counter.expect("Adam counts steps"));
+        (Outer::Adam { .. }, Some((o, state))) => {
+            let grads = g.grads(meta_loss, &phi)?;
+            o.step_outputs(&mut g, &specs, (&phi, &grads), state)?;
         }
         _ => {}
     }

@@ -2,6 +2,8 @@
 //! The rules follow PyTorch's `torch.optim` (dampening 0, L2 weight decay added to the gradient).
 
 use crate::graph::{GResult, Graph, NodeId};
+use crate::models::ParamSpec;
+use crate::tensor::DType;
 use crate::tensor::HostTensor;
 use serde::{Deserialize, Serialize};
 
@@ -206,6 +208,73 @@ impl Optimizer {
                 (descend(g, step_size)?, vec![m, v])
             }
         })
+    }
+}
+
+/// The optimizer's state as named graph inputs and outputs, so that one step's outputs feed
+/// the next run of a chained program.
+impl Optimizer {
+    /// The names of an optimizer's state for parameters `specs`, in
+    /// [`Optimizer::initial_state`]'s order: per parameter its slots (`adam.m.<name>`,
+    /// `adam.v.<name>`; `<rule>.buf.<name>` for one-slot rules), then the step counter
+    /// (`adam.step`) where the rule counts steps.
+    pub fn state_names(&self, specs: &[ParamSpec]) -> Vec<String> {
+        let slots: &[&str] = if self.slots_per_param() == 2 { &["m", "v"] } else { &["buf"] };
+        let slots = &slots[..self.slots_per_param()];
+        let mut names: Vec<String> = specs
+            .iter()
+            .flat_map(|p| slots.iter().map(move |k| format!("{}.{k}.{}", self.name(), p.name)))
+            .collect();
+        if self.counts_steps() {
+            names.push(format!("{}.step", self.name()));
+        }
+        names
+    }
+
+    /// The optimizer's state as inputs named by [`Optimizer::state_names`]: the slots, then the
+    /// counter.
+    pub fn state_inputs(
+        &self,
+        g: &mut Graph,
+        specs: &[ParamSpec],
+    ) -> (Vec<NodeId>, Option<NodeId>) {
+        let shapes =
+            specs.iter().flat_map(|p| std::iter::repeat_n(&p.shape, self.slots_per_param()));
+        let names = self.state_names(specs);
+        let slots =
+            names.iter().zip(shapes).map(|(n, s)| g.input(n.clone(), s, DType::F32)).collect();
+        let counter = self
+            .counts_steps()
+            .then(|| g.input(names.last().expect("a counter").clone(), &[], DType::F32));
+        (slots, counter)
+    }
+
+    /// One optimizer step on `params` with `grads`: outputs the updated parameters under their
+    /// names, then the updated state under its input names, so that one step's outputs feed the
+    /// next.
+    pub fn step_outputs(
+        &self,
+        g: &mut Graph,
+        specs: &[ParamSpec],
+        (params, grads): (&[NodeId], &[NodeId]),
+        (slots, counter): (Vec<NodeId>, Option<NodeId>),
+    ) -> GResult<()> {
+        let step = self.begin_step(g, counter, None)?;
+        let per = self.slots_per_param();
+        let mut new_slots = Vec::with_capacity(slots.len());
+        for (i, ((spec, &p), &dp)) in specs.iter().zip(params).zip(grads).enumerate() {
+            let (p2, s2) = self.update(g, p, dp, &slots[per * i..per * (i + 1)], &step)?;
+            g.output(spec.name.clone(), p2);
+            new_slots.extend(s2);
+        }
+        let names = self.state_names(specs);
+        for (name, s) in names.iter().zip(new_slots) {
+            g.output(name.clone(), s);
+        }
+        if let Some(t) = step.counter {
+            g.output(names.last().expect("a counter").clone(), t);
+        }
+        Ok(())
     }
 }
 

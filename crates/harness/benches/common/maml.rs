@@ -29,11 +29,8 @@ pub fn meta_step(order: Order) -> (Graph, Vec<HostTensor>) {
     let mut named: HashMap<String, HostTensor> =
         specs.iter().map(|p| p.name.clone()).zip(init_params(&specs, 0)).collect();
     let shapes: Vec<Vec<usize>> = specs.iter().map(|p| p.shape.clone()).collect();
-    let adam_names = specs
-        .iter()
-        .flat_map(|p| [format!("adam.m.{}", p.name), format!("adam.v.{}", p.name)])
-        .chain(["adam.step".to_string()]);
-    named.extend(adam_names.zip(meta_optimizer(META_LR).initial_state(&shapes)));
+    let adam = meta_optimizer(META_LR);
+    named.extend(adam.state_names(&specs).into_iter().zip(adam.initial_state(&shapes)));
     let side = LEARNER.side;
     let mut rng = Rng::stream(0, "images");
     let mut image = || (0..side * side).map(|_| rng.uniform() as f32).collect::<Vec<f32>>();

@@ -11,8 +11,8 @@ use crate::families::training::{chain, upload_named, Named};
 use crate::families::{Guard, Job, Loss, Record, WorkloadFamily};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::fewshot::{
-    adaptation_graph, draw_episodes, embedding_graph, pretrain_step_graph, state_names, Adaptation,
-    Classes, Episodes, Inner,
+    adaptation_graph, draw_episodes, embedding_graph, pretrain_step_graph, Adaptation, Classes,
+    Episodes, Inner,
 };
 use randbench_core::graph::Graph;
 use randbench_core::l2l::meta_optimizer;
@@ -109,7 +109,7 @@ pub fn run<B: Backend>(
     let mut named = Named::new();
     upload_named(b, &mut named, names, &init_params(&specs, job.seed))?;
     let state = optimizer.initial_state(&shapes);
-    upload_named(b, &mut named, state_names(&optimizer, &specs), &state)?;
+    upload_named(b, &mut named, optimizer.state_names(&specs), &state)?;
     let images: Vec<(usize, usize)> = (train.classes.iter().enumerate())
         .flat_map(|(c, xs)| (0..xs.len()).map(move |k| (c, k)))
         .collect();

@@ -13,8 +13,8 @@ use crate::families::{Guard, Loss};
 use crate::families::{Job, Record, WorkloadFamily};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::fewshot::{
-    adaptation_graph, draw_episodes, meta_step_graph, nearest_neighbour, state_names, Classes,
-    EpisodeShape, Episodes,
+    adaptation_graph, draw_episodes, meta_step_graph, nearest_neighbour, Classes, EpisodeShape,
+    Episodes,
 };
 use randbench_core::graph::Graph;
 use randbench_core::l2l::{meta_optimizer, Outer};
@@ -188,7 +188,7 @@ pub fn run<B: Backend>(
     let mut named = Named::new();
     upload_named(b, &mut named, names.clone(), &init_params(&specs, job.seed))?;
     let adam = meta_optimizer(w.meta_lr);
-    upload_named(b, &mut named, state_names(&adam, &specs), &adam.initial_state(&shapes))?;
+    upload_named(b, &mut named, adam.state_names(&specs), &adam.initial_state(&shapes))?;
     let meta_loss = 0;
     debug_assert_eq!(step_graph.outputs()[meta_loss].0, "meta_loss");
 

@@ -21,7 +21,8 @@ use randbench_core::backend::{BResult, Backend, BackendError, Device};
 use randbench_core::data::{Dataset, Split};
 use randbench_core::graph::Graph;
 use randbench_core::l2l::{
-    baseline_state, baseline_unroll, meta_state, unroll, zero_state, LstmOptimizer, Outer, Problem,
+    baseline_state, baseline_unroll, meta_optimizer, meta_state, unroll, zero_state, LstmOptimizer,
+    Outer, Problem,
 };
 use randbench_core::models::init_params;
 use randbench_core::rng::Rng;
@@ -459,12 +460,9 @@ fn meta_inputs<B: Backend>(
     inst: &Instance,
 ) -> BResult<Named<B::Tensor>> {
     let mut named = bench.start(inst)?;
-    let names: Vec<String> = opt.params().into_iter().map(|s| s.name).collect();
-    upload_named(b, &mut named, names.clone(), phi)?;
-    let adam_names = names
-        .iter()
-        .flat_map(|n| [format!("adam.m.{n}"), format!("adam.v.{n}")])
-        .chain(["adam.step".to_string()]);
+    let specs = opt.params();
+    upload_named(b, &mut named, specs.iter().map(|s| s.name.clone()), phi)?;
+    let adam_names = meta_optimizer(0.0).state_names(&specs);
     upload_named(b, &mut named, adam_names, &meta_state(opt))?;
     bench.reset_state(&mut named, opt)?;
     Ok(named)
