@@ -167,6 +167,15 @@ pub struct Episodes {
     pub query_labels: HostTensor,
 }
 
+impl Episodes {
+    /// The programs' input names of the four tensors, in [`Episodes::into_tensors`]' order.
+    pub const INPUTS: [&'static str; 4] = ["support", "support_labels", "query", "query_labels"];
+
+    pub fn into_tensors(self) -> [HostTensor; 4] {
+        [self.support, self.support_labels, self.query, self.query_labels]
+    }
+}
+
 /// Draws `count` episodes: per episode N distinct classes, labelled 0..N in the order drawn,
 /// and K + Q distinct images of each, the first K its support. Every method and engine given
 /// the same stream sees the same episodes.
@@ -426,14 +435,15 @@ fn named_inputs(g: &mut Graph, specs: &[ParamSpec]) -> Vec<NodeId> {
     specs.iter().map(|p| g.input(p.name.clone(), &p.shape, DType::F32)).collect()
 }
 
-/// One episode's support and query sets as inputs.
+/// One episode's support and query sets as inputs, named by [`Episodes::INPUTS`].
 fn episode_inputs(g: &mut Graph, side: usize, shape: EpisodeShape, episodes: usize) -> [NodeId; 4] {
     let (s, q) = (episodes * shape.support(), episodes * shape.queries());
+    let [sx, sy, qx, qy] = Episodes::INPUTS;
     [
-        g.input("support", &[s, 1, side, side], DType::F32),
-        g.input("support_labels", &[s], DType::I64),
-        g.input("query", &[q, 1, side, side], DType::F32),
-        g.input("query_labels", &[q], DType::I64),
+        g.input(sx, &[s, 1, side, side], DType::F32),
+        g.input(sy, &[s], DType::I64),
+        g.input(qx, &[q, 1, side, side], DType::F32),
+        g.input(qy, &[q], DType::I64),
     ]
 }
 

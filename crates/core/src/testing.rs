@@ -522,7 +522,7 @@ pub fn tiny_few_shot(inner: &fewshot::Inner, seed: u64) -> (Graph, Vec<HostTenso
     let mut inputs = init_params(&inner.meta_params(&learner), seed);
     let e = fewshot::draw_episodes(&classes, shape, 2, &mut Rng::stream(seed, "episodes"))
         .expect("enough classes");
-    inputs.extend([e.support, e.support_labels, e.query, e.query_labels]);
+    inputs.extend(e.into_tensors());
     (g, inputs)
 }
 

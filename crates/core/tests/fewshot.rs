@@ -103,7 +103,7 @@ fn a_meta_learner_with_forget_gate_one_and_input_gate_alpha_is_sgd_at_rate_alpha
     set(&mut weights[4], 0.0);
     set(&mut weights[5], b);
     let e = draw_episodes(&random_classes(4, 4, 2), shape, 1, &mut Rng::new(5)).unwrap();
-    let episode = [e.support, e.support_labels, e.query, e.query_labels];
+    let episode = e.into_tensors();
     let run = |g: &randbench_core::Graph, inputs: &[HostTensor]| {
         evaluate_values(g, &inputs.iter().map(RefValue::from_host).collect::<Vec<_>>()).unwrap()
     };
@@ -192,7 +192,7 @@ fn fine_tuning_the_head_is_logistic_regression_on_the_fixed_embedding() {
     let yq = e.query_labels.as_i64().unwrap();
     let p = probabilities(&fq.data, &w, &b);
     let loss = -yq.iter().enumerate().map(|(j, &y)| p[j][y as usize].ln()).sum::<f64>() / 4.0;
-    let episode = [e.support, e.support_labels, e.query, e.query_labels];
+    let episode = e.into_tensors();
     let mut inputs = params.clone();
     inputs.extend(episode.iter().cloned());
     let adapt = |whole| {

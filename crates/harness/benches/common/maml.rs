@@ -4,7 +4,8 @@
 //! one inner step at rate 0.4, Adam at 1e-3 on the initial parameters.
 
 use randbench_core::fewshot::{
-    draw_episodes, meta_step_graph, Adaptation, Classes, EpisodeShape, Inner, Learner, Order,
+    draw_episodes, meta_step_graph, Adaptation, Classes, EpisodeShape, Episodes, Inner, Learner,
+    Order,
 };
 use randbench_core::l2l::{meta_optimizer, Outer};
 use randbench_core::models::init_params;
@@ -38,14 +39,7 @@ pub fn meta_step(order: Order) -> (Graph, Vec<HostTensor>) {
     let classes = (0..SHAPE.way).map(|_| (0..per_class).map(|_| image()).collect()).collect();
     let classes = Classes { side, classes };
     let e = draw_episodes(&classes, SHAPE, TASKS, &mut Rng::stream(0, "episodes")).unwrap();
-    named.extend(
-        ["support", "support_labels", "query", "query_labels"].map(String::from).into_iter().zip([
-            e.support,
-            e.support_labels,
-            e.query,
-            e.query_labels,
-        ]),
-    );
+    named.extend(Episodes::INPUTS.map(String::from).into_iter().zip(e.into_tensors()));
     let inputs = graph
         .inputs()
         .iter()

@@ -27,16 +27,12 @@ use randbench_core::HostTensor;
 use randbench_schema::{Observer, Progress, Status};
 use std::time::Instant;
 
-/// The inputs an episode fills, in [`Episodes`]' order.
-const EPISODE_INPUTS: [&str; 4] = ["support", "support_labels", "query", "query_labels"];
-
 pub(super) fn upload_episodes<B: Backend>(
     b: &B,
     named: &mut Named<B::Tensor>,
     e: Episodes,
 ) -> BResult<()> {
-    let names = EPISODE_INPUTS.map(String::from);
-    upload_named(b, named, names, &[e.support, e.support_labels, e.query, e.query_labels])
+    upload_named(b, named, Episodes::INPUTS.map(String::from), &e.into_tensors())
 }
 
 pub(super) fn scalar<B: Backend>(b: &B, t: &B::Tensor) -> BResult<f64> {
