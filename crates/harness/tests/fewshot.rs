@@ -163,3 +163,29 @@ fn the_pretrained_baselines_pretrain_alike_on_every_engine_and_score_the_test_ep
         assert_eq!(m.nearest_neighbour, m0.nearest_neighbour);
     }
 }
+
+#[test]
+fn a_twenty_way_one_shot_pretrained_cell_scores_lakes_official_runs_with_every_baseline() {
+    let text = suite()
+        .replace("[{way: 3, shot: 1}]", "[{way: 20, shot: 1}]")
+        .replace("query: 2", "query: 1")
+        .replace(
+            "methods: [maml]",
+            "methods: [pretrained]\n      pretrain: {epochs: 1, batch: 128, lr: 0.01, fine_tune_steps: 3}",
+        );
+    let results = run_on_cpu_backends(&text);
+    let runs = |r: &CellResult| metrics(r).official_runs.expect("20-way 1-shot scores the runs");
+    let first = runs(&results[0]);
+    for r in &results {
+        assert_eq!(r.status, Status::Ok, "{}: {:?}", r.cell.backend, r.error);
+        let o = runs(r);
+        assert!(o.method.is_empty(), "the pretrained cell has no meta-learned method");
+        let names: Vec<String> = o.baselines.iter().map(|s| s.baseline.to_string()).collect();
+        assert_eq!(names, ["fine-tune head", "fine-tune whole", "nearest neighbour (embedding)"]);
+        for s in &o.baselines {
+            assert_eq!(s.runs.len(), 20, "{s:?}");
+            assert!(s.runs.iter().all(|a| (0.0..=1.0).contains(a)), "{s:?}");
+        }
+        assert_eq!(o.nearest_neighbour, first.nearest_neighbour);
+    }
+}

@@ -300,8 +300,20 @@ pub struct Gates {
 /// Accuracy on each of Lake's official runs, in order (run01 first).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct OfficialRuns {
+    /// The cell's meta-learned method; empty for [`Method::Pretrained`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub method: Vec<f64>,
+    /// The pretrained network's baselines, for [`Method::Pretrained`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub baselines: Vec<BaselineRuns>,
     pub nearest_neighbour: Vec<f64>,
+}
+
+/// A baseline of the pretrained network on each of Lake's official runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BaselineRuns {
+    pub baseline: Baseline,
+    pub runs: Vec<f64>,
 }
 
 impl Metrics {

@@ -5,8 +5,10 @@
 //! episodes; and nearest neighbour runs in its body's features. All are scored on the test
 //! episodes every other cell sees.
 
-use super::run::{interval, neighbour_accuracy, neighbour_accuracy_of, scalar, Adapter};
-use super::{Baseline, BaselineScore, FewShot, Method, Metrics};
+use super::run::{
+    interval, neighbour_accuracy, neighbour_accuracy_of, official_episodes, scalar, Adapter,
+};
+use super::{Baseline, BaselineRuns, BaselineScore, FewShot, Method, Metrics, OfficialRuns};
 use crate::families::training::{chain, upload_named, Named};
 use crate::families::{Guard, Job, Loss, Record, WorkloadFamily};
 use randbench_core::backend::{BResult, Backend};
@@ -25,8 +27,10 @@ use randbench_schema::{Observer, Progress, Status};
 use std::time::Instant;
 
 /// The fine-tuning rates tried on the validation episodes: plain gradient descent from a zero
-/// head, a few to tens of steps.
-const FINE_TUNE_RATES: [f64; 5] = [0.01, 0.03, 0.1, 0.3, 1.0];
+/// head, a few to tens of steps. From a zero head the first step's direction alone decides
+/// the predictions (the class means of the features, in effect), so the low end reaches
+/// where smaller rates change nothing more.
+const FINE_TUNE_RATES: [f64; 7] = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0];
 
 /// A batch of meta-training images, `picked` indexing `(class, image)` pairs: x and its labels
 /// (the classes).
@@ -212,6 +216,33 @@ pub fn run<B: Backend>(
         test: interval(&scores[fine_tunings.len()]).expect("two test episodes or more"),
     });
     m.nearest_neighbour = interval(&scores[fine_tunings.len() + 1]);
+    if let Some((one_each, episodes)) = official_episodes(job) {
+        // Programs of the runs' form: each fine-tuning at its chosen rate, and one embedder
+        // for support and queries alike (a run has as many of each).
+        let mut baselines = Vec::with_capacity(fine_tunings.len() + 1);
+        for (&(baseline, whole), &(i, _)) in fine_tunings.iter().zip(&chosen) {
+            let adaptation = Adaptation { lr: FINE_TUNE_RATES[i], steps: p.fine_tune_steps };
+            let inner = Inner::FineTune { adaptation, whole };
+            let mut runs = Adapter::compile(b, adaptation_graph(&learner, one_each, &inner)?)?;
+            let runs = episodes.iter().map(|e| runs.accuracy(&mut named, e.clone()));
+            baselines.push(BaselineRuns { baseline, runs: runs.collect::<BResult<_>>()? });
+        }
+        debug_assert_eq!(one_each.support(), one_each.queries());
+        let mut embed = embedder(one_each.support())?;
+        let mut runs = Vec::with_capacity(episodes.len());
+        for e in &episodes {
+            let support = embed.features(b, &mut named, &e.support)?;
+            let query = embed.features(b, &mut named, &e.query)?;
+            let width = support.len() / one_each.support();
+            runs.push(neighbour_accuracy_of(e, &support, &query, width));
+        }
+        baselines.push(BaselineRuns { baseline: Baseline::NearestNeighbourEmbedding, runs });
+        m.official_runs = Some(OfficialRuns {
+            method: vec![],
+            baselines,
+            nearest_neighbour: episodes.iter().map(neighbour_accuracy).collect(),
+        });
+    }
     record.status = Status::Ok;
     let best = m.baselines.iter().map(|s| s.test.mean).fold(0.0, f64::max);
     obs.progress(Progress::Epoch { epoch: p.epochs + 1, of: p.epochs + 1, score: best });

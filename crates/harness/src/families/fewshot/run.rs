@@ -139,6 +139,17 @@ pub(super) fn neighbour_accuracy_of(
     right as f64 / truth.len() as f64
 }
 
+/// Lake's official runs as episodes, where the cell is of their form (20-way 1-shot) and its
+/// data holds them, with their shape: one query per class.
+pub(super) fn official_episodes(job: &Job<super::Family>) -> Option<(EpisodeShape, Vec<Episodes>)> {
+    let (v, runs) = (job.variant, &job.data.official_runs);
+    if (v.way, v.shot) != OFFICIAL_RUNS || runs.is_empty() {
+        return None;
+    }
+    let shape = EpisodeShape { way: v.way, shot: 1, query: 1 };
+    Some((shape, runs.iter().map(|r| official_episode(r, job.workload.data.side)).collect()))
+}
+
 /// One of Lake's runs as an episode: the training images the support (class i labelled i),
 /// the test images the queries, labelled by their answers.
 fn official_episode(run: &OfficialRun, side: usize) -> Episodes {
@@ -255,17 +266,15 @@ pub fn run<B: Backend>(
     m.gates = adapter.take_gates();
     m.test = interval(&accuracy);
     m.nearest_neighbour = interval(&neighbour);
-    if (v.way, v.shot) == OFFICIAL_RUNS && !job.data.official_runs.is_empty() {
-        // Lake's runs hold one test image per class: an adaptation program of their form.
-        let one_each = EpisodeShape { way: v.way, shot: 1, query: 1 };
+    if let Some((one_each, episodes)) = official_episodes(job) {
+        // An adaptation program of the runs' form.
         let mut runs = Adapter::compile(b, adaptation_graph(&learner, one_each, &test_inner)?)?;
-        let mut scored = OfficialRuns::default();
-        for run in &job.data.official_runs {
-            let e = official_episode(run, w.data.side);
-            scored.nearest_neighbour.push(neighbour_accuracy(&e));
-            scored.method.push(runs.accuracy(&mut named, e)?);
-        }
-        m.official_runs = Some(scored);
+        let method = episodes.iter().map(|e| runs.accuracy(&mut named, e.clone()));
+        m.official_runs = Some(OfficialRuns {
+            method: method.collect::<BResult<_>>()?,
+            baselines: vec![],
+            nearest_neighbour: episodes.iter().map(neighbour_accuracy).collect(),
+        });
     }
     record.status = Status::Ok;
     obs.progress(Progress::Epoch {

@@ -134,12 +134,20 @@ fn official_runs(firsts: &[&Row]) -> Option<Table> {
         let pct = |x: f64| format!("{:.1}%", 100.0 * x);
         vec![method, backend, pct(mean), pct(1.0 - mean), pct(lo), pct(hi)]
     };
-    let mut rows: Vec<Vec<String>> = scored
-        .iter()
-        .map(|(r, o)| {
-            row(r.variant.method.to_string(), r.result.cell.backend.to_string(), &o.method)
-        })
-        .collect();
+    let mut rows = Vec::new();
+    for (r, o) in &scored {
+        let backend = r.result.cell.backend.to_string();
+        if !o.method.is_empty() {
+            rows.push(row(r.variant.method.to_string(), backend.clone(), &o.method));
+        }
+        for s in &o.baselines {
+            rows.push(row(
+                format!("{}: {}", r.variant.method, s.baseline),
+                backend.clone(),
+                &s.runs,
+            ));
+        }
+    }
     rows.push(row(
         "nearest neighbour (pixels)".into(),
         "host".into(),
