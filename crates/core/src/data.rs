@@ -327,6 +327,57 @@ pub fn load_mnist_dir(dir: &Path, classes: usize) -> Result<Split, DataError> {
     Ok(Split { train: pair("train")?, test: pair("t10k")? })
 }
 
+// ---- square images ----
+
+/// Rotates a side×side image by quarter turns (0..4) counterclockwise.
+pub fn rotate(image: &[f32], side: usize, quarter_turns: usize) -> Vec<f32> {
+    assert_eq!(image.len(), side * side, "rotate: image is not {side}×{side}");
+    let mut out = image.to_vec();
+    for _ in 0..quarter_turns % 4 {
+        // A counterclockwise turn brings the right column to the top row.
+        out = (0..side * side).map(|i| out[(i % side) * side + (side - 1 - i / side)]).collect();
+    }
+    out
+}
+
+/// Area-averaging (box filter) resize of an n×n image to side×side, done one axis at a time.
+/// Each axis sums integer-weighted pixels and divides by the total weight n once: with all
+/// pixels in [0, 1], the result cannot round past 1.
+pub fn downscale(image: &[f32], n: usize, side: usize) -> Vec<f32> {
+    let weights = box_weights(n, side);
+    let average = |taps: &[(usize, f32)], pixel: &dyn Fn(usize) -> f32| {
+        taps.iter().map(|&(i, w)| w * pixel(i)).sum::<f32>() / n as f32
+    };
+    let mut rows = vec![0.0; n * side]; // n rows of side columns
+    for (y, row) in image.chunks(n).enumerate() {
+        for (x, taps) in weights.iter().enumerate() {
+            rows[y * side + x] = average(taps, &|i| row[i]);
+        }
+    }
+    let mut out = vec![0.0; side * side];
+    for (y, taps) in weights.iter().enumerate() {
+        for x in 0..side {
+            out[y * side + x] = average(taps, &|i| rows[i * side + x]);
+        }
+    }
+    out
+}
+
+/// For each of `side` output pixels along an axis of `n` input pixels, the input pixels it
+/// covers and by how much. Measured in units of 1/side of an input pixel, input pixel i spans
+/// [i·side, (i+1)·side) and output pixel o spans [o·n, (o+1)·n): the overlaps are integers
+/// (exact in f32) and sum to n.
+fn box_weights(n: usize, side: usize) -> Vec<Vec<(usize, f32)>> {
+    (0..side)
+        .map(|o| {
+            let (lo, hi) = (o * n, (o + 1) * n);
+            (lo / side..hi.div_ceil(side))
+                .map(|i| (i, (hi.min((i + 1) * side) - lo.max(i * side)) as f32))
+                .collect()
+        })
+        .collect()
+}
+
 // ---- CIFAR-10 ----
 
 const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;

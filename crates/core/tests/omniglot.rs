@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use randbench_core::data::rotate;
 use randbench_core::omniglot::{
-    read_alphabets, read_official_runs, rotate, Alphabet, OmniglotError, SIDE, VENDORED_DIR,
+    read_alphabets, read_official_runs, Alphabet, OmniglotError, SIDE, VENDORED_DIR,
 };
 
 fn vendored(file: &str) -> PathBuf {

@@ -189,3 +189,66 @@ fn a_twenty_way_one_shot_pretrained_cell_scores_lakes_official_runs_with_every_b
         assert_eq!(o.nearest_neighbour, first.nearest_neighbour);
     }
 }
+
+/// A tiny Fashion-MNIST-by-class workload: classes split by name, in four rotations each.
+fn fashion_mnist_suite() -> String {
+    suite()
+        .replace(
+            "background: [\"",
+            "set: fashion-mnist\n        per_class: 6\n        # background: [\"",
+        )
+        .replace("runs: \"", "# runs: \"")
+        .replace("train: [Korean, Latin]", "train: [T-shirt/top, Trouser, Sandal]")
+        .replace("validation: [Balinese]", "validation: [Bag]")
+        .replace("test: [Greek]", "test: [Ankle boot]")
+}
+
+#[test]
+fn few_shot_on_fashion_mnist_by_class_meta_trains_alike_on_every_engine() {
+    let dir = std::path::Path::new(randbench_core::data::FASHION_MNIST_DIR);
+    if !dir.exists() {
+        assert!(
+            std::env::var_os("RANDBENCH_REQUIRE_DATA").is_none(),
+            "{} is missing: scripts/setup-data.sh installs it",
+            dir.display()
+        );
+        eprintln!("skipped: {} is not installed (scripts/setup-data.sh)", dir.display());
+        return;
+    }
+    let text = fashion_mnist_suite();
+    let s = randbench::suite::parse(&text, std::path::Path::new("t.yaml")).unwrap();
+    let data = s.workloads[0].prepare().unwrap();
+    let randbench::families::Data::FewShot(d) = &data else { panic!("few-shot data") };
+    // Three classes in four rotations of six images each, 8×8; one class each to validate and
+    // test, its four rotations the episode's three ways' pool.
+    assert_eq!(
+        (d.train.classes.len(), d.validation.classes.len(), d.test.classes.len()),
+        (12, 4, 4)
+    );
+    assert!(d.train.classes.iter().all(|c| c.len() == 6 && c[0].len() == 64));
+    let results = run_on_cpu_backends(&text);
+    let first = &results[0];
+    for r in &results {
+        assert_eq!(r.status, Status::Ok, "{}: {:?}", r.cell.backend, r.error);
+        for (a, b) in r.step_losses.iter().zip(&first.step_losses) {
+            assert!((a - b).abs() <= 1e-4 + 1e-3 * b.abs(), "{}: {a} against {b}", r.cell.backend);
+        }
+        assert_eq!(metrics(r).nearest_neighbour, metrics(first).nearest_neighbour);
+    }
+}
+
+#[test]
+fn a_fashion_mnist_split_names_its_classes_and_takes_no_omniglot_keys() {
+    let parse = |text: &str| {
+        randbench::suite::parse(text, std::path::Path::new("t.yaml")).err().map(|e| e.to_string())
+    };
+    let err = parse(&fashion_mnist_suite().replace("test: [Ankle boot]", "test: [Sock]"))
+        .expect("Fashion-MNIST has no socks");
+    assert!(err.contains("no class Sock in Fashion-MNIST") && err.contains("Ankle boot"), "{err}");
+    let err = parse(&fashion_mnist_suite().replace("# runs: \"", "runs: \""))
+        .expect("runs are Omniglot's");
+    assert!(err.contains("data.runs belongs to data.set: omniglot"), "{err}");
+    let err = parse(&suite().replace("side: 8", "side: 8\n        per_class: 3"))
+        .expect("per_class is Fashion-MNIST's");
+    assert!(err.contains("data.per_class belongs to data.set: fashion-mnist"), "{err}");
+}

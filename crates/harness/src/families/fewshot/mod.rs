@@ -16,7 +16,7 @@ pub use data::FewShotData;
 use super::{Entry, Job, PrepareError, Record, WorkloadFamily, WorkloadSpec};
 use crate::report::{Chart, Table};
 use crate::spec::{Ctx, SuiteError};
-use data::{OmniglotSpec, RawOmniglot};
+use data::{FewShotDataSpec, RawFewShotData};
 use randbench_core::backend::{BResult, Backend};
 use randbench_core::fewshot::{Adaptation, EpisodeShape, Inner, Learner, MetaLearner, Order};
 use randbench_core::stats::{Better, Summary};
@@ -32,7 +32,7 @@ pub struct Family;
 #[serde(deny_unknown_fields)]
 pub struct RawFewShot {
     name: Option<String>,
-    data: Spanned<RawOmniglot>,
+    data: Spanned<RawFewShotData>,
     episodes: Spanned<Vec<RawEpisode>>,
     query: Option<Spanned<usize>>,
     learner: Option<Spanned<RawLearner>>,
@@ -128,7 +128,7 @@ impl fmt::Display for Method {
 #[derive(Clone, Debug, PartialEq)]
 pub struct FewShot {
     pub name: String,
-    pub data: OmniglotSpec,
+    pub data: FewShotDataSpec,
     pub episodes: Vec<(usize, usize)>,
     pub query: usize,
     pub filters: usize,
@@ -340,7 +340,7 @@ impl WorkloadFamily for Family {
         index: usize,
         at: Location,
     ) -> Result<FewShot, SuiteError> {
-        let data = OmniglotSpec::validate(cx, r.data)?;
+        let data = FewShotDataSpec::validate(cx, r.data)?;
         cx.check(
             &r.episodes,
             |e| !e.is_empty(),
