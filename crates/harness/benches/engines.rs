@@ -10,7 +10,7 @@
 //! - `l2l_unroll_quadratic_128x10_u20`: one meta-training unroll of the learned optimizer (a
 //!   2×20 LSTM on 128 quadratics of dimension 10, 20 steps, its outer gradient and Adam step,
 //!   one program), the unrolls chaining as in meta-training;
-//! - `maml_step_28px_5w1s_t4_second`, `maml_step_28px_5w1s_t4_first`: one MAML meta-training
+//! - `maml_second_step_28px_5w1s_t4`, `maml_first_step_28px_5w1s_t4`: one MAML meta-training
 //!   step of the few-shot learner (four blocks of 32 filters on 28×28 images, 5-way 1-shot,
 //!   15 queries per class, 4 tasks, one inner step, the meta-gradient of that order and an
 //!   Adam step, one program) on fixed random episodes, θ and Adam's state chaining. A step
@@ -26,7 +26,6 @@
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, BenchmarkGroup, Criterion, SamplingMode};
 use randbench::backends::BackendVisitor;
-use randbench_core::fewshot::Order;
 use randbench_core::l2l::{carried, unroll, LstmOptimizer, Outer};
 use randbench_core::models::{init_params, Activation, Model};
 use randbench_core::optim::Optimizer;
@@ -35,8 +34,8 @@ use randbench_core::train::{eval_graph, starting_state, training_step, Feed};
 use randbench_core::{Backend, BackendId, Engine, GradMode, Graph, HostTensor};
 use std::time::Instant;
 
-#[path = "common/maml.rs"]
-mod maml;
+#[path = "common/fewshot.rs"]
+mod fewshot;
 
 /// One program run over and over: `inputs` uploaded fresh for every sample, and output k fed
 /// back as input `carried[k].1` between runs (the training state, the unroll's carried values).
@@ -168,19 +167,19 @@ fn l2l_unroll(c: &mut Criterion) {
     );
 }
 
-fn maml_step(c: &mut Criterion) {
-    for (order, name) in [(Order::Second, "second"), (Order::First, "first")] {
-        let (graph, inputs) = maml::meta_step(order);
-        let name = format!("maml_step_28px_5w1s_t4_{name}");
+fn few_shot_step(c: &mut Criterion) {
+    for method in fewshot::METHODS {
+        let (graph, inputs) = fewshot::meta_step(method.inner);
         // Criterion's fewest samples; flat sampling runs each as few steps as the time allows.
-        group(c, &name, 10, &graph, &inputs, &carried(&graph), true, SamplingMode::Flat);
+        let (name, carried) = (format!("{}_step_28px_5w1s_t4", method.key), carried(&graph));
+        group(c, &name, 10, &graph, &inputs, &carried, true, SamplingMode::Flat);
     }
 }
 
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(std::time::Duration::from_secs(8));
-    targets = train_step, eval_pass, l2l_unroll, maml_step
+    targets = train_step, eval_pass, l2l_unroll, few_shot_step
 }
 fn main() {
     // As the randbench binary starts: the same allocator settings and engine threads.

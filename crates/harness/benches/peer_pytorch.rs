@@ -2,9 +2,9 @@
 //! same work (scripts/peers/pytorch_eager.py, with the project environment's python), side by
 //! side in one run, and the ratios.
 //!
-//!   cargo bench -p randbench --features tch --bench peer_pytorch             # MLP step, L2L unroll, MAML
-//!   cargo bench -p randbench --features tch --bench peer_pytorch -- --suite  # and the randomization suite
-//!   cargo bench -p randbench --features tch --bench peer_pytorch -- --maml   # MAML alone
+//!   cargo bench -p randbench --features tch --bench peer_pytorch                 # MLP step, L2L unroll, few-shot
+//!   cargo bench -p randbench --features tch --bench peer_pytorch -- --suite      # and the randomization suite
+//!   cargo bench -p randbench --features tch --bench peer_pytorch -- --few-shot   # the few-shot steps alone
 //!
 //! `--suite` runs the whole randomization suite on every side in turns (the idioms on
 //! randbench's data, weights and batch order), each side between two runs of its own
@@ -33,20 +33,21 @@
 //! a 2×20 LSTM on 128 quadratics of dimension 10, 20 steps, the outer gradient and an Adam
 //! step; a new problem every 5 unrolls on both sides. Three rounds in turns, as the step.
 //!
-//! MAML: one meta-training step of the few-shot learner (scripts/peers/pytorch_maml.py, with
-//! functional parameters and `torch.autograd.grad`): the four-block convolutional learner (32
-//! filters, batch norm) on 28×28 images, 5-way 1-shot episodes with 15 queries, 4 tasks, one
-//! inner step, the meta-gradient and an Adam step; second order (through the inner gradient)
-//! and first order. The episodes are fixed random images on both sides; randbench chains θ and
-//! Adam's state from step to step and reads the meta-loss every step. Three rounds in turns of
-//! [`MAML_STEPS`] steps each, after 2 untimed; printed only (no idioms to judge it by).
+//! Few-shot: one meta-training step of the few-shot learner (scripts/peers/pytorch_maml.py,
+//! with functional parameters and `torch.autograd.grad`): the four-block convolutional learner
+//! (32 filters, batch norm) on 28×28 images, 5-way 1-shot episodes with 15 queries, 4 tasks,
+//! the meta-gradient and an Adam step; MAML with one inner step, second order (through the
+//! inner gradient) and first order, and the meta-learner LSTM (12 updates). The episodes are
+//! fixed random images on both sides; randbench chains the meta-parameters and Adam's state
+//! from step to step and reads the meta-loss every step. Three rounds in turns, each of
+//! [`few_shot_steps`] steps after 2 untimed; printed only (no idioms to judge it by).
 
 use randbench::backends::BackendVisitor;
 use randbench::datasets::{load_data, DataSource, DataSpec};
 use randbench::report::{Column, Document, Html, Markdown, Reporter, Table, Terminal};
 use randbench_core::corrupt::Condition;
 use randbench_core::data::{Dataset, Split};
-use randbench_core::fewshot::Order;
+use randbench_core::fewshot::{Inner, Order};
 use randbench_core::l2l::{carried, unroll, LstmOptimizer, Outer};
 use randbench_core::models::{init_params, Activation, Model};
 use randbench_core::optim::Optimizer;
@@ -86,8 +87,8 @@ trait Idiom: Sized {
 
 #[path = "peers/candle_nn.rs"]
 mod candle_nn_idiom;
-#[path = "common/maml.rs"]
-mod maml;
+#[path = "common/fewshot.rs"]
+mod fewshot;
 #[path = "peers/tch_nn.rs"]
 mod tch_nn_idiom;
 use candle_nn_idiom::CandleNn;
@@ -556,33 +557,60 @@ fn compare_unroll() {
     }
 }
 
-/// Timed MAML meta-training steps per round and side (a step takes a second or so on a 2-core
-/// CPU).
-const MAML_STEPS: usize = 10;
-
-/// Median seconds of one MAML meta-training step through randbench, after 2 untimed: θ and
-/// Adam's state chained from step to step by name, the meta-loss read every step.
-struct MamlTimer {
-    order: Order,
+/// Timed meta-training steps per round and side: a MAML step takes 0.1–1.5 s on a 2-core CPU,
+/// the meta-learner's (12 updates) about ten times as long.
+fn few_shot_steps(m: &fewshot::Method) -> usize {
+    match m.inner {
+        Inner::MetaLearner(_) => 3,
+        _ => 10,
+    }
 }
 
-impl BackendVisitor for MamlTimer {
+/// scripts/peers/pytorch_maml.py's arguments for the same step as `m`'s.
+fn peer_args(m: &fewshot::Method) -> Vec<String> {
+    match m.inner {
+        Inner::Gradient { adaptation, order } => {
+            let order = if order == Order::Second { "second" } else { "first" };
+            let steps = adaptation.steps.to_string();
+            let lr = adaptation.lr.to_string();
+            ["--method", "maml", "--order", order, "--inner-steps", &steps, "--inner-lr", &lr]
+                .map(String::from)
+                .into()
+        }
+        Inner::MetaLearner(l) => {
+            let (hidden, updates) = (l.hidden.to_string(), l.steps.to_string());
+            ["--method", "meta-learner", "--hidden", &hidden, "--updates", &updates]
+                .map(String::from)
+                .into()
+        }
+        Inner::FineTune { .. } => unreachable!("fine-tuning is not meta-trained"),
+    }
+}
+
+/// Median seconds of one few-shot meta-training step through randbench, after 2 untimed: the
+/// meta-parameters and Adam's state chained from step to step by name, the meta-loss read
+/// every step.
+struct FewShotTimer {
+    method: fewshot::Method,
+}
+
+impl BackendVisitor for FewShotTimer {
     type Out = f64;
     fn visit<B: Backend>(self, b: &B) -> f64 {
-        let (g, initial) = maml::meta_step(self.order);
+        let (g, initial) = fewshot::meta_step(self.method.inner);
         let carried = carried(&g);
         let meta_loss = g.outputs().iter().position(|(n, _)| n == "meta_loss").unwrap();
         let mut prog = b.compile(&g).unwrap();
         let mut inputs: Vec<B::Tensor> = initial.iter().map(|t| b.upload(t).unwrap()).collect();
         let mut times = Vec::new();
-        for k in 0..MAML_STEPS + 2 {
+        for k in 0..few_shot_steps(&self.method) + 2 {
             let t = Instant::now();
             let refs: Vec<&B::Tensor> = inputs.iter().collect();
             let out = b.run(&mut prog, &refs).unwrap();
             let loss = b.download(&out[meta_loss]).unwrap().to_scalar().unwrap();
             b.sync().unwrap();
             let dt = t.elapsed().as_secs_f64();
-            assert!(loss.is_finite(), "MAML's meta-loss diverged");
+            assert!(loss.is_finite(), "the meta-loss diverged");
             for &(o, i) in &carried {
                 inputs[i] = out[o].clone();
             }
@@ -594,30 +622,32 @@ impl BackendVisitor for MamlTimer {
     }
 }
 
-/// MAML's meta-training step, second and first order, on every side in turns: per round the
-/// PyTorch peer and then every randbench side, each order in its turn.
-fn compare_maml() {
-    const ORDERS: [(Order, &str); 2] = [(Order::Second, "second"), (Order::First, "first")];
+/// The few-shot meta-training steps (MAML second and first order, the meta-learner LSTM) on
+/// every side in turns: per round the PyTorch peer and then every randbench side, each method
+/// in its turn.
+fn compare_few_shot() {
+    let methods = fewshot::METHODS;
     let sides = sides(&[Variant::Plain]);
-    let mut peer = vec![Vec::new(); ORDERS.len()];
-    let mut ours = vec![vec![Vec::new(); ORDERS.len()]; sides.len()];
-    let steps = MAML_STEPS.to_string();
+    let mut peer = vec![Vec::new(); methods.len()];
+    let mut ours = vec![vec![Vec::new(); methods.len()]; sides.len()];
     for _ in 0..3 {
-        for (k, (_, order)) in ORDERS.iter().enumerate() {
-            let p = python("pytorch_maml.py", &["--order", order, "--steps", &steps]);
+        for (k, m) in methods.iter().enumerate() {
+            let mut args = peer_args(m);
+            args.extend(["--steps".to_string(), few_shot_steps(m).to_string()]);
+            let p = python("pytorch_maml.py", &args.iter().map(String::as_str).collect::<Vec<_>>());
             peer[k].push(p["median_step_seconds"].as_f64().unwrap());
         }
         for (side, times) in sides.iter().zip(ours.iter_mut()) {
-            for (k, &(order, _)) in ORDERS.iter().enumerate() {
-                times[k].push(side.visit(MamlTimer { order }));
+            for (k, &method) in methods.iter().enumerate() {
+                times[k].push(side.visit(FewShotTimer { method }));
             }
         }
     }
-    let (l, s) = (maml::LEARNER, maml::SHAPE);
+    let (l, s) = (fewshot::LEARNER, fewshot::SHAPE);
     println!(
-        "\nMAML meta-training step: {}-block learner ({} filters) on {}×{} images, {}-way \
-         {}-shot, {} queries per class, {} tasks, {} inner step(s) at {}, Adam {} (median of 3 \
-         rounds of {MAML_STEPS} steps)",
+        "\nFew-shot meta-training step: {}-block learner ({} filters) on {}×{} images, {}-way \
+         {}-shot, {} queries per class, {} tasks, Adam {}; MAML {} inner step(s) at {}, the \
+         meta-learner LSTM {} units and {} updates (median of 3 rounds in turns)",
         l.blocks,
         l.filters,
         l.side,
@@ -625,21 +655,29 @@ fn compare_maml() {
         s.way,
         s.shot,
         s.query,
-        maml::TASKS,
-        maml::INNER.steps,
-        maml::INNER.lr,
-        maml::META_LR
+        fewshot::TASKS,
+        fewshot::META_LR,
+        fewshot::INNER.steps,
+        fewshot::INNER.lr,
+        fewshot::META_LEARNER.hidden,
+        fewshot::META_LEARNER.steps,
     );
-    println!("{:<37}second order{:<23}first order", "", "");
+    print!("{:<34}", "");
+    for m in &methods {
+        print!(" {:<31}", m.key);
+    }
+    println!();
     let p: Vec<f64> = peer.iter().map(|t| median(t)).collect();
-    let peer_row: String =
-        p.iter().map(|t| format!(" {:>8.2} steps/s {:>17}", 1.0 / t, "")).collect();
-    println!("  {:<32}{}", "PyTorch eager (python)", peer_row.trim_end());
+    print!("  {:<32}", "PyTorch eager (python)");
+    for t in &p {
+        print!(" {:>8.2} steps/s {:>13}", 1.0 / t, "");
+    }
+    println!();
     for (side, times) in sides.iter().zip(&ours) {
         print!("  {:<32}", format!("randbench {}", side.name));
         for (t, p) in times.iter().zip(&p) {
             let t = median(t);
-            print!(" {:>8.2} steps/s {:>6.2}× PyTorch", 1.0 / t, p / t);
+            print!(" {:>8.2} steps/s {:>5.2}× PyTorch", 1.0 / t, p / t);
         }
         println!();
     }
@@ -1009,9 +1047,10 @@ fn main() {
     randbench::sys::tune_allocator();
     randbench::backends::configure_cpu_threads().expect("RANDBENCH_THREADS");
     let with_suite = std::env::args().any(|a| a == "--suite");
-    if std::env::args().any(|a| a == "--maml") {
-        // MAML alone: its rounds take minutes, the rest of the comparison as long again.
-        compare_maml();
+    if std::env::args().any(|a| a == "--few-shot") {
+        // The few-shot steps alone: their rounds take minutes, the rest of the comparison as
+        // long again.
+        compare_few_shot();
         return;
     }
     let command = format!(
@@ -1021,7 +1060,7 @@ fn main() {
     let step = compare_step();
     compare_products();
     compare_unroll();
-    compare_maml();
+    compare_few_shot();
     let mut tables = vec![fairness_table(
         "the MLP step",
         format!(
