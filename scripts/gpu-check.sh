@@ -2,8 +2,9 @@
 # The GPU checks, on a machine with an NVIDIA GPU whose python3 has PyTorch 2.11.0+cu130
 # (docs/gpu.md). Runs what scripts/gpu-build.sh built: the engines' CUDA conformance tests,
 # the quick and randomization suites on tch-cuda:0, candle-cuda:0 and burn-cuda:0, the refusal
-# of ort-cuda:0 without ONNX Runtime's CUDA provider, and the PyTorch eager peer on the same
-# GPU. Writes its files under OUT.
+# of ort-cuda:0 without ONNX Runtime's CUDA provider, the PyTorch eager peer on the same GPU,
+# and second-order MAML's step on each engine and the peer in turns. Writes its files under
+# OUT.
 #   PACK           a folder from scripts/gpu-pack.sh (default target/gpu-carry), unpacked into
 #                  target/gpu/ first where it exists; its Fashion-MNIST is then the default
 #   RANDBENCH_BIN  the binary (default target/gpu/randbench)
@@ -69,4 +70,34 @@ for suite in quick randomization; do
 done
 timeout "$LIMIT" $PY scripts/peers/pytorch_eager.py randomization --device cuda > "$OUT/pytorch-randomization.json" 2>&1
 timeout "$LIMIT" $PY scripts/peers/pytorch_l2l.py unroll --device cuda > "$OUT/pytorch-l2l.json" 2>&1
+# Second-order MAML's meta-training step in the peer bench's configuration (28×28, 32
+# filters, 5-way 1-shot, 15 queries, 4 tasks, one inner step at 0.4, Adam 1e-3) on Omniglot,
+# each engine and the peer taking turns twice; episodes/s over 4 is steps/s.
+cat > "$WORK/maml-step.yaml" <<'SUITE'
+description: second-order MAML's meta-training step, as the peer bench times it
+seeds: [0]
+grad: native
+workloads:
+  - few_shot:
+      name: maml-step
+      data:
+        train: [Japanese_(katakana), Korean, Latin, Greek, Balinese]
+        validation: [Tagalog]
+        test: [Sanskrit, Early_Aramaic]
+      episodes: [{way: 5, shot: 1}]
+      query: 15
+      learner: {filters: 32, blocks: 4}
+      methods: [maml]
+      inner: {lr: 0.4, steps: 1, test_steps: 1}
+      meta: {steps: 100, tasks: 4, lr: 0.001, validate_every: 100, validation_episodes: 10}
+      test_episodes: 10
+SUITE
+for round in 1 2; do
+  timeout "$LIMIT" $PY scripts/peers/pytorch_maml.py --device cuda --steps 50 >> "$OUT/pytorch-maml.jsonl" 2>&1
+  for backend in tch-cuda:0 candle-cuda:0 burn-cuda:0 ort-cuda:0; do
+    timeout "$LIMIT" "$BIN" run "$WORK/maml-step.yaml" --backends "$backend" --out "$WORK/maml-$round-$backend" >> "$OUT/maml-step.txt" 2>&1
+    echo "$backend round $round: exit $?" >> "$OUT/maml-step.txt"
+    cat "$WORK/maml-$round-$backend/results.jsonl" >> "$OUT/maml-step.jsonl" 2>/dev/null
+  done
+done
 echo "done: $(ls "$OUT")"
