@@ -105,9 +105,21 @@ impl FewShotDataSpec {
         let at = r.referenced;
         let r = r.value;
         let set = r.set.unwrap_or_default();
-        let (unit, largest) = match set {
-            FewShotSet::Omniglot => ("alphabet", 105),
-            FewShotSet::FashionMnist => ("class", 28),
+        // Per set: what a split names, the largest side, and the other set's keys with that
+        // set's name (refused rather than ignored).
+        let (unit, largest, foreign, other) = match set {
+            FewShotSet::Omniglot => (
+                "alphabet",
+                105,
+                [("path", r.path.is_some()), ("per_class", r.per_class.is_some())],
+                "fashion-mnist",
+            ),
+            FewShotSet::FashionMnist => (
+                "class",
+                28,
+                [("background", r.background.is_some()), ("runs", r.runs.is_some())],
+                "omniglot",
+            ),
         };
         let side = r.side.unwrap_or(omniglot::SIDE);
         if !(4..=largest).contains(&side) {
@@ -132,20 +144,7 @@ impl FewShotDataSpec {
                 }
             }
         }
-        // Keys of the other set are refused rather than ignored.
-        let foreign = match set {
-            FewShotSet::Omniglot => {
-                [("path", r.path.is_some()), ("per_class", r.per_class.is_some())]
-            }
-            FewShotSet::FashionMnist => {
-                [("background", r.background.is_some()), ("runs", r.runs.is_some())]
-            }
-        };
         if let Some((key, _)) = foreign.iter().find(|(_, given)| *given) {
-            let other = match set {
-                FewShotSet::Omniglot => "fashion-mnist",
-                FewShotSet::FashionMnist => "omniglot",
-            };
             return Err(cx.at(
                 at,
                 format!("data.{key} belongs to data.set: {other}: drop it or set data.set"),

@@ -53,6 +53,20 @@ struct Embedder<B: Backend> {
     program: B::Program,
 }
 
+/// Nearest neighbour's query accuracy on `e` in the body's features, `support` and `query`
+/// embedding the episode's two sets.
+fn embedding_neighbour_accuracy<B: Backend>(
+    b: &B,
+    named: &mut Named<B::Tensor>,
+    (support, query): (&mut Embedder<B>, &mut Embedder<B>),
+    e: &Episodes,
+) -> BResult<f64> {
+    let support = support.features(b, named, &e.support)?;
+    let query = query.features(b, named, &e.query)?;
+    let width = support.len() / e.support.shape()[0];
+    Ok(neighbour_accuracy_of(e, &support, &query, width))
+}
+
 impl<B: Backend> Embedder<B> {
     fn features(
         &mut self,
@@ -195,10 +209,9 @@ pub fn run<B: Backend>(
         for (k, &(i, _)) in chosen.iter().enumerate() {
             scores[k].push(adapters[k][i].accuracy(&mut named, e.clone())?);
         }
-        let support = embed_support.features(b, &mut named, &e.support)?;
-        let query = embed_query.features(b, &mut named, &e.query)?;
-        let width = support.len() / shape.support();
-        scores[fine_tunings.len()].push(neighbour_accuracy_of(&e, &support, &query, width));
+        let embedders = (&mut embed_support, &mut embed_query);
+        scores[fine_tunings.len()]
+            .push(embedding_neighbour_accuracy(b, &mut named, embedders, &e)?);
         scores[fine_tunings.len() + 1].push(neighbour_accuracy(&e));
     }
     for ((baseline, _), &(i, validation)) in fine_tunings.iter().zip(&chosen) {
@@ -217,8 +230,7 @@ pub fn run<B: Backend>(
     });
     m.nearest_neighbour = interval(&scores[fine_tunings.len() + 1]);
     if let Some((one_each, episodes)) = official_episodes(job) {
-        // Programs of the runs' form: each fine-tuning at its chosen rate, and one embedder
-        // for support and queries alike (a run has as many of each).
+        // Programs of the runs' form: each fine-tuning at its chosen rate, and the embedders.
         let mut baselines = Vec::with_capacity(fine_tunings.len() + 1);
         for (&(baseline, whole), &(i, _)) in fine_tunings.iter().zip(&chosen) {
             let adaptation = Adaptation { lr: FINE_TUNE_RATES[i], steps: p.fine_tune_steps };
@@ -227,15 +239,12 @@ pub fn run<B: Backend>(
             let runs = episodes.iter().map(|e| runs.accuracy(&mut named, e.clone()));
             baselines.push(BaselineRuns { baseline, runs: runs.collect::<BResult<_>>()? });
         }
-        debug_assert_eq!(one_each.support(), one_each.queries());
-        let mut embed = embedder(one_each.support())?;
-        let mut runs = Vec::with_capacity(episodes.len());
-        for e in &episodes {
-            let support = embed.features(b, &mut named, &e.support)?;
-            let query = embed.features(b, &mut named, &e.query)?;
-            let width = support.len() / one_each.support();
-            runs.push(neighbour_accuracy_of(e, &support, &query, width));
-        }
+        let (mut support, mut query) =
+            (embedder(one_each.support())?, embedder(one_each.queries())?);
+        let runs = episodes
+            .iter()
+            .map(|e| embedding_neighbour_accuracy(b, &mut named, (&mut support, &mut query), e));
+        let runs = runs.collect::<BResult<_>>()?;
         baselines.push(BaselineRuns { baseline: Baseline::NearestNeighbourEmbedding, runs });
         m.official_runs = Some(OfficialRuns {
             method: vec![],
