@@ -230,6 +230,10 @@ fn a_shard_stopped_by_sigterm_resumes_on_postgres() {
         &db,
         "--out",
         out.to_str().unwrap(),
+        // Cells in processes of their own, as with a fleet's several backends: the test sees
+        // when the second cell begins.
+        "--isolate",
+        "process",
     ];
     let mut child = Command::new(env!("CARGO_BIN_EXE_randbench"))
         .args(args)
@@ -238,10 +242,13 @@ fn a_shard_stopped_by_sigterm_resumes_on_postgres() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Stop it inside its second cell: the first cell's process has exited before its line is
+    // stored, so a process of the run's after that line is the second cell's. A stop between
+    // cells (while the first line goes to PostgreSQL) would leave nothing interrupted.
     let start = Instant::now();
-    while results_so_far(&out) < 1 {
-        assert!(start.elapsed() < Duration::from_secs(300), "no cell stored");
-        std::thread::sleep(Duration::from_millis(100));
+    while results_so_far(&out) < 1 || !has_child(child.id()) {
+        assert!(start.elapsed() < Duration::from_secs(300), "no second cell began");
+        std::thread::sleep(Duration::from_millis(20));
     }
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
@@ -268,6 +275,14 @@ fn a_shard_stopped_by_sigterm_resumes_on_postgres() {
     let mine: Vec<CellResult> =
         whole.iter().enumerate().filter(|(i, _)| i % 2 == 0).map(|(_, r)| r.clone()).collect();
     assert_eq!(outcomes(&results(&gathered)), outcomes(&mine));
+}
+
+/// Whether process `pid` has a child now (any of its threads may have started it).
+fn has_child(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("children")).is_ok_and(|c| !c.trim().is_empty())
+    })
 }
 
 fn results_so_far(dir: &Path) -> usize {
