@@ -793,6 +793,21 @@ macro_rules! backend_conformance_tests {
     };
 }
 
+/// Whether Debian's Fashion-MNIST package is installed, for a test that reads it: a test
+/// skips without it, and fails instead where `RANDBENCH_REQUIRE_DATA` is set (CI).
+pub fn fashion_mnist_installed() -> bool {
+    let dir = crate::data::FASHION_MNIST_DIR;
+    if std::path::Path::new(dir).exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("RANDBENCH_REQUIRE_DATA").is_none(),
+        "{dir} is missing: scripts/setup-data.sh installs it"
+    );
+    eprintln!("skipped: {dir} is not installed (scripts/setup-data.sh installs it)");
+    false
+}
+
 /// A fresh, empty directory for one test, `randbench-KIND-PID-NAME` under the temp dir,
 /// removed when the test passes; a failing test's stays for a look.
 pub struct Scratch(std::path::PathBuf);

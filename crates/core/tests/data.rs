@@ -7,7 +7,7 @@ use randbench_core::data::{
     translate_batch, write_idx, Dataset, Split, FASHION_MNIST_DIR,
 };
 use randbench_core::rng::Rng;
-use randbench_core::testing::Scratch;
+use randbench_core::testing::{fashion_mnist_installed, Scratch};
 use std::io::Write;
 
 fn tmp(name: &str) -> Scratch {
@@ -93,18 +93,10 @@ fn cifar_batches_read_and_truncation_is_reported() {
 
 #[test]
 fn fashion_mnist_from_the_debian_package() {
-    let dir = std::path::Path::new(FASHION_MNIST_DIR);
-    if !dir.exists() {
-        assert!(
-            std::env::var_os("RANDBENCH_REQUIRE_DATA").is_none(),
-            "{FASHION_MNIST_DIR} is missing: scripts/setup-data.sh installs it"
-        );
-        eprintln!(
-            "skipped: {FASHION_MNIST_DIR} is not installed (scripts/setup-data.sh installs it)"
-        );
+    if !fashion_mnist_installed() {
         return;
     }
-    let s = load_mnist_dir(dir, 10).unwrap();
+    let s = load_mnist_dir(std::path::Path::new(FASHION_MNIST_DIR), 10).unwrap();
     assert_eq!((s.train.len(), s.test.len(), s.train.shape), (60_000, 10_000, [1, 28, 28]));
     let mut counts = [0; 10];
     for &l in &s.train.labels {

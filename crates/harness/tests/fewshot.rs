@@ -205,14 +205,7 @@ fn fashion_mnist_suite() -> String {
 
 #[test]
 fn few_shot_on_fashion_mnist_by_class_meta_trains_alike_on_every_engine() {
-    let dir = std::path::Path::new(randbench_core::data::FASHION_MNIST_DIR);
-    if !dir.exists() {
-        assert!(
-            std::env::var_os("RANDBENCH_REQUIRE_DATA").is_none(),
-            "{} is missing: scripts/setup-data.sh installs it",
-            dir.display()
-        );
-        eprintln!("skipped: {} is not installed (scripts/setup-data.sh)", dir.display());
+    if !randbench_core::testing::fashion_mnist_installed() {
         return;
     }
     let text = fashion_mnist_suite();
