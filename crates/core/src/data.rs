@@ -319,12 +319,19 @@ fn find_file(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
 
 /// An MNIST-layout directory (MNIST, Fashion-MNIST): train- and t10k- images and labels.
 pub fn load_mnist_dir(dir: &Path, classes: usize) -> Result<Split, DataError> {
-    let pair = |prefix: &str| -> Result<Dataset, DataError> {
-        let images = find_file(dir, &format!("{prefix}-images-idx3-ubyte"))?;
-        let labels = find_file(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
-        load_idx_pair(&images, &labels, classes)
-    };
-    Ok(Split { train: pair("train")?, test: pair("t10k")? })
+    Ok(Split { train: load_mnist_train(dir, classes)?, test: mnist_part(dir, "t10k", classes)? })
+}
+
+/// The training set alone of an MNIST-layout directory, for a reader that needs no test set.
+pub fn load_mnist_train(dir: &Path, classes: usize) -> Result<Dataset, DataError> {
+    mnist_part(dir, "train", classes)
+}
+
+/// The `prefix`- images and labels of an MNIST-layout directory.
+fn mnist_part(dir: &Path, prefix: &str, classes: usize) -> Result<Dataset, DataError> {
+    let images = find_file(dir, &format!("{prefix}-images-idx3-ubyte"))?;
+    let labels = find_file(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
+    load_idx_pair(&images, &labels, classes)
 }
 
 // ---- square images ----

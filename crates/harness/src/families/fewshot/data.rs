@@ -261,7 +261,7 @@ fn fashion_mnist_groups(
     per_class: usize,
     side: usize,
 ) -> Result<Groups, DataError> {
-    let train = data::load_mnist_dir(dir, FASHION_MNIST_CLASSES.len())?.train;
+    let train = data::load_mnist_train(dir, FASHION_MNIST_CLASSES.len())?;
     let n = train.shape[1];
     let mut images = vec![Vec::with_capacity(per_class); FASHION_MNIST_CLASSES.len()];
     for (i, &label) in train.labels.iter().enumerate() {
